@@ -1,0 +1,161 @@
+"""Tiny, randomly initialised models built from configs only (no hub, no download).
+
+Every builder writes a real ``save_pretrained`` folder, so tests and the demo load the models back
+through exactly the ``from_pretrained`` code that production uses with hub ids. Builds are seeded
+and cached on disk: a folder holding a ``.complete`` marker for the current ``TINY_VERSION`` is
+reused as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+TINY_VERSION = "1"
+_MARKER = ".complete"
+
+
+def default_cache_root() -> Path:
+    """Folder for cached tiny models: ``$EDITSPECIALISTS_CACHE`` or ``~/.cache/editspecialists``."""
+    root = os.environ.get("EDITSPECIALISTS_CACHE") or Path.home() / ".cache" / "editspecialists"
+    return Path(root) / f"tiny-v{TINY_VERSION}"
+
+
+def cached_build(folder: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp)`` into a temporary sibling folder, then rename it to ``folder``.
+
+    The rename makes concurrent builders (several test workers or processes) safe: the first
+    finished build wins and the others are discarded.
+    """
+    folder = Path(folder)
+    if (folder / _MARKER).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+    try:
+        build(tmp)
+        (tmp / _MARKER).write_text(TINY_VERSION)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / _MARKER).exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def byte_level_clip_tokenizer():
+    """A CLIP BPE tokenizer over the 256 byte symbols (each also as an end-of-word symbol).
+
+    Ids 0 and 1 are ``<|startoftext|>`` and ``<|endoftext|>`` (also the pad token), matching the
+    tiny CLIP text configs below.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    merges = [("t", "h"), ("th", "e</w>"), ("i", "n"), ("a", "n")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    vocab.setdefault("the</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token="<|endoftext|>")
+
+
+def tiny_clip_text_config(vocab_size: int, hidden_size: int = 32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+
+
+def build_tiny_ip2p(folder: Path, seed: int = 0) -> None:
+    """Save a tiny ``StableDiffusionInstructPix2PixPipeline`` (8-channel UNet, 2-block VAE)."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = byte_level_clip_tokenizer()
+    text_encoder = CLIPTextModel(tiny_clip_text_config(len(tokenizer.get_vocab())))
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=text_encoder.config.hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+
+
+def tiny_ip2p(root: Path | None = None) -> Path:
+    """Folder of the cached tiny InstructPix2Pix pipeline (built on first use)."""
+    root = Path(root) if root else default_cache_root()
+    return cached_build(root / "instruct-pix2pix", build_tiny_ip2p)
+
+
+def build_all(root: Path | None = None) -> dict[str, str]:
+    """Build (or reuse) every tiny model; returns ``{role: folder}`` as strings for configs."""
+    from editspecialists.testing import tiny_feedback
+
+    root = Path(root) if root else default_cache_root()
+    paths = {"policy": str(tiny_ip2p(root))}
+    paths.update(tiny_feedback.build_all(root))
+    return paths
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="editspecialists",
+    version="0.1.0",
+    description="Online RLAIF fine-tuning of InstructPix2Pix into image-editing specialists",
+    packages=find_packages(include=["editspecialists", "editspecialists.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4,<2.15",
+        "torchvision>=0.19,<0.30",
+        "diffusers>=0.32,<0.43",
+        "transformers>=5.0,<6",
+        "accelerate>=1.2,<2",
+        "peft>=0.14,<0.22",
+        "ml_collections>=0.1.1",
+        "absl-py>=2.0",
+        "pillow>=10",
+        "numpy>=1.26",
+        "open_clip_torch>=2.26,<4",
+        "wandb>=0.18",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "dreamsim>=0.2.1",
+        "huggingface_hub>=0.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        "8bit": ["bitsandbytes>=0.43"],
+    },
+)

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny models built once per cache folder and reused across test runs."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_root() -> Path:
+    """Cache folder for tiny models (``$EDITSPECIALISTS_CACHE`` or ``<repo>/.cache``)."""
+    root = Path(os.environ.get("EDITSPECIALISTS_CACHE", REPO / ".cache"))
+    return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_ip2p_path(tiny_root) -> Path:
+    from editspecialists.testing.tiny import tiny_ip2p
+
+    return tiny_ip2p(tiny_root)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
