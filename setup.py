@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.66",
         "dreamsim>=0.2.1",
         "huggingface_hub>=0.26",
+        "filelock>=3.12",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3"],

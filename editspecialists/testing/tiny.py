@@ -8,7 +8,6 @@ reused as is.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -28,27 +27,29 @@ def default_cache_root() -> Path:
 
 
 def cached_build(folder: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmp)`` into a temporary sibling folder, then rename it to ``folder``.
+    """Return ``folder``, first running ``build(tmp)`` and renaming ``tmp`` to it if needed.
 
-    The rename makes concurrent builders (several test workers or processes) safe: the first
-    finished build wins and the others are discarded.
+    A file lock serialises concurrent builders (test workers, launched processes): the first
+    builds, the others wait and reuse its result. The rename means an interrupted build never
+    leaves a half-written folder behind.
     """
+    from filelock import FileLock
+
     folder = Path(folder)
     if (folder / _MARKER).exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
-    try:
-        build(tmp)
-        (tmp / _MARKER).write_text(TINY_VERSION)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / _MARKER).exists():
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
         try:
+            build(tmp)
+            (tmp / _MARKER).write_text(TINY_VERSION)
             os.rename(tmp, folder)
-        except OSError:
-            if not (folder / _MARKER).exists():
-                shutil.rmtree(folder, ignore_errors=True)
-                os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -155,7 +156,3 @@ def build_all(root: Path | None = None) -> dict[str, str]:
     paths = {"policy": str(tiny_ip2p(root))}
     paths.update(tiny_feedback.build_all(root))
     return paths
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2))
