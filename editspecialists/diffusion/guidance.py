@@ -1,0 +1,89 @@
+"""The four-branch classifier-free guidance of the visual-prompt editor (SPEC §2).
+
+This is the only place where the branches are assembled; the sampler and the trainer both reach
+it through :class:`editspecialists.diffusion.policy.VisualPromptPolicy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GuidanceScales:
+    """s_txt (prompt), s_img (input image) and s_sty (style image) guidance weights."""
+
+    text: float = 7.5
+    image: float = 1.5
+    style: float = 3.0
+
+
+@dataclass
+class EditConditioning:
+    """Per-element conditioning of one UNet batch of N elements.
+
+    image_latents, style_latents: (N, 4, h, w), unscaled VAE posterior modes of 2x - 1.
+    prompt_embeds: (N, L, D) text-encoder states of the edit instruction.
+    empty_embeds: (1, L, D) text-encoder states of the empty prompt.
+    """
+
+    image_latents: torch.Tensor
+    style_latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+    empty_embeds: torch.Tensor
+
+    def repeat_interleave(self, repeats: int) -> "EditConditioning":
+        """Each element repeated ``repeats`` times in place: N -> N·repeats (edits of an input)."""
+        return EditConditioning(
+            self.image_latents.repeat_interleave(repeats, dim=0),
+            self.style_latents.repeat_interleave(repeats, dim=0),
+            self.prompt_embeds.repeat_interleave(repeats, dim=0),
+            self.empty_embeds,
+        )
+
+
+def combine_branches(eps_text, eps_image, eps_uncond, eps_image_style, scales: GuidanceScales):
+    """ε = ε_u + s_img(ε_i − ε_u) + s_sty(ε_is − ε_i) + s_txt(ε_t − ε_is)."""
+    return (
+        eps_uncond
+        + scales.image * (eps_image - eps_uncond)
+        + scales.style * (eps_image_style - eps_image)
+        + scales.text * (eps_text - eps_image_style)
+    )
+
+
+def guided_epsilon(unet, style_module, scaled_latents, timesteps, cond: EditConditioning,
+                   scales: GuidanceScales) -> torch.Tensor:
+    """Guided noise prediction with all four branches in ONE UNet call.
+
+    Branch order in the 4N batch: text (prompt, input, style), image (empty, input, 0),
+    uncond (empty, 0, 0), image_style (empty, input, style). The style channels come from the
+    cross-attention module, always conditioned on the prompt.
+
+    Args:
+        unet: a UNet with a 12-channel conv_in.
+        style_module: maps (style_latents, image_latents, prompt_embeds) to (N, 4, h, w).
+        scaled_latents: noisy latents already scaled for the model input, (N, 4, h, w).
+        timesteps: 0-d or (N,) timesteps.
+    Returns:
+        ε, (N, 4, h, w), in the UNet's output dtype.
+    """
+    style = style_module(cond.style_latents, cond.image_latents, cond.prompt_embeds)
+    zeros = torch.zeros_like(style)
+    image = cond.image_latents.to(style.dtype)
+    empty = cond.empty_embeds.expand_as(cond.prompt_embeds)
+    model_input = torch.cat(
+        [
+            scaled_latents.repeat(4, 1, 1, 1).to(style.dtype),
+            torch.cat([image, image, zeros, image]),
+            torch.cat([style, zeros, zeros, style]),
+        ],
+        dim=1,
+    )
+    text = torch.cat([cond.prompt_embeds, empty, empty, empty])
+    if timesteps.ndim == 1:
+        timesteps = timesteps.repeat(4)
+    eps = unet(model_input, timesteps, encoder_hidden_states=text).sample
+    return combine_branches(*eps.chunk(4), scales)

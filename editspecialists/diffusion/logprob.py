@@ -1,0 +1,193 @@
+"""Scheduler steps that also return log p(x_{t-1} | x_t), for DDIM and Euler-ancestral.
+
+The functions read only the scheduler's tables (``timesteps``, ``sigmas``, ``alphas_cumprod``)
+after ``set_timesteps``; they never use or advance its internal step counter, so training can
+visit timesteps in any order. ``timestep`` is a 0-d tensor or a 1-d tensor holding one timestep
+per batch element, each taken from ``scheduler.timesteps``. All arithmetic is done in fp32 on
+the sample's device without host synchronisation.
+
+Steps whose noise scale is zero (Euler-ancestral's final step, DDIM with eta 0 or at
+alpha_prev = 1) are deterministic: they return log_prob 0 and must not be trained on
+(see :func:`step_is_stochastic`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _per_element(values: torch.Tensor, batch: int, ndim: int) -> torch.Tensor:
+    """Broadcast a 0-d or (batch,) tensor to shape (batch, 1, 1, ...) with ``ndim`` dims."""
+    return values.reshape(-1).expand(batch).reshape(batch, *([1] * (ndim - 1)))
+
+
+def step_indices(scheduler, timestep: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Index of each timestep in ``scheduler.timesteps``: (batch,) or 0-d -> same shape, long."""
+    table = scheduler.timesteps.to(device)
+    timestep = torch.as_tensor(timestep, device=device)
+    matches = table == timestep.to(table.dtype).unsqueeze(-1)
+    return matches.int().argmax(dim=-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch elements of log N(x; mean, std²): (B, ...) -> (B,).
+
+    Where ``std`` is 0 the density is undefined; those elements give 0.
+    """
+    stochastic = std > 0
+    safe_std = torch.where(stochastic, std, torch.ones_like(std))
+    log_density = -((x - mean) ** 2) / (2 * safe_std**2) - torch.log(safe_std) - _LOG_SQRT_2PI
+    log_density = torch.where(stochastic, log_density, torch.zeros_like(log_density))
+    return log_density.mean(dim=tuple(range(1, x.ndim)))
+
+
+def _draw_or_score(mean, std, prev_sample, generator, like):
+    """Draw x_{t-1} = mean + std·z (or take the given one) and score it; both fp32."""
+    if prev_sample is None:
+        noise = randn_tensor(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+        prev_sample = mean + std * noise
+    prev_sample = prev_sample.to(torch.float32)
+    return prev_sample, gaussian_log_prob(prev_sample, mean, std)
+
+
+def _check_epsilon(scheduler) -> None:
+    if scheduler.config.prediction_type != "epsilon":
+        raise ValueError(
+            f"prediction_type={scheduler.config.prediction_type!r} is not supported: the log-prob "
+            "steps expect an epsilon-predicting model (InstructPix2Pix is one)."
+        )
+
+
+def euler_ancestral_sigmas(scheduler, timestep, device):
+    """(sigma_from, sigma_up, sigma_down) of the Euler-ancestral step at ``timestep``, fp32."""
+    sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
+    index = step_indices(scheduler, timestep, device)
+    sigma_from, sigma_to = sigmas[index], sigmas[index + 1]
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).sqrt()
+    sigma_down = (sigma_to**2 - sigma_up**2).clamp_min(0).sqrt()
+    return sigma_from, sigma_up, sigma_down
+
+
+def euler_ancestral_step_with_logprob(
+    scheduler, model_output, timestep, sample, prev_sample=None, generator=None
+):
+    """One Euler-ancestral step with its log-probability.
+
+    Args:
+        scheduler: ``EulerAncestralDiscreteScheduler`` after ``set_timesteps``.
+        model_output: predicted noise ε, (B, C, h, w), any float dtype.
+        timestep: 0-d or (B,) tensor of values from ``scheduler.timesteps``.
+        sample: x_t (unscaled), (B, C, h, w).
+        prev_sample: x_{t-1} to score; drawn when None.
+        generator: torch generator (or list of B) for the drawn noise.
+
+    Returns:
+        (prev_sample (B, C, h, w) fp32, log_prob (B,) fp32).
+    """
+    _check_epsilon(scheduler)
+    batch, ndim = sample.shape[0], sample.ndim
+    sigma_from, sigma_up, sigma_down = (
+        _per_element(s, batch, ndim) for s in euler_ancestral_sigmas(scheduler, timestep, sample.device)
+    )
+    sample = sample.to(torch.float32)
+    mean = sample + model_output.to(torch.float32) * (sigma_down - sigma_from)
+    return _draw_or_score(mean, sigma_up, prev_sample, generator, sample)
+
+
+def ddim_std(scheduler, timestep, device, eta: float = 1.0):
+    """(alpha_prod_t, alpha_prod_prev, sigma) of the DDIM step at ``timestep``, fp32."""
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    timestep = torch.as_tensor(timestep, device=device).long()
+    prev = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, device=device, dtype=torch.float32)
+    alpha_t = alphas[timestep]
+    alpha_prev = torch.where(prev >= 0, alphas[prev.clamp_min(0)], final)
+    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    return alpha_t, alpha_prev, eta * variance.clamp_min(0).sqrt()
+
+
+def ddim_step_with_logprob(
+    scheduler, model_output, timestep, sample, eta=1.0, prev_sample=None, generator=None
+):
+    """One DDIM step (DDPO formulation) with its log-probability.
+
+    mean = sqrt(ᾱ_prev)·x0 + sqrt(1 − ᾱ_prev − σ²)·ε with
+    σ = eta·sqrt((1 − ᾱ_prev)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)).
+
+    Args:
+        scheduler: ``DDIMScheduler`` after ``set_timesteps``.
+        model_output: predicted noise ε, (B, C, h, w).
+        timestep: 0-d or (B,) tensor of values from ``scheduler.timesteps``.
+        sample: x_t, (B, C, h, w).
+        eta: noise scale; 0 makes the step deterministic (log_prob 0).
+        prev_sample: x_{t-1} to score; drawn when None.
+        generator: torch generator (or list of B) for the drawn noise.
+
+    Returns:
+        (prev_sample (B, C, h, w) fp32, log_prob (B,) fp32).
+    """
+    _check_epsilon(scheduler)
+    if scheduler.config.thresholding:
+        raise ValueError("DDIM with thresholding=True is not supported by the log-prob step.")
+    batch, ndim = sample.shape[0], sample.ndim
+    alpha_t, alpha_prev, std = (
+        _per_element(v, batch, ndim) for v in ddim_std(scheduler, timestep, sample.device, eta)
+    )
+    sample = sample.to(torch.float32)
+    epsilon = model_output.to(torch.float32)
+    x0 = (sample - (1 - alpha_t).sqrt() * epsilon) / alpha_t.sqrt()
+    if scheduler.config.clip_sample:
+        x0 = x0.clamp(-scheduler.config.clip_sample_range, scheduler.config.clip_sample_range)
+    direction = (1 - alpha_prev - std**2).clamp_min(0).sqrt() * epsilon
+    mean = alpha_prev.sqrt() * x0 + direction
+    return _draw_or_score(mean, std, prev_sample, generator, sample)
+
+
+def is_euler_ancestral(scheduler) -> bool:
+    """True for Euler-ancestral, False for DDIM; any other scheduler is refused."""
+    if isinstance(scheduler, EulerAncestralDiscreteScheduler):
+        return True
+    if isinstance(scheduler, DDIMScheduler):
+        return False
+    raise ValueError(
+        f"{type(scheduler).__name__} has no log-prob step: use EulerAncestralDiscreteScheduler or "
+        "DDIMScheduler (config.pretrained.scheduler = 'euler_ancestral' or 'ddim')."
+    )
+
+
+def step_with_logprob(scheduler, model_output, timestep, sample, *, eta=1.0, prev_sample=None,
+                      generator=None):
+    """Dispatch to the log-prob step of ``scheduler``'s family (DDIM or Euler-ancestral)."""
+    if is_euler_ancestral(scheduler):
+        return euler_ancestral_step_with_logprob(
+            scheduler, model_output, timestep, sample, prev_sample=prev_sample, generator=generator
+        )
+    return ddim_step_with_logprob(
+        scheduler, model_output, timestep, sample, eta=eta, prev_sample=prev_sample, generator=generator
+    )
+
+
+def scale_model_input(scheduler, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """Scale x_t for the UNet with the sigma of ``timestep`` itself (Euler: 1/sqrt(σ²+1))."""
+    if not is_euler_ancestral(scheduler):
+        return sample
+    sigma_from, _, _ = euler_ancestral_sigmas(scheduler, timestep, sample.device)
+    scale = (sigma_from**2 + 1).rsqrt()
+    return sample * _per_element(scale, sample.shape[0], sample.ndim).to(sample.dtype)
+
+
+def step_is_stochastic(scheduler, *, eta: float = 1.0) -> torch.Tensor:
+    """(T,) bool over ``scheduler.timesteps``: True where the step has noise (trainable)."""
+    timesteps = scheduler.timesteps
+    device = timesteps.device
+    if is_euler_ancestral(scheduler):
+        _, std, _ = euler_ancestral_sigmas(scheduler, timesteps, device)
+    else:
+        _, _, std = ddim_std(scheduler, timesteps, device, eta)
+    return std > 0

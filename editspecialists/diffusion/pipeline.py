@@ -1,0 +1,63 @@
+"""Loading the base InstructPix2Pix pipeline and the frozen encoders around the policy.
+
+This is the one model-loading path of the policy: a hub id or a local folder, used by training,
+generation, the benchmark and the tests alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCHEDULERS = ("euler_ancestral", "ddim")
+
+
+def load_pipeline(model_id: str, *, revision: str = "", scheduler: str = "euler_ancestral"):
+    """Load ``StableDiffusionInstructPix2PixPipeline`` (fp32, CPU) with the chosen scheduler.
+
+    The VAE and text encoder are frozen; the UNet is returned untouched for
+    :func:`editspecialists.diffusion.policy.build_policy`.
+    """
+    from diffusers import (
+        DDIMScheduler,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionInstructPix2PixPipeline,
+    )
+
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"pretrained.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        model_id,
+        revision=revision or None,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    family = EulerAncestralDiscreteScheduler if scheduler == "euler_ancestral" else DDIMScheduler
+    pipe.scheduler = family.from_config(pipe.scheduler.config)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> unscaled latent modes (N, 4, H/f, W/f), IP2P convention."""
+    pixels = (2 * images - 1).to(device=vae.device, dtype=vae.dtype)
+    return vae.encode(pixels).latent_dist.mode()
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents (N, 4, h, w) -> images (N, 3, h·f, w·f) in [0, 1], fp32."""
+    latents = (latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
+    images = vae.decode(latents).sample
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """Prompts -> text-encoder hidden states (N, L, D), padded to the tokenizer's max length."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]

@@ -1,0 +1,208 @@
+"""The visual-prompt InstructPix2Pix policy (SPEC §2) and its frozen reference.
+
+Construction from a loaded ``StableDiffusionInstructPix2PixPipeline``:
+- conv_in widened 8 -> 12 input channels (new channels zero, so the policy starts as IP2P);
+- :class:`StylePromptAttention`, the cross-attention module producing the 4 style channels;
+- LoRA adapters on the UNet attention projections, or full fine-tuning.
+
+The reference (frozen initial model) reuses the same UNet with LoRA disabled plus frozen copies
+of the small initial conv_in and style module, so no second UNet is held. With full
+fine-tuning there are no adapters to switch off, so a frozen copy of the initial UNet is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales, guided_epsilon
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+VISUAL_PROMPT_CHANNELS = 4
+
+
+class StylePromptAttention(nn.Module):
+    """Cross-attention from per-pixel (style ⊕ input) latents to the prompt's text states.
+
+    Queries: the 2·C-vector of concat(style_latents, image_latents) at every latent pixel;
+    keys/values: the prompt embedding (N, L, D). Output: (N, C_out, h, w) style channels.
+    """
+
+    def __init__(self, latent_channels: int = 4, text_dim: int = 768, inner_dim: int = 320,
+                 num_heads: int = 8, out_channels: int = VISUAL_PROMPT_CHANNELS):
+        super().__init__()
+        if inner_dim % num_heads:
+            raise ValueError(f"inner_dim {inner_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(2 * latent_channels, inner_dim, bias=False)
+        self.to_k = nn.Linear(text_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(text_dim, inner_dim, bias=False)
+        self.to_out = nn.Linear(inner_dim, out_channels, bias=False)
+
+    @classmethod
+    def from_unet(cls, unet, num_heads: int = 8) -> "StylePromptAttention":
+        """Initialise k/v from the UNet's first cross-attention block, q from its to_v (SPEC §10).
+
+        q (inner × 2C) = to_v.weight (inner × D) split into 2C contiguous column groups, each
+        averaged over its columns.
+        """
+        attn = first_cross_attention(unet)
+        inner_dim, text_dim = attn.to_v.weight.shape
+        latent_channels = unet.config.out_channels
+        query_dim = 2 * latent_channels
+        if text_dim % query_dim:
+            raise ValueError(f"text dim {text_dim} is not divisible into {query_dim} column groups")
+        module = cls(latent_channels, text_dim, inner_dim, num_heads)
+        with torch.no_grad():
+            module.to_k.weight.copy_(attn.to_k.weight.float())
+            module.to_v.weight.copy_(attn.to_v.weight.float())
+            grouped = attn.to_v.weight.float().reshape(inner_dim, query_dim, text_dim // query_dim)
+            module.to_q.weight.copy_(grouped.mean(dim=-1))
+        return module
+
+    def forward(self, style_latents, image_latents, text_states):
+        """(N, C, h, w), (N, C, h, w), (N, L, D) -> (N, C_out, h, w)."""
+        batch, _, height, width = image_latents.shape
+        pixels = torch.cat([style_latents, image_latents], dim=1).flatten(2).transpose(1, 2)
+        dtype = self.to_q.weight.dtype
+        query = self._split_heads(self.to_q(pixels.to(dtype)))
+        key = self._split_heads(self.to_k(text_states.to(dtype)))
+        value = self._split_heads(self.to_v(text_states.to(dtype)))
+        attended = F.scaled_dot_product_attention(query, key, value)
+        attended = attended.transpose(1, 2).flatten(2)
+        out = self.to_out(attended)
+        return out.transpose(1, 2).reshape(batch, -1, height, width)
+
+    def _split_heads(self, x):
+        batch, length, dim = x.shape
+        return x.reshape(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+
+def first_cross_attention(unet):
+    """The first cross-attention (``attn2``) of the UNet's down path (SD-1.5: down_blocks[0])."""
+    for block in unet.down_blocks:
+        for transformer in getattr(block, "attentions", []):
+            return transformer.transformer_blocks[0].attn2
+    raise ValueError("the UNet has no cross-attention block in its down path")
+
+
+def widen_conv_in(unet, extra_channels: int = VISUAL_PROMPT_CHANNELS) -> None:
+    """Replace conv_in by one with ``extra_channels`` more zero-initialised inputs (in place).
+
+    The pretrained channels and the bias are kept, so outputs are unchanged at initialisation.
+    ``unet.config.in_channels`` is updated so the widened UNet saves and reloads correctly.
+    """
+    old = unet.conv_in
+    new = nn.Conv2d(old.in_channels + extra_channels, old.out_channels, old.kernel_size,
+                    old.stride, old.padding, device=old.weight.device, dtype=torch.float32)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels].copy_(old.weight)
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)
+
+
+class VisualPromptPolicy(nn.Module):
+    """UNet + style module whose forward is the 4-branch guided noise prediction.
+
+    Under DDP wrap this module; its forward is the only training entry point. Use
+    ``with policy.reference():`` (on the unwrapped module) to run the frozen initial model.
+    """
+
+    def __init__(self, unet, style_module: StylePromptAttention, use_lora: bool):
+        super().__init__()
+        self.unet = unet
+        self.style_module = style_module
+        self.use_lora = use_lora
+        self._reference_parts = _FrozenReference(unet, style_module, keep_unet=not use_lora)
+        self._use_reference = False
+
+    def forward(self, scaled_latents, timesteps, cond: EditConditioning, scales: GuidanceScales):
+        """Guided ε for (N, 4, h, w) scaled noisy latents at 0-d or (N,) timesteps."""
+        unet, style = self.unet, self.style_module
+        if self._use_reference:
+            style = self._reference_parts.style_module
+            if self._reference_parts.unet is not None:
+                unet = self._reference_parts.unet
+        return guided_epsilon(unet, style, scaled_latents, timesteps, cond, scales)
+
+    @contextmanager
+    def reference(self):
+        """Within the block, forward runs the frozen initial model (LoRA off, initial modules)."""
+        swapped_conv = self.use_lora
+        if swapped_conv:
+            trained_conv = self.unet.conv_in
+            self.unet.conv_in = self._reference_parts.conv_in
+            self.unet.disable_adapters()
+        self._use_reference = True
+        try:
+            yield self
+        finally:
+            self._use_reference = False
+            if swapped_conv:
+                self.unet.enable_adapters()
+                self.unet.conv_in = trained_conv
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights that define the fine-tuned model: LoRA (or the UNet), conv_in, style module."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+
+class _FrozenReference(nn.Module):
+    """Frozen copies of the initial small modules (and of the UNet for full fine-tuning).
+
+    Their parameters have ``requires_grad=False``, so they never reach the optimizer, DDP's
+    gradient reduction or the checkpoint (:meth:`VisualPromptPolicy.trainable_state_dict`).
+    """
+
+    def __init__(self, unet, style_module, keep_unet: bool):
+        super().__init__()
+        self.conv_in = _frozen_copy(unet.conv_in)
+        self.style_module = _frozen_copy(style_module)
+        self.unet = _frozen_copy(unet) if keep_unet else None
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(module)
+    clone.requires_grad_(False)
+    return clone.eval()
+
+
+def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 8,
+                 num_heads: int = 8, frozen_dtype: torch.dtype = torch.float32) -> VisualPromptPolicy:
+    """Turn a pretrained 8-channel IP2P UNet into the visual-prompt policy (in place).
+
+    Trainable (fp32): LoRA adapters (or every UNet weight when ``use_lora`` is False), the
+    widened conv_in and the style module. With LoRA the frozen base weights are cast to
+    ``frozen_dtype`` to save memory.
+    """
+    if unet.config.in_channels != 8:
+        raise ValueError(
+            f"expected an InstructPix2Pix UNet with 8 input channels, got {unet.config.in_channels}"
+        )
+    style_module = StylePromptAttention.from_unet(unet, num_heads=num_heads)
+    if use_lora:
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        if frozen_dtype != unet.dtype:
+            unet.to(frozen_dtype)
+        unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha,
+                                    init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+        for param in unet.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    else:
+        unet.float().requires_grad_(True)
+    widen_conv_in(unet)
+    style_module.to(unet.device)
+    return VisualPromptPolicy(unet, style_module, use_lora)

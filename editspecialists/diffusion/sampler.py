@@ -1,0 +1,133 @@
+"""Sampling edit trajectories with log-probabilities, and recomputing them for training.
+
+Both functions reach the model through :class:`VisualPromptPolicy` (4-branch guidance) and the
+step functions of :mod:`editspecialists.diffusion.logprob`, so the log-probability that
+training recomputes is by construction the one sampling recorded.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+
+import torch
+
+from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
+from editspecialists.diffusion.logprob import scale_model_input, step_is_stochastic, step_with_logprob
+from editspecialists.diffusion.pipeline import decode_latents
+
+
+@dataclass
+class Trajectories:
+    """nb_gen sampled edits for each of B inputs over T denoising steps.
+
+    images: (B, G, 3, H, W) decoded edits in [0, 1].
+    latents: (B, G, T + 1, 4, h, w) fp32; step t goes from ``latents[:, :, t]`` to ``[:, :, t+1]``.
+    log_probs: (B, G, T) fp32 log p(x_{t+1} | x_t) under the sampling policy.
+    timesteps: (T,) the scheduler's timesteps.
+    trainable: (T,) bool, False for deterministic steps (zero noise).
+    image_latents, style_latents: (B, 4, h, w); prompt_embeds: (B, L, D).
+    """
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    timesteps: torch.Tensor
+    trainable: torch.Tensor
+    image_latents: torch.Tensor
+    style_latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+
+    PER_INPUT = ("images", "latents", "log_probs", "image_latents", "style_latents", "prompt_embeds")
+
+    def select(self, index: torch.Tensor) -> "Trajectories":
+        """The trajectories of the inputs at ``index`` (a (b,) long tensor), shared fields kept."""
+        return Trajectories(**{
+            f.name: getattr(self, f.name)[index] if f.name in self.PER_INPUT else getattr(self, f.name)
+            for f in fields(self)
+        })
+
+    @staticmethod
+    def cat(parts: list["Trajectories"]) -> "Trajectories":
+        """Concatenate along the input dimension (shared fields taken from the first part)."""
+        first = parts[0]
+        return Trajectories(**{
+            f.name: torch.cat([getattr(p, f.name) for p in parts])
+            if f.name in Trajectories.PER_INPUT else getattr(first, f.name)
+            for f in fields(first)
+        })
+
+    def conditioning(self, empty_embeds: torch.Tensor) -> EditConditioning:
+        return EditConditioning(self.image_latents, self.style_latents, self.prompt_embeds, empty_embeds)
+
+
+def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, device) -> torch.Tensor:
+    """(B·G, 4, h, w) starting latents: one draw per input, shared by its nb_gen edits."""
+    noise = torch.randn((batch, 1, *latent_shape), generator=generator, device=device)
+    noise = noise * scheduler.init_noise_sigma
+    return noise.expand(-1, nb_gen, *latent_shape).reshape(batch * nb_gen, *latent_shape)
+
+
+@torch.no_grad()
+def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int, scales: GuidanceScales,
+                 eta: float = 1.0, generator: torch.Generator | None = None,
+                 autocast=nullcontext) -> Trajectories:
+    """Sample nb_gen edits per input with one batched UNet call (4·G·B elements) per step.
+
+    Args:
+        policy: the (possibly DDP-wrapped) :class:`VisualPromptPolicy`.
+        scheduler: Euler-ancestral or DDIM scheduler after ``set_timesteps``.
+        vae: decodes the final latents.
+        cond: conditioning of the B inputs (image/style latents, prompt embeds).
+        generator: drives the initial noise and every step's noise.
+        autocast: a context-manager factory (e.g. ``accelerator.autocast``) for the UNet calls.
+    """
+    batch, _, height, width = cond.image_latents.shape
+    device = cond.image_latents.device
+    latent_shape = (vae.config.latent_channels, height, width)
+    latents = initial_noise(batch, nb_gen, latent_shape, scheduler, generator, device)
+    edit_cond = cond.repeat_interleave(nb_gen)
+    timesteps = scheduler.timesteps.to(device)
+    all_latents, all_log_probs = [latents], []
+    for timestep in timesteps:
+        with autocast():
+            eps = policy(scale_model_input(scheduler, latents, timestep), timestep, edit_cond, scales)
+        latents, log_prob = step_with_logprob(scheduler, eps, timestep, latents, eta=eta,
+                                              generator=generator)
+        all_latents.append(latents)
+        all_log_probs.append(log_prob)
+    images = decode_latents(vae, latents)
+    return Trajectories(
+        images=images.reshape(batch, nb_gen, *images.shape[1:]),
+        latents=torch.stack(all_latents, dim=1).reshape(batch, nb_gen, len(timesteps) + 1, *latent_shape),
+        log_probs=torch.stack(all_log_probs, dim=1).reshape(batch, nb_gen, len(timesteps)),
+        timesteps=timesteps,
+        trainable=step_is_stochastic(scheduler, eta=eta).to(device),
+        image_latents=cond.image_latents,
+        style_latents=cond.style_latents,
+        prompt_embeds=cond.prompt_embeds,
+    )
+
+
+def transition_log_probs(policy, scheduler, trajectories: Trajectories, step_index: torch.Tensor,
+                         empty_embeds: torch.Tensor, *, scales: GuidanceScales, eta: float = 1.0,
+                         reference: bool = False, autocast=nullcontext) -> torch.Tensor:
+    """Log-probs (b, G) of stored transitions at per-input step indices ``step_index`` (b,).
+
+    Every edit of input i is scored at step ``step_index[i]``. With ``reference=True`` the
+    frozen initial model scores them (no gradient); otherwise gradients flow to the policy.
+    ``policy`` may be DDP-wrapped: its forward is what gets called.
+    """
+    batch, nb_gen = trajectories.log_probs.shape[:2]
+    gather = step_index.view(batch, 1, 1, *([1] * 3)).expand(batch, nb_gen, 1, *trajectories.latents.shape[3:])
+    before = trajectories.latents.gather(2, gather).flatten(0, 2)
+    after = trajectories.latents.gather(2, gather + 1).flatten(0, 2)
+    timesteps = trajectories.timesteps[step_index].repeat_interleave(nb_gen)
+    cond = trajectories.conditioning(empty_embeds).repeat_interleave(nb_gen)
+    unwrapped = getattr(policy, "module", policy)
+    context = unwrapped.reference() if reference else nullcontext()
+    grad = torch.no_grad() if reference else nullcontext()
+    with context, grad, autocast():
+        eps = policy(scale_model_input(scheduler, before, timesteps), timesteps, cond, scales)
+    _, log_prob = step_with_logprob(scheduler, eps, timesteps, before, eta=eta, prev_sample=after)
+    return log_prob.view(batch, nb_gen)

@@ -1,0 +1,369 @@
+"""A tiny InstructPix2Pix that behaves like a trained editor, for the CPU demo.
+
+Randomly initialised tiny models cannot show the trainer learning: the random VAE decodes every
+latent to nearly the same image and the random UNet produces no edit. This module pretrains the
+tiny pipeline of :mod:`editspecialists.testing.tiny` on the demo images, in two supervised stages
+that double as a small example of InstructPix2Pix training:
+
+1. the VAE as an autoencoder (demo cars, brick walls, edit targets and smooth random images), then
+   its ``scaling_factor`` set so that scaled latents have unit standard deviation;
+2. the UNet on a synthetic edit, "turn the car into lego": the input is a demo car, the target the
+   same scene with the car's pixels replaced by a brick wall. Inputs follow the InstructPix2Pix
+   conventions: 8 channels = noisy scaled latent + unscaled posterior mode of ``2x - 1`` of the
+   input image; the loss is the epsilon-prediction MSE; the instruction and the input image are
+   each dropped with probability ``cond_dropout`` (and both together too), so that the
+   pipeline's two-scale classifier-free guidance has unconditional branches to work with.
+
+The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
+and brightness, which gives a preference trainer something to rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from editspecialists.data.demo import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
+from editspecialists.testing.tiny import build_tiny_ip2p, cached_build
+
+DEMO_EDITOR_VERSION = "1"
+DEMO_RESOLUTION = 32
+INSTRUCTION_TEMPLATES = (
+    "turn the {input} into {style}",
+    "replace the {input} with {style}",
+    "transform the {input} into {style}",
+    "convert the {input} to {style}",
+    "change the {input} to {style}",
+    "morph the {input} into {style}",
+    "modify the {input} into {style}",
+    "swap the {input} for {style}",
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoEditorReport:
+    """What :func:`pretrain_demo_editor` measured: per-step losses, final figures, wall time (s)."""
+
+    vae_losses: list[float] = field(default_factory=list)
+    unet_losses: list[float] = field(default_factory=list)
+    vae_reconstruction_mse: float = float("nan")
+    scaling_factor: float = float("nan")
+    seconds: float = 0.0
+
+
+@dataclass
+class EditExamples:
+    """Training material at one resolution, pixel values in [0, 1].
+
+    cars: [N, 3, R, R]; car_masks: [N, 1, R, R] (soft, 1 on the car); walls: [M, 3, R, R].
+    """
+
+    cars: torch.Tensor
+    car_masks: torch.Tensor
+    walls: torch.Tensor
+
+
+def demo_training_images(num_cars: int = 64, num_walls: int = 16, size: int = 64,
+                         seed: int = 0) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Cars and brick walls drawn like :func:`write_demo_images` (cars first, from one seeded rng).
+
+    With the same seed, the first cars are the demo's input images.
+    """
+    rng = random.Random(seed)
+    cars = [draw_car(rng, size) for _ in range(num_cars)]
+    walls = [draw_bricks(rng, size) for _ in range(num_walls)]
+    return cars, walls
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image → [3, H, W] float tensor in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def car_mask(car: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] demo car image → [1, H, W] float mask, 1 where a pixel belongs to the car.
+
+    A demo scene is uniform along each row (sky above the horizon, ground below) and the car never
+    touches column 0, so a pixel is the car's exactly when it differs from its row's first pixel.
+    """
+    return (car != car[:, :, :1]).any(dim=0, keepdim=True).float()
+
+
+def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """[N, C, H, W] → [N, C, resolution, resolution] by area averaging (soft mask edges)."""
+    return F.interpolate(images, size=(resolution, resolution), mode="area")
+
+
+def edit_examples(cars: Sequence[Image.Image], walls: Sequence[Image.Image],
+                  resolution: int) -> EditExamples:
+    """Tensors of the cars (with their masks, computed at full size) and walls at ``resolution``."""
+    full_cars = torch.stack([image_tensor(car) for car in cars])
+    masks = torch.stack([car_mask(car) for car in full_cars])
+    full_walls = torch.stack([image_tensor(wall) for wall in walls])
+    return EditExamples(resize(full_cars, resolution), resize(masks, resolution),
+                        resize(full_walls, resolution))
+
+
+def random_flips(images: torch.Tensor, generator: torch.Generator, vertical: bool = False) -> torch.Tensor:
+    """Flip each image of [N, C, H, W] left-right (and up-down if ``vertical``) with probability 1/2."""
+    flip = torch.rand(images.shape[0], 1, 1, 1, generator=generator) < 0.5
+    images = torch.where(flip, images.flip(-1), images)
+    if vertical:
+        flip = torch.rand(images.shape[0], 1, 1, 1, generator=generator) < 0.5
+        images = torch.where(flip, images.flip(-2), images)
+    return images
+
+
+def random_wall_patterns(walls: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` walls drawn with replacement, randomly flipped and cyclically shifted: [count, 3, R, R]."""
+    chosen = walls[torch.randint(len(walls), (count,), generator=generator)]
+    chosen = random_flips(chosen, generator, vertical=True)
+    size = chosen.shape[-1]
+    shifts = torch.randint(size, (count, 2), generator=generator).tolist()
+    return torch.stack([wall.roll(shift, dims=(-2, -1)) for wall, shift in zip(chosen, shifts)])
+
+
+def sample_edit_pairs(examples: EditExamples, count: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` (input, target) pairs, each [count, 3, R, R] in [0, 1].
+
+    The input is a randomly flipped car; the target is the same scene with the car's pixels taken
+    from a random wall pattern.
+    """
+    index = torch.randint(len(examples.cars), (count,), generator=generator)
+    scenes = random_flips(torch.cat([examples.cars[index], examples.car_masks[index]], dim=1), generator)
+    inputs, masks = scenes[:, :3], scenes[:, 3:]
+    walls = random_wall_patterns(examples.walls, count, generator)
+    return inputs, masks * walls + (1 - masks) * inputs
+
+
+def smooth_random_images(count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
+    """Random colour fields (bilinearly upsampled 2×2 to 8×8 grids): [count, 3, R, R] in [0, 1]."""
+    grid = int(torch.randint(2, 9, (1,), generator=generator))
+    coarse = torch.rand(count, 3, grid, grid, generator=generator)
+    return F.interpolate(coarse, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
+def autoencoder_batch(examples: EditExamples, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A VAE training batch [batch_size, 3, R, R] in [0, 1]: a quarter each of cars, walls, edit
+    targets and smooth random images."""
+    quarter = batch_size // 4
+    inputs, targets = sample_edit_pairs(examples, quarter, generator)
+    walls = random_wall_patterns(examples.walls, quarter, generator)
+    smooth = smooth_random_images(batch_size - 3 * quarter, examples.cars.shape[-1], generator)
+    return torch.cat([inputs, walls, targets, smooth])
+
+
+def train_vae(vae, examples: EditExamples, *, steps: int, batch_size: int, learning_rate: float,
+              kl_weight: float, generator: torch.Generator) -> list[float]:
+    """Train ``vae`` in place as an autoencoder of ``2x - 1`` images; returns the per-step loss.
+
+    Loss = MSE(decode(posterior sample), image) + ``kl_weight`` · mean KL to N(0, 1). Decoding a
+    posterior sample rather than the mode keeps the decoder robust to imprecise latents.
+    """
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = cosine_schedule(optimizer, steps)
+    losses = []
+    for step in range(steps):
+        images = 2 * autoencoder_batch(examples, batch_size, generator) - 1
+        posterior = vae.encode(images).latent_dist
+        decoded = vae.decode(posterior.sample(generator=generator)).sample
+        loss = F.mse_loss(decoded, images) + kl_weight * posterior.kl().mean() / posterior.mean[0].numel()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        log_progress("vae", step, steps, losses)
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+def cosine_schedule(optimizer, steps: int, warmup: int = 20):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of the learning rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def log_progress(stage: str, step: int, steps: int, losses: list[float], every: int = 100) -> None:
+    if (step + 1) % every == 0 or step + 1 == steps:
+        recent = losses[-every:]
+        logger.info("demo editor %s step %d/%d loss %.4f", stage, step + 1, steps, sum(recent) / len(recent))
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Unscaled posterior mode of ``2x - 1``: [N, 3, R, R] in [0, 1] → [N, 4, R/f, R/f]."""
+    return torch.cat([vae.encode(2 * part - 1).latent_dist.mode() for part in images.split(chunk)])
+
+
+@torch.no_grad()
+def reconstruction_mse(vae, images: torch.Tensor) -> float:
+    """Mean squared error in [0, 1] pixel units of decoding the posterior mode of ``images``."""
+    decoded = torch.cat([vae.decode(latent[None]).sample for latent in encode_images(vae, images)])
+    return F.mse_loss((decoded.clamp(-1, 1) + 1) / 2, images).item()
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
+    """Text-encoder hidden states as the pipeline computes them (padded to the tokenizer's maximum
+    length): [len(prompts), L, D]."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def noisy_latents(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                  alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion: sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε, per-sample t ([B] integer timesteps)."""
+    alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    return alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+
+
+def conditioning_dropout(batch_size: int, probability: float,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean [B] masks (drop_text, drop_image): each dropped alone with ``probability``, both
+    together with ``probability`` too (the InstructPix2Pix recipe)."""
+    u = torch.rand(batch_size, generator=generator)
+    return u < 2 * probability, (u >= probability) & (u < 3 * probability)
+
+
+@dataclass
+class EditLatents:
+    """Encoded training pairs: image_latents unscaled, target_latents scaled, both [N, 4, r, r]."""
+
+    image_latents: torch.Tensor
+    target_latents: torch.Tensor
+
+
+def encode_edit_pairs(vae, examples: EditExamples, count: int, generator: torch.Generator) -> EditLatents:
+    """Draw ``count`` edit pairs and encode them once (UNet training then reuses them)."""
+    inputs, targets = sample_edit_pairs(examples, count, generator)
+    scaling = vae.config.scaling_factor
+    return EditLatents(encode_images(vae, inputs), encode_images(vae, targets) * scaling)
+
+
+def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty_embed: torch.Tensor,
+               alphas_cumprod: torch.Tensor, *, steps: int, batch_size: int, learning_rate: float,
+               cond_dropout: float, generator: torch.Generator) -> list[float]:
+    """Train ``unet`` in place on epsilon prediction of the encoded edit pairs; returns the losses.
+
+    instruction_embeds: [P, L, D], one random instruction per example; empty_embed: [1, L, D], the
+    empty prompt that replaces a dropped instruction (as the pipeline's unconditional branches).
+    """
+    unet.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.0)
+    schedule = cosine_schedule(optimizer, steps)
+    num_timesteps = len(alphas_cumprod)
+    losses = []
+    for step in range(steps):
+        index = torch.randint(len(pairs.target_latents), (batch_size,), generator=generator)
+        targets, images = pairs.target_latents[index], pairs.image_latents[index]
+        noise = torch.randn(targets.shape, generator=generator)
+        timesteps = torch.randint(num_timesteps, (batch_size,), generator=generator)
+        prompts = instruction_embeds[torch.randint(len(instruction_embeds), (batch_size,), generator=generator)]
+        drop_text, drop_image = conditioning_dropout(batch_size, cond_dropout, generator)
+        prompts = torch.where(drop_text.view(-1, 1, 1), empty_embed, prompts)
+        images = torch.where(drop_image.view(-1, 1, 1, 1), torch.zeros_like(images), images)
+        model_input = torch.cat([noisy_latents(targets, noise, timesteps, alphas_cumprod), images], dim=1)
+        prediction = unet(model_input, timesteps, encoder_hidden_states=prompts).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        log_progress("unet", step, steps, losses)
+    unet.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, images: torch.Tensor) -> float:
+    """1 / standard deviation of the posterior means of ``images`` (so scaled latents have std 1)."""
+    return 1.0 / encode_images(vae, images).std().item()
+
+
+def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
+                         cars: Sequence[Image.Image], walls: Sequence[Image.Image], *,
+                         seed: int = 0, resolution: int = DEMO_RESOLUTION,
+                         vae_steps: int = 300, vae_batch_size: int = 16, vae_learning_rate: float = 2e-3,
+                         kl_weight: float = 1e-3, num_pairs: int = 2048,
+                         unet_steps: int = 600, unet_batch_size: int = 32, unet_learning_rate: float = 1e-3,
+                         cond_dropout: float = 0.05,
+                         instructions: Sequence[str] | None = None) -> DemoEditorReport:
+    """Pretrain the tiny InstructPix2Pix pipeline in ``pipeline_folder`` and save it to ``out_folder``.
+
+    cars: demo car scenes (as drawn by :func:`editspecialists.data.demo.draw_car`: the car mask is
+    recovered from the two-tone background); walls: brick "style" images. Both are resized to
+    ``resolution`` px. Stage 1 trains the VAE (``vae_steps`` steps), stage 2 the UNet on
+    ``num_pairs`` pre-encoded edit pairs (``unet_steps`` steps). ``instructions`` defaults to the
+    templates filled with "car" / "lego". Text encoder, tokenizer and scheduler are kept. The same
+    arguments give the same weights on the same machine and thread count. Returns the measurements.
+    """
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(pipeline_folder)
+    pipe.set_progress_bar_config(disable=True)
+    examples = edit_examples(cars, walls, resolution)
+    report = DemoEditorReport()
+
+    report.vae_losses = train_vae(pipe.vae, examples, steps=vae_steps, batch_size=vae_batch_size,
+                                  learning_rate=vae_learning_rate, kl_weight=kl_weight, generator=generator)
+    report.vae_reconstruction_mse = reconstruction_mse(pipe.vae, examples.cars)
+    report.scaling_factor = latent_scaling_factor(pipe.vae, autoencoder_batch(examples, 256, generator))
+    pipe.vae.register_to_config(scaling_factor=report.scaling_factor)
+
+    if instructions is None:
+        instructions = [t.format(input=INPUT_NAME, style=STYLE_NAME) for t in INSTRUCTION_TEMPLATES]
+    instruction_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, instructions)
+    empty_embed = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    pairs = encode_edit_pairs(pipe.vae, examples, num_pairs, generator)
+    report.unet_losses = train_unet(pipe.unet, pairs, instruction_embeds, empty_embed,
+                                    pipe.scheduler.alphas_cumprod.float(), steps=unet_steps,
+                                    batch_size=unet_batch_size, learning_rate=unet_learning_rate,
+                                    cond_dropout=cond_dropout, generator=generator)
+
+    pipe.save_pretrained(out_folder)
+    report.seconds = time.perf_counter() - start
+    logger.info("demo editor trained in %.0f s (VAE reconstruction MSE %.4f)",
+                report.seconds, report.vae_reconstruction_mse)
+    return report
+
+
+def build_demo_editor(folder: Path, seed: int = 0) -> DemoEditorReport:
+    """Build the tiny pipeline (seeded), pretrain it on freshly drawn demo images, save to ``folder``."""
+    cars, walls = demo_training_images(seed=seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_ip2p(Path(scratch), seed=seed)
+        return pretrain_demo_editor(scratch, folder, cars, walls, seed=seed)
+
+
+def demo_editor(root: Path) -> Path:
+    """Folder of the pretrained demo pipeline under ``root`` (built on first use, a few minutes)."""
+    return cached_build(Path(root) / f"demo-editor-v{DEMO_EDITOR_VERSION}", build_demo_editor)

@@ -1,0 +1,111 @@
+"""Batched sampling of edits and the training-time recomputation of their log-probs."""
+
+import pytest
+import torch
+
+from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
+from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline
+from editspecialists.diffusion.policy import build_policy
+from editspecialists.diffusion.sampler import sample_edits, transition_log_probs
+
+SCALES = GuidanceScales()
+
+
+def setup(tiny_ip2p_path, scheduler="euler_ancestral", steps=6, batch=2):
+    pipe = load_pipeline(str(tiny_ip2p_path), scheduler=scheduler)
+    policy = build_policy(pipe.unet, use_lora=True)
+    pipe.scheduler.set_timesteps(steps)
+    images, styles = torch.rand(batch, 3, 32, 32), torch.rand(batch, 3, 32, 32)
+    prompts = ["turn the car into lego", "replace the red sports car with lego"][:batch]
+    empty = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+    cond = EditConditioning(encode_images(pipe.vae, images), encode_images(pipe.vae, styles),
+                            encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts), empty)
+    return pipe, policy, cond, empty
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "ddim"])
+def test_round_trip_log_probs_and_zero_ratio(tiny_ip2p_path, scheduler):
+    pipe, policy, cond, empty = setup(tiny_ip2p_path, scheduler)
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=3, scales=SCALES, eta=1.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert traj.images.shape == (2, 3, 3, 32, 32)
+    assert traj.latents.shape == (2, 3, 7, 4, 16, 16) and traj.log_probs.shape == (2, 3, 6)
+    assert 0 <= traj.images.min() and traj.images.max() <= 1
+    trainable = traj.trainable.nonzero().flatten()
+    assert len(trainable) == 5 and not traj.trainable[-1]
+    for step in trainable.tolist():
+        shuffled = torch.tensor([step, trainable[(step + 2) % len(trainable)].item()])
+        recomputed = transition_log_probs(policy, pipe.scheduler, traj, shuffled, empty, scales=SCALES)
+        reference = transition_log_probs(policy, pipe.scheduler, traj, shuffled, empty, scales=SCALES, reference=True)
+        sampled = traj.log_probs[torch.arange(2), :, shuffled]
+        assert (recomputed - sampled).abs().max() < 1e-5
+        assert torch.equal(recomputed.detach(), reference)
+
+
+def test_edits_share_initial_noise_but_differ(tiny_ip2p_path):
+    pipe, policy, cond, _ = setup(tiny_ip2p_path)
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES,
+                        generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(traj.latents[:, 0, 0], traj.latents[:, 1, 0])
+    assert not torch.allclose(traj.latents[:, 0, 0], traj.latents[0:1, 0, 0].expand(2, -1, -1, -1))
+    assert (traj.latents[:, 0, -1] - traj.latents[:, 1, -1]).abs().max() > 1e-3
+
+
+def test_sampling_is_reproducible_from_the_generator(tiny_ip2p_path):
+    pipe, policy, cond, _ = setup(tiny_ip2p_path)
+    runs = [sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES,
+                         generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(runs[0].latents, runs[1].latents)
+
+
+def test_one_unet_call_per_step_for_all_edits_and_branches(tiny_ip2p_path):
+    pipe, policy, cond, _ = setup(tiny_ip2p_path, steps=4)
+    batches = []
+    hook = policy.unet.register_forward_hook(lambda module, args, kwargs_out: batches.append(args[0].shape[0]))
+    sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=3, scales=SCALES)
+    hook.remove()
+    assert batches == [4 * 3 * 2] * 4
+
+
+def test_policy_gradient_reaches_lora_conv_in_and_style_module(tiny_ip2p_path):
+    pipe, policy, cond, empty = setup(tiny_ip2p_path)
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES)
+    with torch.no_grad():
+        policy.unet.conv_in.weight[:, 8:].normal_(0, 0.1)
+    log_prob = transition_log_probs(policy, pipe.scheduler, traj, torch.tensor([1, 2]), empty, scales=SCALES)
+    log_prob.sum().backward()
+    grads = {name: p.grad for name, p in policy.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    assert any("lora" in n and g.abs().sum() > 0 for n, g in grads.items())
+    assert policy.unet.conv_in.weight.grad.abs().sum() > 0
+    assert policy.style_module.to_out.weight.grad.abs().sum() > 0
+
+
+def test_perturbed_lora_moves_policy_not_reference(tiny_ip2p_path):
+    pipe, policy, cond, empty = setup(tiny_ip2p_path)
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES)
+    index = torch.tensor([0, 3])
+    with torch.no_grad():
+        reference_before = transition_log_probs(policy, pipe.scheduler, traj, index, empty, scales=SCALES, reference=True)
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+        reference_after = transition_log_probs(policy, pipe.scheduler, traj, index, empty, scales=SCALES, reference=True)
+        policy_after = transition_log_probs(policy, pipe.scheduler, traj, index, empty, scales=SCALES)
+    torch.testing.assert_close(reference_after, reference_before)
+    assert (policy_after - reference_before).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_autocast_sampling_is_finite(tiny_ip2p_path, dtype):
+    pipe, policy, cond, empty = setup(tiny_ip2p_path)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=dtype)
+
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES, autocast=autocast)
+    assert torch.isfinite(traj.log_probs).all() and torch.isfinite(traj.images).all()
+    assert traj.latents.dtype == torch.float32
+    recomputed = transition_log_probs(policy, pipe.scheduler, traj, torch.tensor([1, 2]), empty,
+                                      scales=SCALES, autocast=autocast)
+    assert torch.isfinite(recomputed).all()
