@@ -25,6 +25,7 @@ def get_config():
     config.lora_alpha = 8
     config.wandb_project = ""  # empty: no wandb; offline automatically without credentials
     config.gradient_checkpointing = False  # recommended with use_lora=False
+    config.demo_root = ""  # set by config/demo.py: scripts build the demo assets there first
 
     # ---- data ----
     config.inputimg_dir = "data/inputs"  # photos containing the object to edit

@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tiny models are overhead-bound: one thread per test process avoids oversubscribing small CI
+# machines and is as fast as two.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

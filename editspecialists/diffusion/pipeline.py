@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import torch
 
-SCHEDULERS = ("euler_ancestral", "ddim")
-
-
 def load_pipeline(model_id: str, *, revision: str = "", scheduler: str = "euler_ancestral"):
     """Load ``StableDiffusionInstructPix2PixPipeline`` (fp32, CPU) with the chosen scheduler.
 
     The VAE and text encoder are frozen; the UNet is returned untouched for
     :func:`editspecialists.diffusion.policy.build_policy`.
     """
-    from diffusers import (
-        DDIMScheduler,
-        EulerAncestralDiscreteScheduler,
-        StableDiffusionInstructPix2PixPipeline,
-    )
+    from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"pretrained.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
         model_id,
         revision=revision or None,
@@ -32,12 +23,26 @@ def load_pipeline(model_id: str, *, revision: str = "", scheduler: str = "euler_
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    family = EulerAncestralDiscreteScheduler if scheduler == "euler_ancestral" else DDIMScheduler
-    pipe.scheduler = family.from_config(pipe.scheduler.config)
+    pipe.scheduler = _scheduler_class(scheduler).from_config(pipe.scheduler.config)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _scheduler_class(name: str):
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+
+    classes = {"euler_ancestral": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler}
+    if name not in classes:
+        raise ValueError(f"pretrained.scheduler={name!r}: choose one of {sorted(classes)}")
+    return classes[name]
+
+
+def load_scheduler(model_id: str, *, revision: str = "", scheduler: str = "euler_ancestral"):
+    """Only the pipeline's scheduler (a small JSON), as the chosen family."""
+    return _scheduler_class(scheduler).from_pretrained(model_id, subfolder="scheduler",
+                                                       revision=revision or None)
 
 
 @torch.no_grad()

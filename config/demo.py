@@ -1,0 +1,64 @@
+"""Demo presets: the whole method on tiny local models and generated images, on a CPU.
+
+``--config config/demo.py``             full AI feedback (detector, SAM2, depth, DreamSim) on
+                                        tiny random feedback models: checks the plumbing.
+``--config config/demo.py:brightness``  brightness reward only, on the pretrained demo editor:
+                                        shows learning within minutes.
+The assets are built on first use under ``./demo_assets`` (see
+editspecialists.testing.demo_assets); nothing is downloaded.
+"""
+
+import importlib.util
+from pathlib import Path
+
+from editspecialists.testing.demo_assets import demo_paths
+
+
+def _base():
+    spec = importlib.util.spec_from_file_location("base_config", Path(__file__).with_name("base.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(preset: str = ""):
+    config = _base()
+    config.demo_root = "demo_assets"
+    paths = demo_paths(config.demo_root)
+    config.run_name = ""
+    config.logdir = "logs/demo"
+    config.inputimg_dir, config.styleimg_dir = paths["inputs"], paths["styles"]
+    config.input_name, config.style_name = "car", "lego"
+    config.data_resize = 32
+    config.mixed_precision = "no"
+    config.allow_tf32 = False
+    config.pretrained.model = paths["policy"]
+    for role in ("detector", "segmenter", "depth"):
+        config.models[role] = paths[role]
+    config.models.dreamsim = paths["dreamsim"]
+    config.models.dreamsim_cache = paths["dreamsim"]
+    config.models.semantic_dinov2 = paths["dinov2"]
+    config.models.clip = paths["clip"]
+    config.models.dino = paths["dinov2"]
+
+    config.num_epochs = 2
+    config.save_freq = 1
+    config.num_checkpoint_limit = 2
+    config.sample.num_steps = 10
+    config.sample.batch_size = 4
+    config.sample.num_batches_per_epoch = 2
+    config.sample.nb_gen = 2
+    config.sample.sample_savedir = "outputs/demo_edits"
+    config.train.batch_size = 2
+    config.train.gradient_accumulation_steps = 2
+    config.train.learning_rate = 1e-3
+    config.train.timestep_fraction = 0.5
+    config.reward.batch_size = 16
+
+    if preset == "brightness":
+        config.logdir = "logs/demo_brightness"
+        config.reward.weights = {"brightness": 1.0}
+        config.num_epochs = 12
+    elif preset:
+        raise ValueError(f"unknown demo preset {preset!r}: use '' or 'brightness'")
+    return config

@@ -1,0 +1,89 @@
+"""Reading user image folders into tensors: validation, colour conversion, resize and crop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def list_images(folder: str | Path, role: str = "image") -> list[Path]:
+    """Sorted .jpg/.jpeg/.png files of ``folder``; a clear error if it is missing or has none."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{role} folder {folder} does not exist (check the config key)")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"{role} folder {folder} holds no .jpg/.jpeg/.png image")
+    return files
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB view of any PIL image: alpha composited on white, grey expanded, 16-bit rescaled."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode != "F" and values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / peak * 255.0, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the short side is ``size`` (up or down), then crop the central square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [0, 1]."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> RGB PIL image."""
+    array = (tensor.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """One image file -> (3, size, size) tensor in [0, 1] (original size when ``size`` is None)."""
+    with Image.open(path) as image:
+        image.load()
+        image = to_rgb(image)
+    if size is not None:
+        image = resize_center_crop(image, size)
+    return image_to_tensor(image)
+
+
+def load_image_folder(folder: str | Path, size: int, role: str = "image") -> tuple[list[Path], torch.Tensor]:
+    """All readable images of ``folder`` as (N, 3, size, size); unreadable files are skipped.
+
+    One warning names every skipped file; a folder with no usable image is an error.
+    """
+    files, tensors, skipped = [], [], []
+    for path in list_images(folder, role):
+        try:
+            tensors.append(load_image(path, size))
+            files.append(path)
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            skipped.append(f"{path.name} ({error.__class__.__name__})")
+    if skipped:
+        logger.warning("skipped unreadable %s files in %s: %s", role, folder, ", ".join(skipped))
+    if not tensors:
+        raise ValueError(f"{role} folder {folder} has no readable image (skipped: {', '.join(skipped)})")
+    return files, torch.stack(tensors)

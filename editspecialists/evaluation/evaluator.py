@@ -1,0 +1,212 @@
+"""Evaluate a folder of edits: pair them, run the selected metric families, write JSON/CSV/PNG.
+
+Edits are read from ``<sample_savedir>/<input_name>_<style_name>/`` (where ``scripts/generate.py``
+writes them). Every input and style image is resized (short side) and centre-cropped to its edit's
+size, so pixel and patch metrics compare aligned images. A metric family whose optional dependency
+or model cannot be loaded is skipped with one log line; the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from editspecialists.evaluation.families import FAMILIES, EvalBatch, FamilySpec, ModelSettings, parse_metrics
+from editspecialists.evaluation.images import load_rgb, resize_center_crop, to_tensor
+from editspecialists.evaluation.pairs import EvalItem, pair_edits
+from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def run_name(input_name: str, style_name: str) -> str:
+    """``<input>_<style>``: the edits sub-folder and the stem of every output file."""
+    return f"{input_name}_{style_name}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def load_families(selected: Sequence[str], settings: ModelSettings) -> tuple[list, dict[str, str]]:
+    """``([(spec, family)], {skipped metric: reason})`` for the families holding a selected metric.
+
+    Loading failures (missing package, model files, hub access) skip that family's metrics with
+    one warning line.
+    """
+    loaded, skipped = [], {}
+    for name, spec in FAMILIES.items():
+        wanted = [m for m in spec.metrics if m in selected]
+        if not wanted:
+            continue
+        try:
+            loaded.append((spec, spec.build(settings)))
+        except Exception as err:  # noqa: BLE001 - any load failure only skips this family
+            reason = _first_line(err)
+            logger.warning("skipping %s (%s): %s", ", ".join(wanted), name, reason)
+            skipped.update({m: reason for m in wanted})
+    return loaded, skipped
+
+
+class MaskSource:
+    """Input/style masks (bool ``(H, W)``), predicted once per (file, size) and reused."""
+
+    def __init__(self, predictor, whole_frame: bool):
+        self.predictor, self.whole_frame = predictor, whole_frame
+        self.cache: dict[tuple[Path, tuple[int, int]], torch.Tensor] = {}
+
+    def masks(self, files: Sequence[Path], images: torch.Tensor, name: str) -> torch.Tensor:
+        """Masks ``(B, H, W)`` of ``name`` in ``images (B, 3, H, W)`` (one file per image)."""
+        size = tuple(images.shape[-2:])
+        if self.whole_frame:
+            return torch.ones(images.shape[0], *size, dtype=torch.bool, device=images.device)
+        missing = [i for i, f in enumerate(files) if (f, size) not in self.cache]
+        unique = list({files[i]: i for i in missing}.values())
+        if unique:
+            predicted = self.predictor(images[unique], [name] * len(unique))
+            self.cache.update({(files[i], size): mask for i, mask in zip(unique, predicted)})
+        return torch.stack([self.cache[f, size] for f in files]).to(images.device)
+
+
+def load_mask_source(config, settings: ModelSettings) -> MaskSource:
+    """Grounded-SAM2 masks (detector + segmenter of ``config.models``), unless ``whole_frame``."""
+    if config.whole_frame:
+        return MaskSource(None, whole_frame=True)
+    from editspecialists.rewards.masks import MaskPredictor
+
+    predictor = MaskPredictor.from_pretrained(
+        config.models.detector,
+        config.models.segmenter,
+        device=settings.device,
+        dtype=settings.dtype,
+        box_threshold=config.box_threshold,
+        text_threshold=config.text_threshold,
+    )
+    return MaskSource(predictor, whole_frame=False)
+
+
+def drop_mask_families(families: list, err: Exception, skipped: dict[str, str]) -> list:
+    """Skip (one line each) the families that need masks when the mask models cannot be loaded."""
+    reason = f"mask models unavailable: {_first_line(err)}"
+    kept = []
+    for spec, family in families:
+        if spec.needs_masks:
+            logger.warning("skipping %s: %s", ", ".join(spec.metrics), reason)
+            skipped.update({m: reason for m in spec.metrics})
+        else:
+            kept.append((spec, family))
+    return kept
+
+
+def load_images(items: Sequence[EvalItem]) -> dict[Path, Image.Image]:
+    """Decode every edit, input and style file once (a corrupt file raises naming it)."""
+    files = dict.fromkeys(f for item in items for f in (item.edit, item.input, item.style))
+    return {file: load_rgb(file) for file in files}
+
+
+def batches_by_size(items: Sequence[EvalItem], images: dict[Path, Image.Image], batch_size: int) -> Iterator[list[int]]:
+    """Indices of ``items`` in batches of at most ``batch_size`` edits sharing one size."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(images[item.edit].size, []).append(index)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]
+
+
+def _aligned(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    return resize_center_crop(to_tensor(image)[None], size)[0]
+
+
+def make_batch(items: Sequence[EvalItem], images: dict[Path, Image.Image], input_name: str,
+               device: torch.device) -> EvalBatch:
+    """Edits as they are; inputs and styles resized/cropped to the edits' size."""
+    edits = torch.stack([to_tensor(images[item.edit]) for item in items])
+    size = tuple(edits.shape[-2:])
+    return EvalBatch(
+        edits=edits.to(device),
+        inputs=torch.stack([_aligned(images[item.input], size) for item in items]).to(device),
+        styles=torch.stack([_aligned(images[item.style], size) for item in items]).to(device),
+        prompts=[item.prompt for item in items],
+        input_names=[input_name] * len(items),
+    )
+
+
+def score_all(items, images, families, masks: MaskSource | None, selected: Sequence[str], config,
+              device: torch.device) -> dict[str, list[float]]:
+    """Per-image values ``{metric: [value per item]}`` of every loaded family's selected metrics."""
+    names = [m for spec, _ in families for m in spec.metrics if m in selected]
+    per_image = {name: [math.nan] * len(items) for name in names}
+    batches = list(batches_by_size(items, images, config.batch_size))
+    for indices in tqdm(batches, desc="evaluating", unit="batch"):
+        chunk = [items[i] for i in indices]
+        batch = make_batch(chunk, images, config.input_name, device)
+        if masks is not None:
+            batch.input_masks = masks.masks([it.input for it in chunk], batch.inputs, config.input_name)
+            batch.style_masks = masks.masks([it.style for it in chunk], batch.styles, config.style_name)
+        for _, family in families:
+            for name, values in family(batch).items():
+                if name in per_image:
+                    for index, value in zip(indices, values.float().cpu().tolist()):
+                        per_image[name][index] = value
+    return per_image
+
+
+def evaluate(config) -> dict:
+    """Run the evaluation described by ``config`` (see ``config/eval.py``); returns the JSON payload."""
+    name = run_name(config.input_name, config.style_name)
+    edit_dir = Path(config.sample_savedir) / name
+    items = pair_edits(edit_dir, config.inputimg_dir, config.styleimg_dir,
+                       config.input_name, config.style_name, config.seed)
+    images = load_images(items)
+    selected = parse_metrics(config.metrics)
+    settings = ModelSettings(config.models, resolve_device(config.device), resolve_dtype(config.dtype))
+    families, skipped = load_families(selected, settings)
+    masks = None
+    if any(spec.needs_masks for spec, _ in families):
+        try:
+            masks = load_mask_source(config, settings)
+        except Exception as err:  # noqa: BLE001 - only the mask-based metrics are lost
+            families = drop_mask_families(families, err, skipped)
+    per_image = score_all(items, images, families, masks, selected, config, settings.device)
+
+    out_dir = Path(config.eval_savedir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(per_image)
+    header = {
+        "input_name": config.input_name,
+        "style_name": config.style_name,
+        "prompt": items[0].prompt,
+        "edits": str(edit_dir),
+        "num_images": len(items),
+        "whole_frame": bool(config.whole_frame),
+    }
+    write_json(out_dir / f"{name}.json", summary, skipped, header)
+    write_csv(out_dir / f"{name}_per_image.csv", items, per_image)
+    write_report_png(out_dir / f"{name}_report.png", items, images, per_image, max_rows=config.report_rows)
+    for metric, stats in summary.items():
+        logger.info("%s: mean %s, std %s, count %d", metric, stats["mean"], stats["std"], stats["count"])
+    logger.info("wrote %s", out_dir / f"{name}.json")
+    return {**header, "metrics": summary, "skipped": skipped}

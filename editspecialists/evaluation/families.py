@@ -1,0 +1,236 @@
+"""Metric families: each loads its frozen model(s) once and scores a batch of edits.
+
+A family computes one or more metrics of SPEC §8 from an :class:`EvalBatch` and returns
+``{metric name: (B,) float32 tensor}``. :data:`FAMILIES` registers them with their metric names
+and whether they read masks; the evaluator then fills ``batch.input_masks`` / ``batch.style_masks``
+first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from editspecialists.evaluation import metrics
+
+
+@dataclass
+class EvalBatch:
+    """Images ``(B, 3, H, W)`` in [0, 1], aligned pixel for pixel; masks bool ``(B, H, W)``."""
+
+    edits: torch.Tensor
+    inputs: torch.Tensor
+    styles: torch.Tensor
+    prompts: list[str]
+    input_names: list[str]
+    input_masks: torch.Tensor | None = None
+    style_masks: torch.Tensor | None = None
+
+
+@dataclass
+class ModelSettings:
+    """What a family needs to load its models: ids (``config.models``), device and dtype."""
+
+    models: object
+    device: torch.device
+    dtype: torch.dtype
+    _patch_embedders: dict = field(default_factory=dict)
+
+    def patch_embedder(self, kind: str, model_id: str):
+        """The rewards package's patch embedder, loaded once per (kind, id) and shared."""
+        from editspecialists.rewards.features import load_patch_embedder
+
+        key = (kind, model_id)
+        if key not in self._patch_embedders:
+            self._patch_embedders[key] = load_patch_embedder(kind, model_id, device=self.device, dtype=self.dtype)
+        return self._patch_embedders[key]
+
+
+class ReconstructionFamily:
+    """``l2_out``: per-pixel MSE (mean over RGB) between edit and input outside the input mask."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.rewards.semantic import reconstruction_outside
+
+        self.reconstruction_outside = reconstruction_outside
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        return {"l2_out": self.reconstruction_outside(batch.edits, batch.inputs, batch.input_masks)}
+
+
+class StructuralFamily:
+    """``structural_score``: mean |depth(edit) − depth(input)| with Depth-Anything-V2 (SPEC §4)."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.rewards.depth import DepthEstimator, structural_score
+
+        self.depth = DepthEstimator.from_pretrained(settings.models.depth, device=settings.device, dtype=settings.dtype)
+        self.structural_score = structural_score
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        return {"structural_score": self.structural_score(self.depth(batch.edits), self.depth(batch.inputs))}
+
+
+class SemanticFamily:
+    """``semantic_score``: DreamSim patch distance of the edit's input region to the style region."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.rewards import semantic
+
+        self.semantic = semantic
+        self.embedder = settings.patch_embedder("dreamsim", settings.models.dreamsim)
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        edit_tokens, grid = self.embedder(batch.edits)
+        style_tokens, style_grid = self.embedder(batch.styles)
+        score = self.semantic.semantic_score(
+            edit_tokens,
+            style_tokens,
+            self.semantic.downsample_mask(batch.input_masks, grid),
+            self.semantic.downsample_mask(batch.style_masks, style_grid),
+        )
+        return {"semantic_score": score}
+
+
+class PatchSimilarityFamily:
+    """``<prefix>_gen_sty`` and ``<prefix>_gen_input`` from one patch embedder (CLIP, DINOv2, DreamSim)."""
+
+    def __init__(self, settings: ModelSettings, prefix: str, kind: str, model_id: str):
+        from editspecialists.rewards.semantic import downsample_mask
+
+        self.downsample_mask = downsample_mask
+        self.metrics = (f"{prefix}_gen_sty", f"{prefix}_gen_input")
+        self.embedder = settings.patch_embedder(kind, model_id)
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        edit_tokens, grid = self.embedder(batch.edits)
+        style_tokens, style_grid = self.embedder(batch.styles)
+        input_tokens, _ = self.embedder(batch.inputs)
+        edit_region = self.downsample_mask(batch.input_masks, grid)
+        style_region = self.downsample_mask(batch.style_masks, style_grid)
+        background = self.downsample_mask(~batch.input_masks, grid)
+        gen_sty, gen_input = self.metrics
+        return {
+            gen_sty: metrics.patch_similarity_to_style(edit_tokens, style_tokens, edit_region, style_region),
+            gen_input: metrics.patch_similarity_locationwise(edit_tokens, input_tokens, background),
+        }
+
+
+class ClipFamily:
+    """``clip_txt`` and ``clip_dir`` with the eval CLIP (ViT-L/14)."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.evaluation.embedders import ClipEmbedder
+
+        self.clip = ClipEmbedder.from_pretrained(settings.models.clip, device=settings.device, dtype=settings.dtype)
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        edit = self.clip.embed_images(batch.edits)
+        source = self.clip.embed_images(batch.inputs)
+        prompt = self.clip.embed_texts(batch.prompts)
+        name = self.clip.embed_texts(batch.input_names)
+        return {
+            "clip_txt": metrics.clip_text_similarity(edit, prompt),
+            "clip_dir": metrics.clip_direction_similarity(edit, source, prompt, name),
+        }
+
+
+class HpsFamily:
+    """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint)."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.evaluation.embedders import OpenClipEmbedder
+
+        models = settings.models
+        self.hps = OpenClipEmbedder.from_checkpoint(
+            models.hps_architecture, models.hps_checkpoint, device=settings.device, dtype=settings.dtype
+        )
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        return {"hps_score": metrics.hps_score(self.hps.embed_images(batch.edits), self.hps.embed_texts(batch.prompts))}
+
+
+class PickScoreFamily:
+    """``pick_score``: PickScore v1 (a CLIP-H fine-tuned on Pick-a-Pic preferences)."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.evaluation.embedders import ClipEmbedder
+
+        models = settings.models
+        self.pick = ClipEmbedder.from_pretrained(
+            models.pickscore, models.pickscore_processor, device=settings.device, dtype=settings.dtype
+        )
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        images, texts = self.pick.embed_images(batch.edits), self.pick.embed_texts(batch.prompts)
+        return {"pick_score": metrics.pick_score(images, texts, self.pick.logit_scale)}
+
+
+class ImageRewardFamily:
+    """``imgrew_score``: ImageReward v1.0 (native implementation, one prompt per image)."""
+
+
+    def __init__(self, settings: ModelSettings):
+        from editspecialists.evaluation.image_reward import ImageRewardScorer
+
+        models = settings.models
+        self.scorer = ImageRewardScorer.from_pretrained(
+            models.imagereward, models.imagereward_tokenizer, device=settings.device, dtype=settings.dtype
+        )
+
+    def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        return {"imgrew_score": self.scorer(batch.edits, batch.prompts)}
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A family's metric names, whether it reads masks, and its constructor."""
+
+    metrics: tuple[str, ...]
+    needs_masks: bool
+    build: Callable[[ModelSettings], Callable[[EvalBatch], dict[str, torch.Tensor]]]
+
+
+def _patch_family(prefix: str, kind: str, model_key: str) -> FamilySpec:
+    def build(settings: ModelSettings) -> PatchSimilarityFamily:
+        return PatchSimilarityFamily(settings, prefix, kind, getattr(settings.models, model_key))
+
+    return FamilySpec((f"{prefix}_gen_sty", f"{prefix}_gen_input"), True, build)
+
+
+# The run order is this order.
+FAMILIES: dict[str, FamilySpec] = {
+    "semantic": FamilySpec(("semantic_score",), True, SemanticFamily),
+    "structural": FamilySpec(("structural_score",), False, StructuralFamily),
+    "reconstruction": FamilySpec(("l2_out",), True, ReconstructionFamily),
+    "clip": FamilySpec(("clip_txt", "clip_dir"), False, ClipFamily),
+    "clip_patches": _patch_family("clipSim", "clip", "clip"),
+    "dino_patches": _patch_family("dinoSim", "dinov2", "dino"),
+    "dreamsim_patches": _patch_family("dreamsimSim", "dreamsim", "dreamsim"),
+    "hps": FamilySpec(("hps_score",), False, HpsFamily),
+    "pickscore": FamilySpec(("pick_score",), False, PickScoreFamily),
+    "imagereward": FamilySpec(("imgrew_score",), False, ImageRewardFamily),
+}
+ALL_METRICS: tuple[str, ...] = tuple(m for spec in FAMILIES.values() for m in spec.metrics)
+
+
+def parse_metrics(selection: str | Sequence[str]) -> list[str]:
+    """Metric names from a list or a comma-separated string; ``"all"`` selects every metric."""
+    names = [s.strip() for s in selection.split(",")] if isinstance(selection, str) else [str(s).strip() for s in selection]
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return list(ALL_METRICS)
+    unknown = [n for n in names if n not in ALL_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(ALL_METRICS)}")
+    if not names:
+        raise ValueError("config.metrics selects no metric")
+    return list(dict.fromkeys(names))

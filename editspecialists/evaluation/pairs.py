@@ -1,0 +1,133 @@
+"""Pair every edit with its input image, a style image and the descriptive prompt.
+
+Edits are the files ``edit_<input file name>`` written by ``scripts/generate.py``. With a
+``manifest.jsonl`` beside them (one JSON object a line: ``input``, ``style``, ``prompt``, ``seed``,
+``edit``; file names relative to the input, style and edit folders), the manifest decides the pairs
+and the style image used at generation. Without one, the input is found from the edit's file name
+(the ``edit_`` prefix removed; file names may contain underscores, and the extension may differ)
+and a style image is drawn with a seeded RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from editspecialists.evaluation.images import is_image_file
+
+EDIT_PREFIX = "edit_"
+MANIFEST = "manifest.jsonl"
+
+logger = logging.getLogger(__name__)
+
+
+class PairingError(ValueError):
+    """Edits, inputs and styles that cannot be paired; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluated edit: the three image files and the descriptive prompt."""
+
+    edit: Path
+    input: Path
+    style: Path
+    prompt: str
+
+
+def descriptive_prompt(input_name: str, style_name: str) -> str:
+    return f"{input_name} made out of {style_name}"
+
+
+def list_images(folder: Path, role: str) -> list[Path]:
+    """Sorted image files of ``folder``; a missing or image-less folder raises naming ``role``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{role} folder {folder} does not exist")
+    images = sorted(p for p in folder.iterdir() if is_image_file(p))
+    if not images:
+        raise PairingError(f"{role} folder {folder} holds no .png/.jpg/.jpeg image")
+    return images
+
+
+def match_input(edit: Path, inputs: list[Path]) -> Path:
+    """The input of ``edit_<name>``: the input file called ``<name>``, else the one with its stem."""
+    wanted = edit.name[len(EDIT_PREFIX):]
+    by_name = [p for p in inputs if p.name == wanted]
+    if by_name:
+        return by_name[0]
+    by_stem = [p for p in inputs if p.stem == Path(wanted).stem]
+    if len(by_stem) == 1:
+        return by_stem[0]
+    if by_stem:
+        raise PairingError(f"edit {edit} matches several inputs: {', '.join(p.name for p in by_stem)}")
+    folder = inputs[0].parent
+    raise PairingError(f"edit {edit} has no matching input: expected {wanted} (any extension) in {folder}")
+
+
+def _existing(folder: Path, name: str, what: str, line_no: int) -> Path:
+    path = folder / name
+    if not path.is_file():
+        raise PairingError(f"{MANIFEST} line {line_no}: {what} {path} not found")
+    return path
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Parsed lines of ``manifest.jsonl`` with their line numbers under ``"_line"``."""
+    entries = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PairingError(f"{path} line {line_no} is not valid JSON: {err}") from err
+        if "input" not in entry or "edit" not in entry:
+            raise PairingError(f"{path} line {line_no} lacks an 'input' or 'edit' file name")
+        entries.append({**entry, "_line": line_no})
+    return entries
+
+
+def pair_from_manifest(manifest: Path, input_dir: Path, style_dir: Path, styles: list[Path],
+                       rng: random.Random, prompt: str) -> list[EvalItem]:
+    """Items from ``manifest``; a later line for the same edit replaces an earlier one."""
+    edit_dir = manifest.parent
+    by_edit: dict[str, EvalItem] = {}
+    for entry in read_manifest(manifest):
+        line = entry["_line"]
+        style = _existing(style_dir, entry["style"], "style", line) if entry.get("style") else rng.choice(styles)
+        by_edit[entry["edit"]] = EvalItem(
+            edit=_existing(edit_dir, entry["edit"], "edit", line),
+            input=_existing(input_dir, entry["input"], "input", line),
+            style=style,
+            prompt=prompt,
+        )
+    unlisted = {p.name for p in edit_dir.glob(EDIT_PREFIX + "*") if is_image_file(p)} - set(by_edit)
+    if unlisted:
+        logger.warning("%d edit(s) in %s are not in %s and are ignored", len(unlisted), edit_dir, MANIFEST)
+    return [by_edit[name] for name in sorted(by_edit)]
+
+
+def pair_by_file_name(edit_dir: Path, inputs: list[Path], styles: list[Path],
+                      rng: random.Random, prompt: str) -> list[EvalItem]:
+    edits = [p for p in list_images(edit_dir, "edits") if p.name.startswith(EDIT_PREFIX)]
+    if not edits:
+        raise PairingError(f"edits folder {edit_dir} holds no '{EDIT_PREFIX}<input file name>' image")
+    return [EvalItem(edit, match_input(edit, inputs), rng.choice(styles), prompt) for edit in edits]
+
+
+def pair_edits(edit_dir: str | Path, input_dir: str | Path, style_dir: str | Path,
+               input_name: str, style_name: str, seed: int) -> list[EvalItem]:
+    """Every edit of ``edit_dir`` with its input, style image and prompt, sorted by edit name."""
+    edit_dir, input_dir, style_dir = Path(edit_dir), Path(input_dir), Path(style_dir)
+    inputs = list_images(input_dir, "input")
+    styles = list_images(style_dir, "style")
+    list_images(edit_dir, "edits")
+    rng = random.Random(seed)
+    prompt = descriptive_prompt(input_name, style_name)
+    manifest = edit_dir / MANIFEST
+    if manifest.is_file():
+        return pair_from_manifest(manifest, input_dir, style_dir, styles, rng, prompt)
+    return pair_by_file_name(edit_dir, inputs, styles, rng, prompt)

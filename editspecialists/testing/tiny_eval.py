@@ -1,0 +1,151 @@
+"""Tiny, randomly initialised versions of the evaluation-only models (HPSv2, PickScore, ImageReward).
+
+Each is written in the file layout of its real counterpart, so the evaluator loads it through the
+production loading code: an open_clip model config (JSON, registered by path) plus a checkpoint for
+HPSv2; a ``save_pretrained`` CLIPModel and processor for PickScore; ``ImageReward.pt`` +
+``med_config.json`` (+ a BERT tokenizer) for ImageReward.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+from editspecialists.testing.tiny import (
+    byte_level_clip_tokenizer,
+    cached_build,
+    default_cache_root,
+    tiny_clip_text_config,
+)
+
+HPS_ARCHITECTURE = "tiny-hps-vit"
+HPS_CHECKPOINT = "HPS_tiny.pt"
+IMAGE_SIZE = 32
+
+
+def tiny_hps_model_config() -> dict:
+    """open_clip config of the ViT-H-14 family, shrunk; text vocab stays 49408 (bundled BPE ids)."""
+    return {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+
+
+def build_tiny_hps(folder: Path, seed: int = 0) -> None:
+    """Write ``tiny-hps-vit.json`` (open_clip model config) and its checkpoint ``HPS_tiny.pt``."""
+    import open_clip
+
+    config_path = folder / f"{HPS_ARCHITECTURE}.json"
+    config_path.write_text(json.dumps(tiny_hps_model_config(), indent=2))
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(HPS_ARCHITECTURE, pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, folder / HPS_CHECKPOINT)
+
+
+def build_tiny_pickscore(folder: Path, seed: int = 0) -> None:
+    """Save a tiny ``CLIPModel`` and its ``CLIPProcessor`` (32 px) in one folder."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    tokenizer = byte_level_clip_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=8,
+    )
+    config = CLIPConfig(
+        text_config=tiny_clip_text_config(len(tokenizer.get_vocab())).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+def tiny_bert_tokenizer():
+    """WordPiece tokenizer over letters and digits (and their ``##`` continuations)."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    characters = list(string.ascii_lowercase + string.digits)
+    tokens = specials + characters + ["##" + c for c in characters] + [".", ","]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
+
+
+def tiny_image_reward_med_config(vocab_size: int) -> dict:
+    """``med_config.json`` of a tiny ImageReward: BERT sizes plus the ``"vision"`` override."""
+    return {
+        "architectures": ["BertModel"],
+        "hidden_act": "gelu",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 64,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "pad_token_id": 0,
+        "vocab_size": vocab_size,
+        "add_cross_attention": True,
+        "vision": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 32, "depth": 2, "num_heads": 2},
+    }
+
+
+def official_layout_extras(model, embed_dim: int = 16) -> dict[str, torch.Tensor]:
+    """Entries the official checkpoint holds beside the scorer's weights (BLIP projections, ids)."""
+    vision_width = model.vision_config.width
+    text_width = model.mlp.layers[0].in_features
+    max_positions = model.blip.text_encoder.embeddings.position_embeddings.num_embeddings
+    return {
+        "blip.vision_proj.weight": torch.randn(embed_dim, vision_width),
+        "blip.vision_proj.bias": torch.zeros(embed_dim),
+        "blip.text_proj.weight": torch.randn(embed_dim, text_width),
+        "blip.text_proj.bias": torch.zeros(embed_dim),
+        "blip.text_encoder.embeddings.position_ids": torch.arange(max_positions)[None],
+    }
+
+
+def build_tiny_image_reward(folder: Path, seed: int = 0) -> None:
+    """Write ``ImageReward.pt``, ``med_config.json`` and a BERT tokenizer into ``folder``."""
+    from editspecialists.evaluation.image_reward import (
+        CHECKPOINT_FILE,
+        MED_CONFIG_FILE,
+        ImageRewardModel,
+        read_configs,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_bert_tokenizer()
+    tokenizer.save_pretrained(folder)
+    (folder / MED_CONFIG_FILE).write_text(json.dumps(tiny_image_reward_med_config(len(tokenizer)), indent=2))
+    model = ImageRewardModel(*read_configs(folder / MED_CONFIG_FILE))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("cls_token", "pos_embed")):
+                param.normal_(std=0.5)
+            elif name.startswith("mlp.") and name.endswith("weight"):
+                param.normal_(std=param.shape[1] ** -0.5)  # variance-preserving: rewards spread ~1
+    state = {**model.state_dict(), **official_layout_extras(model)}
+    torch.save(state, folder / CHECKPOINT_FILE)
+
+
+def build_all(root: Path | None = None) -> dict[str, str]:
+    """Build (or reuse) the tiny evaluation models; returns config ``models`` entries → paths."""
+    root = Path(root) if root else default_cache_root()
+    hps = cached_build(root / "hps", build_tiny_hps)
+    pickscore = cached_build(root / "pickscore", build_tiny_pickscore)
+    image_reward = cached_build(root / "imagereward", build_tiny_image_reward)
+    return {
+        "hps_architecture": str(hps / f"{HPS_ARCHITECTURE}.json"),
+        "hps_checkpoint": str(hps / HPS_CHECKPOINT),
+        "pickscore": str(pickscore),
+        "pickscore_processor": str(pickscore),
+        "imagereward": str(image_reward),
+        "imagereward_tokenizer": str(image_reward),
+    }

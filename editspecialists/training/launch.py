@@ -1,0 +1,32 @@
+"""Entry points shared by the scripts: logging set-up, demo assets, then the trainer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def setup_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    for noisy in ("httpx", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def prepare_demo_assets(config) -> None:
+    """Build the demo's images and tiny models when the config asks for them (demo presets)."""
+    if config.get("demo_root"):
+        from accelerate import PartialState
+
+        from editspecialists.testing.demo_assets import ensure_demo_assets
+
+        with PartialState().main_process_first():
+            ensure_demo_assets(config.demo_root)
+
+
+def train(config) -> Path:
+    """Run a training job described by ``config``; returns the run folder."""
+    from editspecialists.training.trainer import Trainer
+
+    setup_logging()
+    prepare_demo_assets(config)
+    return Trainer(config).run()

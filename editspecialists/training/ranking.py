@@ -1,0 +1,73 @@
+"""From per-edit scores to a ranking, and the clipped Plackett–Luce preference loss (SPEC §5).
+
+Pure tensor functions: the trainer gathers scores across processes before calling them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """(s − mean) / (std + 1e-8) over every element (the whole gathered epoch batch)."""
+    return (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+
+
+def combine_scores(scores: dict[str, torch.Tensor], weights: dict[str, float],
+                   lower_is_better: dict[str, bool]) -> torch.Tensor:
+    """Σ_k w_k · sign_k · standardize(s_k): (N, G) combined cost, lower is better.
+
+    ``sign`` is +1 for lower-is-better scores and −1 for higher-is-better ones.
+    """
+    combined = None
+    for name, weight in weights.items():
+        sign = 1.0 if lower_is_better[name] else -1.0
+        term = sign * float(weight) * standardize(scores[name].float())
+        combined = term if combined is None else combined + term
+    return combined
+
+
+def rank_edits(combined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order each input's edits best-first by combined cost.
+
+    Args:
+        combined: (N, G) cost, lower is better.
+    Returns:
+        order: (N, G) edit indices, best first.
+        has_preference: (N,) False where two edits of the input tie (no preference to learn).
+    """
+    sorted_costs, order = combined.sort(dim=1, stable=True)
+    has_preference = (sorted_costs.diff(dim=1) != 0).all(dim=1)
+    return order, has_preference
+
+
+def plackett_luce_loss(log_ratio: torch.Tensor, *, eps: float, beta: float) -> torch.Tensor:
+    """Clipped Plackett–Luce loss per input, computed in log space.
+
+    With log r_k = beta · clamp(ρ_k, log(1 − eps), log(1 + eps)),
+    L = −Σ_i [log r_(i) − logsumexp_{j≥i} log r_(j)].
+
+    Args:
+        log_ratio: (N, G) log p_θ − log p_ref of each edit, ordered best first.
+    Returns:
+        (N,) loss; log G! at ratio 1 (log 2 for G = 2).
+    """
+    scaled = beta * log_ratio.clamp(math.log(1 - eps), math.log(1 + eps))
+    suffix_lse = scaled.flip(1).logcumsumexp(dim=1).flip(1)
+    return -(scaled - suffix_lse)[:, :-1].sum(dim=1)
+
+
+@dataclass
+class RatioStats:
+    """Diagnostics of the policy/reference ratio: mean of exp(ρ) and the clipped fraction."""
+
+    ratio_mean: torch.Tensor
+    clipfrac: torch.Tensor
+
+    @classmethod
+    def of(cls, log_ratio: torch.Tensor, eps: float) -> "RatioStats":
+        ratio = log_ratio.detach().exp()
+        return cls(ratio.mean(), ((ratio < 1 - eps) | (ratio > 1 + eps)).float().mean())

@@ -1,0 +1,112 @@
+"""Run logging: a local metrics.jsonl (always), wandb (when configured) and image grids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from editspecialists.data.images import tensor_to_image
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def wandb_mode() -> str:
+    """'online' when wandb credentials exist (env or ~/.netrc), else 'offline': never a prompt."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+class RunLogger:
+    """Writes metrics from the main process only; other processes get a no-op logger."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, wandb_project: str = "", config: dict | None = None,
+                 run_name: str = ""):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.wandb_run = None
+        if enabled and wandb_project:
+            import wandb
+
+            mode = wandb_mode()
+            self.wandb_run = wandb.init(project=wandb_project, name=run_name or None, config=config,
+                                        dir=str(self.run_dir), mode=mode)
+            logger.info("wandb logging (%s mode)", mode)
+
+    def log(self, record: dict) -> None:
+        """Append one JSON object to metrics.jsonl (and wandb); tensors become floats."""
+        if not self.enabled:
+            return
+        record = {k: _plain(v) for k, v in record.items()}
+        with open(self.run_dir / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if k != "step"})
+
+    def log_image(self, name: str, image: Image.Image, epoch: int) -> Path | None:
+        if not self.enabled:
+            return None
+        path = self.run_dir / "images" / f"{name}_{epoch:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({name: wandb.Image(str(path)), "epoch": epoch})
+        return path
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All records of a run's metrics.jsonl."""
+    with open(Path(run_dir) / METRICS_FILE) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def edit_grid(inputs: torch.Tensor, styles: torch.Tensor, edits: torch.Tensor,
+              captions: list[list[str]], max_rows: int = 8) -> Image.Image:
+    """A PNG-ready grid: one row per input with input | style | each edit, captioned.
+
+    inputs, styles: (B, 3, H, W); edits: (B, G, 3, H, W), all in [0, 1];
+    captions[b][g]: the text under edit g of input b.
+    """
+    rows = min(max_rows, inputs.shape[0])
+    groups, size = edits.shape[1], inputs.shape[-1]
+    cell_h = size + 24
+    grid = Image.new("RGB", ((2 + groups) * size, rows * cell_h), "white")
+    draw = ImageDraw.Draw(grid)
+    for row in range(rows):
+        tiles = [inputs[row], styles[row], *edits[row]]
+        labels = ["input", "style", *captions[row]]
+        for col, (tile, label) in enumerate(zip(tiles, labels)):
+            grid.paste(tensor_to_image(tile), (col * size, row * cell_h))
+            for line, text in enumerate(label.split("\n")[:2]):
+                draw.text((col * size + 2, row * cell_h + size + 1 + 11 * line), text, fill="black")
+    return grid

@@ -1,0 +1,414 @@
+"""The online RLAIF loop: sample edits -> score -> rank -> clipped preference update (SPEC §5).
+
+One :class:`Trainer` per process; everything that crosses processes goes through accelerate.
+Every random draw is a function of (seed, epoch, process), so a resumed run repeats exactly
+what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from editspecialists.data.dataset import EditDataset
+from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
+from editspecialists.diffusion.logprob import step_is_stochastic
+from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, load_scheduler
+from editspecialists.diffusion.policy import build_policy
+from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
+from editspecialists.training import checkpoint as ckpt
+from editspecialists.training.ranking import RatioStats, combine_scores, plackett_luce_loss, rank_edits
+from editspecialists.training.tracking import RunLogger, edit_grid
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The batch arithmetic of a run (SPEC §5), per epoch unless stated otherwise."""
+
+    num_processes: int
+    images_per_epoch: int  # inputs sampled over all processes (each with nb_gen edits)
+    effective_train_batch: int  # inputs per optimizer step over all processes
+    optimizer_steps_per_epoch: int
+    trained_timesteps: int  # per trajectory
+    micro_steps_per_optimizer_step: int  # per process
+
+    def describe(self) -> str:
+        return "\n".join([
+            f"num_processes = {self.num_processes}",
+            f"images per epoch (sample.batch_size x processes x sample.num_batches_per_epoch) = "
+            f"{self.images_per_epoch}",
+            f"effective train batch (train.batch_size x processes x gradient_accumulation_steps) = "
+            f"{self.effective_train_batch}",
+            f"optimizer steps per epoch (x num_inner_epochs) = {self.optimizer_steps_per_epoch}",
+            f"trained timesteps per trajectory = {self.trained_timesteps}",
+        ])
+
+
+def plan_batches(config, num_processes: int, num_trainable_steps: int) -> BatchPlan:
+    """Check the batch settings and derive the per-epoch arithmetic; errors name the keys."""
+    sample, train = config.sample, config.train
+    per_process = sample.batch_size * sample.num_batches_per_epoch
+    window = train.batch_size * train.gradient_accumulation_steps
+    if per_process % window:
+        raise ValueError(
+            f"sample.batch_size x sample.num_batches_per_epoch = {per_process} must be a multiple of "
+            f"train.batch_size x train.gradient_accumulation_steps = {window}"
+        )
+    if num_trainable_steps < 1:
+        raise ValueError("no trainable denoising step: sample.num_steps must be >= 2 "
+                         "(and sample.eta > 0 with the DDIM scheduler)")
+    trained = max(1, math.ceil(train.timestep_fraction * num_trainable_steps))
+    return BatchPlan(
+        num_processes=num_processes,
+        images_per_epoch=per_process * num_processes,
+        effective_train_batch=window * num_processes,
+        optimizer_steps_per_epoch=per_process // window * train.num_inner_epochs,
+        trained_timesteps=trained,
+        micro_steps_per_optimizer_step=train.gradient_accumulation_steps * trained,
+    )
+
+
+def validate_config(config) -> None:
+    """Refuse settings the method cannot run with, naming the key at fault."""
+    checks = [
+        (config.sample.nb_gen >= 2, "sample.nb_gen must be >= 2 (edits are ranked against each other)"),
+        (0 < config.train.eps < 1, "train.eps must lie in (0, 1)"),
+        (config.train.beta > 0, "train.beta must be > 0"),
+        (0 < config.train.timestep_fraction <= 1, "train.timestep_fraction must lie in (0, 1]"),
+        (config.mixed_precision in DTYPES, f"mixed_precision must be one of {sorted(DTYPES)}"),
+        (config.pretrained.scheduler != "ddim" or config.sample.eta > 0,
+         "sample.eta must be > 0 with the DDIM scheduler (eta 0 has no log-probability)"),
+        (min(config.sample.batch_size, config.sample.num_batches_per_epoch, config.train.batch_size,
+             config.train.gradient_accumulation_steps, config.train.num_inner_epochs) >= 1,
+         "batch sizes, num_batches_per_epoch, gradient_accumulation_steps and num_inner_epochs must be >= 1"),
+        (len(config.reward.weights) > 0, "reward.weights names no score"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def count_trainable_steps(config) -> int:
+    """Stochastic (trainable) steps of the configured schedule, from the scheduler config alone."""
+    scheduler = load_scheduler(config.pretrained.model, revision=config.pretrained.revision,
+                               scheduler=config.pretrained.scheduler)
+    scheduler.set_timesteps(config.sample.num_steps)
+    return int(step_is_stochastic(scheduler, eta=config.sample.eta).sum())
+
+
+def derived_generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
+    """A torch generator seeded from (seed, *keys), independent across distinct keys."""
+    state = int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+    return torch.Generator(device).manual_seed(state)
+
+
+# Purposes of derived generators, so that no two draws share a stream.
+DATA, SAMPLING, TIMESTEPS = 0, 1, 2
+
+
+class Trainer:
+    """Builds everything from a config and runs the epochs; see :meth:`run`."""
+
+    def __init__(self, config):
+        from accelerate import Accelerator, PartialState
+        from accelerate.utils import ProjectConfiguration
+
+        validate_config(config)
+        self.config = config
+        self.dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
+                                   config.style_name, config.data_resize)
+        self.plan = plan_batches(config, PartialState().num_processes, count_trainable_steps(config))
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=self.plan.micro_steps_per_optimizer_step,
+            project_config=ProjectConfiguration(automatic_checkpoint_naming=False),
+        )
+        acc = self.accelerator
+        if config.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.run_dir = self._make_run_dir()
+        self._load_models()
+        self.optimizer = self._make_optimizer()
+        self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
+        acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+        acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
+        self.scorer = self._load_scorer()
+        self.run_logger = RunLogger(self.run_dir, enabled=acc.is_main_process,
+                                    wandb_project=config.wandb_project, config=config.to_dict(),
+                                    run_name=self.run_dir.name)
+        self.first_epoch, self.global_step = 0, 0
+        if config.load_checkpoint:
+            self.resume(config.load_checkpoint)
+        acc.print(self.plan.describe())
+
+    # ---------------------------------------------------------------- construction
+    def _make_run_dir(self) -> Path:
+        from accelerate.utils import broadcast_object_list
+
+        name = [self.config.run_name or time.strftime("%Y.%m.%d_%H.%M.%S")]
+        broadcast_object_list(name)
+        run_dir = Path(self.config.logdir) / name[0]
+        if self.accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
+        return run_dir
+
+    def _load_models(self) -> None:
+        config, acc = self.config, self.accelerator
+        self.weight_dtype = DTYPES[config.mixed_precision]
+        with acc.main_process_first():
+            pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
+                                 scheduler=config.pretrained.scheduler)
+        pipe.vae.to(acc.device, dtype=self.weight_dtype)
+        pipe.text_encoder.to(acc.device, dtype=self.weight_dtype)
+        self.vae, self.tokenizer, self.text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
+        self.scheduler = pipe.scheduler
+        self.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
+        self.trainable_steps = step_is_stochastic(self.scheduler, eta=config.sample.eta)
+        pipe.unet.to(acc.device)
+        self.policy = build_policy(pipe.unet, use_lora=config.use_lora, lora_rank=config.lora_rank,
+                                   lora_alpha=config.lora_alpha, frozen_dtype=self.weight_dtype)
+        if config.gradient_checkpointing:
+            self.policy.unet.enable_gradient_checkpointing()
+        self.empty_embeds = encode_prompts(self.tokenizer, self.text_encoder, [""])
+        self.scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
+                                     config.sample.style_image_guidance_scale)
+
+    def _make_optimizer(self):
+        train = self.config.train
+        if train.use_8bit_adam:
+            try:
+                import bitsandbytes as bnb
+            except ImportError as error:
+                raise ImportError("train.use_8bit_adam=True needs bitsandbytes: "
+                                  "pip install 'editspecialists[8bit]'") from error
+            optimizer_class = bnb.optim.AdamW8bit
+        else:
+            optimizer_class = torch.optim.AdamW
+        return optimizer_class(self.policy.trainable_parameters(), lr=train.learning_rate,
+                               betas=(train.adam_beta1, train.adam_beta2),
+                               weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
+
+    def _load_scorer(self):
+        from editspecialists.rewards import build_scorer
+
+        return build_scorer(self.config, self.accelerator.device, self.accelerator)
+
+    @property
+    def unwrapped_policy(self):
+        return self.accelerator.unwrap_model(self.policy)
+
+    # ---------------------------------------------------------------- epoch loop
+    def run(self) -> Path:
+        """Run epochs ``first_epoch .. num_epochs - 1``; returns the run folder."""
+        config = self.config
+        epochs = range(self.first_epoch, config.num_epochs)
+        for epoch in tqdm(epochs, desc="epoch", disable=not self.accelerator.is_local_main_process):
+            trajectories, batches, scores = self.sample_epoch(epoch)
+            order, has_preference = self.rank_and_log(epoch, scores)
+            self.log_grid(epoch, trajectories, batches, scores, order)
+            for inner in range(config.train.num_inner_epochs):
+                self.train_epoch(epoch, inner, trajectories, order, has_preference)
+            if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
+                self.save_checkpoint(epoch + 1)
+        self.accelerator.wait_for_everyone()
+        self.run_logger.close()
+        return self.run_dir
+
+    def sample_epoch(self, epoch: int):
+        """Sample this process's edits of the epoch and score them.
+
+        Returns the concatenated :class:`Trajectories` (B_local inputs), the data batches and
+        ``{score: (B_local, G)}``.
+        """
+        acc, sample = self.accelerator, self.config.sample
+        batches = self.dataset.epoch_batches(sample.batch_size, sample.num_batches_per_epoch,
+                                             derived_generator(self.config.seed, DATA, epoch),
+                                             acc.process_index, acc.num_processes)
+        generator = derived_generator(self.config.seed, SAMPLING, epoch, acc.process_index, device=acc.device)
+        policy = self.unwrapped_policy
+        policy.eval()
+        parts, scores = [], []
+        for batch in tqdm(batches, desc="sampling", leave=False, disable=not acc.is_local_main_process):
+            trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
+                                        nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
+                                        generator=generator, autocast=acc.autocast)
+            parts.append(trajectories)
+            scores.append(self.scorer(trajectories.images, batch.inputs.to(acc.device),
+                                      batch.styles.to(acc.device)))
+        merged = {name: torch.cat([s[name] for s in scores]) for name in scores[0]}
+        return Trajectories.cat(parts), batches, merged
+
+    def conditioning(self, batch) -> EditConditioning:
+        device = self.accelerator.device
+        return EditConditioning(
+            encode_images(self.vae, batch.inputs.to(device)).float(),
+            encode_images(self.vae, batch.styles.to(device)).float(),
+            encode_prompts(self.tokenizer, self.text_encoder, batch.prompts).float(),
+            self.empty_embeds.float(),
+        )
+
+    def rank_and_log(self, epoch: int, scores: dict[str, torch.Tensor]):
+        """Gather scores over processes, standardise, combine and rank; log their statistics.
+
+        Returns this process's (order (B_local, G), has_preference (B_local,)).
+        """
+        from editspecialists.rewards import SCORES
+
+        acc = self.accelerator
+        gathered = {name: acc.gather(value.contiguous()) for name, value in scores.items()}
+        weights = dict(self.config.reward.weights)
+        combined = combine_scores(gathered, weights, {n: SCORES[n].lower_is_better for n in weights})
+        order, has_preference = rank_edits(combined)
+        local = slice(acc.process_index * len(scores[next(iter(scores))]),
+                      (acc.process_index + 1) * len(scores[next(iter(scores))]))
+        record = {"epoch": epoch}
+        for name, value in gathered.items():
+            record[f"{name}_mean"] = value.float().mean()
+            record[f"{name}_std"] = value.float().std(unbiased=False)
+        record["preference_fraction"] = has_preference.float().mean()
+        self.run_logger.log(record)
+        return order[local], has_preference[local]
+
+    def log_grid(self, epoch, trajectories, batches, scores, order) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        first = batches[0]
+        count = len(first.prompts)
+        rank_of = order[:count].argsort(dim=1)
+        captions = [[f"#{int(rank_of[b, g]) + 1} " + " ".join(
+            f"{name[:3]}={float(value[b, g]):.3f}" for name, value in scores.items())
+            for g in range(trajectories.images.shape[1])] for b in range(count)]
+        grid = edit_grid(first.inputs, first.styles, trajectories.images[:count].cpu(), captions)
+        self.run_logger.log_image("edits", grid, epoch)
+
+    def train_epoch(self, epoch: int, inner: int, trajectories: Trajectories, order, has_preference):
+        """One pass of clipped preference updates over this process's trajectories."""
+        acc, train = self.accelerator, self.config.train
+        generator = derived_generator(self.config.seed, TIMESTEPS, epoch, inner, acc.process_index)
+        num_inputs = trajectories.log_probs.shape[0]
+        input_order = torch.randperm(num_inputs, generator=generator)
+        trainable = self.trainable_steps.nonzero().flatten().cpu()
+        step_choice = torch.stack([trainable[torch.randperm(len(trainable), generator=generator)]
+                                   for _ in range(num_inputs)])[:, : self.plan.trained_timesteps]
+        self.policy.train()
+        window = _WindowStats(acc.device)
+        starts = range(0, num_inputs, train.batch_size)
+        for start in tqdm(starts, desc="training", leave=False, disable=not acc.is_local_main_process):
+            index = input_order[start:start + train.batch_size]
+            batch = trajectories.select(index.to(trajectories.latents.device))
+            for column in range(self.plan.trained_timesteps):
+                step_index = step_choice[index, column].to(acc.device)
+                self.micro_step(batch, step_index, order[index.to(order.device)],
+                                has_preference[index.to(has_preference.device)], window)
+                if acc.sync_gradients:
+                    self.global_step += 1
+                    self.run_logger.log({"epoch": epoch, "step": self.global_step, **window.reduce(acc)})
+                    window = _WindowStats(acc.device)
+
+    def micro_step(self, batch: Trajectories, step_index, order, has_preference, window) -> None:
+        """Forward policy and reference at one timestep per input, loss, backward (accumulated)."""
+        acc, train, sample = self.accelerator, self.config.train, self.config.sample
+        with acc.accumulate(self.policy):
+            kwargs = dict(scales=self.scales, eta=sample.eta, autocast=acc.autocast)
+            log_prob = transition_log_probs(self.policy, self.scheduler, batch, step_index,
+                                            self.empty_embeds, **kwargs)
+            reference = transition_log_probs(self.policy, self.scheduler, batch, step_index,
+                                             self.empty_embeds, reference=True, **kwargs)
+            log_ratio = (log_prob - reference).gather(1, order)
+            per_input = plackett_luce_loss(log_ratio, eps=train.eps, beta=train.beta)
+            weights = has_preference.float()
+            loss = (per_input * weights).sum() / weights.sum().clamp_min(1)
+            finite = torch.isfinite(loss) & torch.isfinite(log_ratio).all()
+            skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
+            if skip:
+                loss = zero_loss(self.policy)
+            else:
+                window.add(loss.detach(), RatioStats.of(log_ratio, train.eps))
+            acc.backward(loss)
+            if acc.sync_gradients:
+                window.grad_norm = acc.clip_grad_norm_(self.policy.parameters(), train.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        window.skipped += int(skip)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, next_epoch: int) -> Path:
+        """Write checkpoint_<next_epoch> atomically (weights, trainer state, accelerate state)."""
+        acc = self.accelerator
+        final = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(next_epoch)
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.write_atomically(tmp, lambda folder: None)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp / ckpt.ACCELERATE_STATE))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.save_weights(tmp / ckpt.WEIGHTS, self.unwrapped_policy.trainable_state_dict(),
+                              ckpt.architecture_of(self.config))
+            (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(
+                {"epoch": next_epoch, "global_step": self.global_step}))
+            if final.exists():
+                import shutil
+
+                shutil.rmtree(final)
+            tmp.rename(final)
+            ckpt.prune_checkpoints(self.run_dir, self.config.num_checkpoint_limit)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self, path: str) -> None:
+        """Restore weights, optimizer and counters from a checkpoint or run folder."""
+        checkpoint = ckpt.resolve_checkpoint(path)
+        ckpt.load_weights(self.unwrapped_policy, checkpoint, ckpt.architecture_of(self.config))
+        self.accelerator.load_state(str(checkpoint / ckpt.ACCELERATE_STATE))
+        state = ckpt.read_trainer_state(checkpoint)
+        self.first_epoch, self.global_step = state["epoch"], state["global_step"]
+        self.accelerator.print(f"resumed from {checkpoint} at epoch {self.first_epoch}")
+
+
+def zero_loss(policy) -> torch.Tensor:
+    """A loss of exactly 0 touching every trainable parameter: skips a micro-step while keeping
+    DDP's gradient all-reduce in step on every process."""
+    return sum((param * 0).sum() for param in policy.parameters() if param.requires_grad)
+
+
+class _WindowStats:
+    """Per-optimizer-step sums, kept on device to avoid host syncs between micro-steps."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), device=device)
+        self.ratio = torch.zeros((), device=device)
+        self.clipfrac = torch.zeros((), device=device)
+        self.count = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)
+        self.skipped = 0
+
+    def add(self, loss, stats: RatioStats) -> None:
+        self.loss += loss
+        self.ratio += stats.ratio_mean
+        self.clipfrac += stats.clipfrac
+        self.count += 1
+
+    def reduce(self, accelerator) -> dict:
+        totals = accelerator.reduce(torch.stack([self.loss, self.ratio, self.clipfrac, self.count]),
+                                    reduction="sum")
+        count = totals[3].clamp_min(1)
+        return {"loss": totals[0] / count, "ratio_mean": totals[1] / count,
+                "clipfrac": totals[2] / count, "grad_norm": torch.as_tensor(self.grad_norm).float(),
+                "skipped_micro_steps": self.skipped}

@@ -1,0 +1,20 @@
+"""Fine-tune InstructPix2Pix into an editing specialist.
+
+    accelerate launch scripts/train.py --config config/base.py --config.input_name=car
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from editspecialists.training.launch import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "config/base.py", "Training configuration file.")
+
+
+def main(_):
+    train(FLAGS.config)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,92 @@
+"""Metric definitions of SPEC §8 on hand-built patch tokens and embeddings."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from editspecialists.evaluation import metrics
+
+
+def _cos(a, b):
+    return float(F.cosine_similarity(a, b, dim=0))
+
+
+def _style_similarity_by_hand(edit, style, edit_region, style_region):
+    """The formula written out: mean over edit-region cells i of mean over style cells j of cos."""
+    rows = []
+    for i in edit_region.nonzero().flatten().tolist():
+        cols = [_cos(edit[i], style[j]) for j in style_region.nonzero().flatten().tolist()]
+        rows.append(sum(cols) / len(cols))
+    return sum(rows) / len(rows)
+
+
+@pytest.fixture
+def tokens():
+    g = torch.Generator().manual_seed(0)
+    edit, style = torch.randn(2, 6, 5, generator=g), torch.randn(2, 6, 5, generator=g)
+    edit_region = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    style_region = torch.tensor([[0, 0, 0, 0, 1, 1], [1, 0, 1, 0, 1, 0]], dtype=torch.bool)
+    return edit, style, edit_region, style_region
+
+
+def test_gen_sty_matches_the_formula(tokens):
+    edit, style, edit_region, style_region = tokens
+    got = metrics.patch_similarity_to_style(edit, style, edit_region, style_region)
+    for b in range(2):
+        want = _style_similarity_by_hand(edit[b], style[b], edit_region[b], style_region[b])
+        assert got[b].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_swapping_edit_and_style_swaps_the_roles_in_the_formula(tokens):
+    """With edit and style swapped, the input region now selects *style* cells (the original's bug
+    compared the wrong image): the value is the formula with the roles exchanged, not the same."""
+    edit, style, edit_region, style_region = tokens
+    straight = metrics.patch_similarity_to_style(edit, style, edit_region, style_region)
+    swapped = metrics.patch_similarity_to_style(style, edit, edit_region, style_region)
+    for b in range(2):
+        want = _style_similarity_by_hand(style[b], edit[b], edit_region[b], style_region[b])
+        assert swapped[b].item() == pytest.approx(want, abs=1e-6)
+    assert not torch.allclose(straight, swapped, atol=1e-3)
+
+
+def test_gen_sty_is_maximal_when_the_edit_region_is_the_style():
+    style = torch.randn(1, 4, 8).expand(1, 4, 8).clone()
+    style[:, :] = style[:, :1]  # every style cell the same vector
+    edit = torch.randn(1, 4, 8)
+    edit[0, :2] = 3 * style[0, 0]  # the edited region copies it (any scale)
+    region = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    full = torch.ones(1, 4, dtype=torch.bool)
+    assert metrics.patch_similarity_to_style(edit, style, region, full).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gen_input_is_one_for_an_unchanged_image_and_location_wise():
+    image = torch.randn(2, 9, 4)
+    background = torch.ones(2, 9, dtype=torch.bool)
+    assert torch.allclose(metrics.patch_similarity_locationwise(image, image, background), torch.ones(2))
+    shuffled = image[:, torch.randperm(9)]
+    assert (metrics.patch_similarity_locationwise(shuffled, image, background) < 0.99).all()
+
+
+def test_gen_input_reads_only_the_background():
+    source = torch.randn(1, 4, 3)
+    edit = source.clone()
+    edit[0, 0] = -source[0, 0]  # the object (cell 0) changed completely
+    background = torch.tensor([[0, 1, 1, 1]], dtype=torch.bool)
+    assert metrics.patch_similarity_locationwise(edit, source, background).item() == pytest.approx(1.0)
+    everywhere = torch.ones(1, 4, dtype=torch.bool)
+    assert metrics.patch_similarity_locationwise(edit, source, everywhere).item() == pytest.approx(0.5)
+
+
+def test_clip_direction_and_text_similarity():
+    a, b = F.normalize(torch.randn(2, 6), dim=-1), F.normalize(torch.randn(2, 6), dim=-1)
+    assert torch.allclose(metrics.clip_text_similarity(a, b), F.cosine_similarity(a, b))
+    text_delta = b - a
+    assert torch.allclose(metrics.clip_direction_similarity(a + 2 * text_delta, a, b, a), torch.ones(2), atol=1e-6)
+    assert torch.allclose(metrics.clip_direction_similarity(a, a, b, a), torch.zeros(2))  # no change: 0
+
+
+def test_hps_and_pick_scale_the_cosine():
+    a, b = F.normalize(torch.randn(3, 4), dim=-1), F.normalize(torch.randn(3, 4), dim=-1)
+    cos = (a * b).sum(-1)
+    assert torch.allclose(metrics.hps_score(a, b), 100 * cos)
+    assert torch.allclose(metrics.pick_score(a, b, 42.0), 42 * cos)
