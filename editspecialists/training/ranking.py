@@ -71,3 +71,22 @@ class RatioStats:
     def of(cls, log_ratio: torch.Tensor, eps: float) -> "RatioStats":
         ratio = log_ratio.detach().exp()
         return cls(ratio.mean(), ((ratio < 1 - eps) | (ratio > 1 + eps)).float().mean())
+
+
+def preference_loss(log_prob: torch.Tensor, reference_log_prob: torch.Tensor, order: torch.Tensor,
+                    has_preference: torch.Tensor, *, eps: float, beta: float):
+    """Mean clipped Plackett–Luce loss of a micro-batch, and its ratio diagnostics.
+
+    Args:
+        log_prob: (b, G) policy log-probs of each edit's transition (with gradient).
+        reference_log_prob: (b, G) the frozen reference's log-probs of the same transitions.
+        order: (b, G) edit indices best first (:func:`rank_edits`).
+        has_preference: (b,) inputs whose edits are not tied; the others contribute 0.
+    Returns:
+        (loss scalar, :class:`RatioStats`, log_ratio (b, G) in ranked order).
+    """
+    log_ratio = (log_prob - reference_log_prob).gather(1, order)
+    per_input = plackett_luce_loss(log_ratio, eps=eps, beta=beta)
+    weights = has_preference.to(per_input.dtype)
+    loss = (per_input * weights).sum() / weights.sum().clamp_min(1)
+    return loss, RatioStats.of(log_ratio, eps), log_ratio

@@ -26,7 +26,7 @@ from editspecialists.diffusion.pipeline import encode_images, encode_prompts, lo
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.training import checkpoint as ckpt
-from editspecialists.training.ranking import RatioStats, combine_scores, plackett_luce_loss, rank_edits
+from editspecialists.training.ranking import RatioStats, combine_scores, preference_loss, rank_edits
 from editspecialists.training.tracking import RunLogger, edit_grid
 
 logger = logging.getLogger(__name__)
@@ -329,16 +329,14 @@ class Trainer:
                                             self.empty_embeds, **kwargs)
             reference = transition_log_probs(self.policy, self.scheduler, batch, step_index,
                                              self.empty_embeds, reference=True, **kwargs)
-            log_ratio = (log_prob - reference).gather(1, order)
-            per_input = plackett_luce_loss(log_ratio, eps=train.eps, beta=train.beta)
-            weights = has_preference.float()
-            loss = (per_input * weights).sum() / weights.sum().clamp_min(1)
+            loss, stats, log_ratio = preference_loss(log_prob, reference, order, has_preference,
+                                                     eps=train.eps, beta=train.beta)
             finite = torch.isfinite(loss) & torch.isfinite(log_ratio).all()
             skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
             if skip:
                 loss = zero_loss(self.policy)
             else:
-                window.add(loss.detach(), RatioStats.of(log_ratio, train.eps))
+                window.add(loss.detach(), stats)
             acc.backward(loss)
             if acc.sync_gradients:
                 window.grad_norm = acc.clip_grad_norm_(self.policy.parameters(), train.max_grad_norm)
