@@ -10,8 +10,6 @@ from pathlib import Path
 
 import ml_collections
 
-DEMO_ROOT = Path("demo_assets")  # relative to the working directory, like the other demo outputs
-
 
 def _base_module():
     """``config/base.py`` imported by path (config files are loaded by path, not as a package)."""
@@ -54,6 +52,8 @@ def get_config(preset=""):
     # ---- model ids (hub ids or local folders; the same table as training) ----
     config.models = _base_module().models_config()
 
+    config.demo_root = ""  # set by the demo preset: scripts/evaluate.py builds the demo assets there
+
     if preset == "demo":
         use_demo_assets(config)
     elif preset:
@@ -61,18 +61,21 @@ def get_config(preset=""):
     return config
 
 
-def use_demo_assets(config):
-    """Point folders at the demo images and every model at a tiny local one (built on first use)."""
-    from editspecialists.data.demo import INPUT_NAME, STYLE_NAME, write_demo_images
-    from editspecialists.testing import tiny_eval, tiny_feedback
+def use_demo_assets(config, root="demo_assets"):
+    """Point folders at the demo images and every model at a tiny local one under ``root``.
 
-    inputs, styles = write_demo_images(DEMO_ROOT / "data")
-    config.inputimg_dir, config.styleimg_dir = str(inputs), str(styles)
+    Nothing is built here: scripts/evaluate.py builds what is missing on first use.
+    """
+    from editspecialists.data.demo import INPUT_NAME, STYLE_NAME
+    from editspecialists.testing import tiny_eval
+    from editspecialists.testing.demo_assets import demo_paths
+
+    config.demo_root = root
+    paths = demo_paths(root)
+    config.inputimg_dir, config.styleimg_dir = paths["inputs"], paths["styles"]
     config.input_name, config.style_name = INPUT_NAME, STYLE_NAME
     # `python scripts/generate.py --config config/demo.py` writes its edits to outputs/demo_edits/car_lego.
     config.sample_savedir = "outputs/demo_edits"
     config.eval_savedir = "outputs/demo_eval"
     config.batch_size = 4
-    models_root = DEMO_ROOT / "models"
-    config.models.update(tiny_feedback.models_config_entries(models_root))
-    config.models.update(tiny_eval.build_all(models_root))
+    config.models.update(tiny_eval.tiny_models_config(Path(root) / "models"))

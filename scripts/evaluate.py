@@ -4,20 +4,26 @@
     python scripts/evaluate.py --config config/eval.py:demo   # tiny models, demo data
 """
 
-import logging
+from pathlib import Path
 
 from absl import app
 from ml_collections import config_flags
 
 from editspecialists.evaluation.evaluator import evaluate
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
 
-_CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluation configuration.")
+_CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluation configuration file.")
 
 
-def main(argv):
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    evaluate(_CONFIG.value)
+def main(_):
+    config = _CONFIG.value
+    setup_logging()
+    if config.demo_root:
+        from editspecialists.testing import tiny_eval
+
+        prepare_demo_assets(config)
+        tiny_eval.build_all(Path(config.demo_root) / "models")
+    evaluate(config)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import scale_model_input, step_is_stochastic, step_with_logprob
@@ -62,8 +63,12 @@ class Trajectories:
 
 
 def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, device) -> torch.Tensor:
-    """(B·G, 4, h, w) starting latents: one draw per input, shared by its nb_gen edits."""
-    noise = torch.randn((batch, 1, *latent_shape), generator=generator, device=device)
+    """(B·G, 4, h, w) starting latents: one draw per input, shared by its nb_gen edits.
+
+    ``generator`` may be one generator or a list of B (one per input, for per-image seeds).
+    """
+    noise = randn_tensor((batch, 1, *latent_shape), generator=generator, device=device,
+                         dtype=torch.float32)
     noise = noise * scheduler.init_noise_sigma
     return noise.expand(-1, nb_gen, *latent_shape).reshape(batch * nb_gen, *latent_shape)
 
@@ -79,7 +84,8 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
         scheduler: Euler-ancestral or DDIM scheduler after ``set_timesteps``.
         vae: decodes the final latents.
         cond: conditioning of the B inputs (image/style latents, prompt embeds).
-        generator: drives the initial noise and every step's noise.
+        generator: drives the initial noise and every step's noise; a list of B generators makes
+            each input's edits independent of the rest of the batch.
         autocast: a context-manager factory (e.g. ``accelerator.autocast``) for the UNet calls.
     """
     batch, _, height, width = cond.image_latents.shape
@@ -87,6 +93,8 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
     latent_shape = (vae.config.latent_channels, height, width)
     latents = initial_noise(batch, nb_gen, latent_shape, scheduler, generator, device)
     edit_cond = cond.repeat_interleave(nb_gen)
+    if isinstance(generator, list):
+        generator = [g for g in generator for _ in range(nb_gen)]
     timesteps = scheduler.timesteps.to(device)
     all_latents, all_log_probs = [latents], []
     for timestep in timesteps:

@@ -135,12 +135,10 @@ def build_tiny_image_reward(folder: Path, seed: int = 0) -> None:
     torch.save(state, folder / CHECKPOINT_FILE)
 
 
-def build_all(root: Path | None = None) -> dict[str, str]:
-    """Build (or reuse) the tiny evaluation models; returns config ``models`` entries → paths."""
+def model_paths(root: Path | None = None) -> dict[str, str]:
+    """Config ``models`` entries of the tiny evaluation models under ``root`` (nothing is built)."""
     root = Path(root) if root else default_cache_root()
-    hps = cached_build(root / "hps", build_tiny_hps)
-    pickscore = cached_build(root / "pickscore", build_tiny_pickscore)
-    image_reward = cached_build(root / "imagereward", build_tiny_image_reward)
+    hps, pickscore, image_reward = root / "hps", root / "pickscore", root / "imagereward"
     return {
         "hps_architecture": str(hps / f"{HPS_ARCHITECTURE}.json"),
         "hps_checkpoint": str(hps / HPS_CHECKPOINT),
@@ -149,3 +147,22 @@ def build_all(root: Path | None = None) -> dict[str, str]:
         "imagereward": str(image_reward),
         "imagereward_tokenizer": str(image_reward),
     }
+
+
+def tiny_models_config(root: Path) -> dict[str, str]:
+    """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
+    under ``root`` (``tiny_feedback.build_all(root)`` and :func:`build_all` layout; nothing is built)."""
+    root = Path(root)
+    entries = {role: str(root / role) for role in ("detector", "segmenter", "depth", "clip")}
+    entries.update(dreamsim=str(root / "dreamsim"), dreamsim_cache=str(root / "dreamsim"))
+    entries.update(dino=str(root / "dinov2"), semantic_dinov2=str(root / "dinov2"))
+    return {**entries, **model_paths(root)}
+
+
+def build_all(root: Path | None = None) -> dict[str, str]:
+    """Build (or reuse) the tiny evaluation models; returns :func:`model_paths`."""
+    root = Path(root) if root else default_cache_root()
+    cached_build(root / "hps", build_tiny_hps)
+    cached_build(root / "pickscore", build_tiny_pickscore)
+    cached_build(root / "imagereward", build_tiny_image_reward)
+    return model_paths(root)

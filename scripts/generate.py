@@ -1,0 +1,23 @@
+"""Edit every image of the input folder with a trained specialist (or the base model).
+
+    python scripts/generate.py --config config/base.py --config.load_checkpoint=logs/<run>
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from editspecialists.generation import generate_edits
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "config/base.py", "Generation configuration file.")
+
+
+def main(_):
+    setup_logging()
+    prepare_demo_assets(FLAGS.config)
+    print(f"edits written to {generate_edits(FLAGS.config)}")
+
+
+if __name__ == "__main__":
+    app.run(main)

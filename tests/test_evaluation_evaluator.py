@@ -1,0 +1,182 @@
+"""The evaluator end to end on the demo images with tiny models loaded from disk."""
+
+import csv
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from editspecialists.data.demo import write_demo_images
+from editspecialists.evaluation.evaluator import evaluate
+from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, ModelSettings
+from editspecialists.evaluation.images import ImageLoadError, to_tensor
+from editspecialists.evaluation.metrics import patch_similarity_to_style
+from editspecialists.evaluation.pairs import PairingError
+from editspecialists.rewards.semantic import downsample_mask
+from editspecialists.testing import tiny_eval
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_eval_config_module():
+    spec = importlib.util.spec_from_file_location("eval_config", REPO / "config" / "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_root):
+    from editspecialists.testing import tiny_feedback
+
+    tiny_feedback.build_all(tiny_root)
+    tiny_eval.build_all(tiny_root)
+    return tiny_eval.tiny_models_config(tiny_root)
+
+
+def perturb(path: Path, out: Path, seed: int) -> None:
+    """A fake edit: the input with a brighter noisy rectangle over its lower half."""
+    image = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    h = image.shape[0]
+    image[h // 2 :] = np.clip(image[h // 2 :] * 0.5 + rng.uniform(0, 128, image[h // 2 :].shape), 0, 255)
+    Image.fromarray(image.astype(np.uint8)).save(out)
+
+
+@pytest.fixture
+def eval_config(tmp_path, tiny_models):
+    """Demo inputs/styles; edits = exact copies (even inputs) and perturbed inputs (odd ones)."""
+    config = load_eval_config_module().get_config()
+    inputs, styles = write_demo_images(tmp_path / "data", num_inputs=4, num_styles=2)
+    edits = tmp_path / "edits" / "car_lego"
+    edits.mkdir(parents=True)
+    for i, path in enumerate(sorted(inputs.iterdir())):
+        if i % 2 == 0:
+            shutil.copy(path, edits / f"edit_{path.name}")
+        else:
+            perturb(path, edits / f"edit_{path.name}", seed=i)
+    config.inputimg_dir, config.styleimg_dir = str(inputs), str(styles)
+    config.sample_savedir, config.eval_savedir = str(tmp_path / "edits"), str(tmp_path / "eval")
+    config.device, config.batch_size = "cpu", 3
+    config.models.update(tiny_models)
+    return config
+
+
+def read_rows(config):
+    with open(Path(config.eval_savedir) / "car_lego_per_image.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_every_metric_is_written_finite_and_unchanged_edits_score_the_maximum(eval_config):
+    result = evaluate(eval_config)
+    out = Path(eval_config.eval_savedir)
+    summary = json.loads((out / "car_lego.json").read_text())
+    assert summary["skipped"] == {}
+    assert set(summary["metrics"]) == set(ALL_METRICS)
+    for name, stats in summary["metrics"].items():
+        assert stats["count"] == 4 and np.isfinite(stats["mean"]) and np.isfinite(stats["std"]), name
+    assert result["metrics"] == summary["metrics"]
+    assert (out / "car_lego_report.png").is_file()
+
+    rows = read_rows(eval_config)
+    assert [r["edit"] for r in rows] == [f"edit_car_0{i}.png" for i in range(4)]
+    for row in rows:
+        unchanged = row["edit"] in ("edit_car_00.png", "edit_car_02.png")
+        values = {name: float(row[name]) for name in ALL_METRICS}
+        if unchanged:
+            assert values["l2_out"] == 0 and values["structural_score"] == 0
+            for prefix in ("clipSim", "dinoSim", "dreamsimSim"):
+                assert values[f"{prefix}_gen_input"] == pytest.approx(1.0, abs=1e-5)
+        else:
+            assert values["l2_out"] > 0 and values["structural_score"] > 0
+            for prefix in ("clipSim", "dinoSim", "dreamsimSim"):
+                assert values[f"{prefix}_gen_input"] < 1 - 1e-4
+    means = {name: np.mean([float(r[name]) for r in rows]) for name in ALL_METRICS}
+    assert means == pytest.approx({k: v["mean"] for k, v in summary["metrics"].items()})
+
+
+def test_selected_metrics_only_and_a_missing_model_skips_with_one_line(eval_config, caplog):
+    eval_config.metrics = "hps_score, imgrew_score,pick_score"
+    eval_config.models.hps_checkpoint = str(Path(eval_config.eval_savedir) / "missing.pt")
+    with caplog.at_level(logging.WARNING, logger="editspecialists.evaluation.evaluator"):
+        result = evaluate(eval_config)
+    skip_lines = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(skip_lines) == 1 and "hps_score" in skip_lines[0] and "missing.pt" in skip_lines[0]
+    assert set(result["metrics"]) == {"imgrew_score", "pick_score"}
+    assert set(result["skipped"]) == {"hps_score"}
+    assert set(read_rows(eval_config)[0]) == {"edit", "input", "style", "prompt", "imgrew_score", "pick_score"}
+
+
+def test_missing_mask_models_skip_only_the_mask_metrics(eval_config, caplog):
+    eval_config.metrics = ["l2_out", "pick_score"]
+    eval_config.models.detector = str(Path(eval_config.eval_savedir) / "no-detector")
+    with caplog.at_level(logging.WARNING):
+        result = evaluate(eval_config)
+    assert set(result["metrics"]) == {"pick_score"} and "mask models unavailable" in result["skipped"]["l2_out"]
+
+
+def test_unknown_metric_is_rejected(eval_config):
+    eval_config.metrics = "pick_score,fid"
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fid'\]"):
+        evaluate(eval_config)
+
+
+def test_clear_errors_for_missing_folder_unmatched_edit_and_corrupt_png(eval_config):
+    eval_config.metrics = "pick_score"
+    edits = Path(eval_config.sample_savedir) / "car_lego"
+    eval_config.input_name = "bus"
+    with pytest.raises(FileNotFoundError, match=r"edits folder .*bus_lego does not exist"):
+        evaluate(eval_config)
+    eval_config.input_name = "car"
+    Image.new("RGB", (64, 64)).save(edits / "edit_truck_9.png")
+    with pytest.raises(PairingError, match="edit_truck_9.png has no matching input"):
+        evaluate(eval_config)
+    (edits / "edit_truck_9.png").unlink()
+    corrupt = edits / "edit_car_01.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])
+    with pytest.raises(ImageLoadError, match="edit_car_01.png"):
+        evaluate(eval_config)
+
+
+def test_gen_sty_through_a_real_patch_embedder_follows_the_formula(tiny_models, tmp_path):
+    """Edit and style swapped: the result is the formula with swapped roles, computed by hand."""
+    settings = ModelSettings(ml_collections.ConfigDict(tiny_models), torch.device("cpu"), torch.float32)
+    family = FAMILIES["dino_patches"].build(settings)
+    embedder = settings.patch_embedder("dinov2", tiny_models["dino"])
+    inputs, styles = write_demo_images(tmp_path, num_inputs=1, num_styles=1)
+    a = to_tensor(Image.open(next(inputs.iterdir())))[None]
+    b = to_tensor(Image.open(next(styles.iterdir())))[None]
+    h, w = a.shape[-2:]
+    input_mask = torch.zeros(1, h, w, dtype=torch.bool)
+    input_mask[:, h // 2 :] = True
+    style_mask = torch.zeros(1, h, w, dtype=torch.bool)
+    style_mask[:, :, : w // 4] = True
+
+    def gen_sty(edit, style):
+        batch = EvalBatch(edit, a, style, ["p"], ["car"], input_mask, style_mask)
+        return family(batch)["dinoSim_gen_sty"]
+
+    tokens_a, grid = embedder(a)
+    tokens_b, _ = embedder(b)
+    region_in, region_sty = downsample_mask(input_mask, grid), downsample_mask(style_mask, grid)
+    assert torch.allclose(gen_sty(a, b), patch_similarity_to_style(tokens_a, tokens_b, region_in, region_sty), atol=1e-5)
+    assert torch.allclose(gen_sty(b, a), patch_similarity_to_style(tokens_b, tokens_a, region_in, region_sty), atol=1e-5)
+    assert not torch.allclose(gen_sty(a, b), gen_sty(b, a), atol=1e-4)
+
+
+def test_demo_preset_points_every_model_at_local_tiny_folders():
+    config = load_eval_config_module().get_config("demo")
+    assert config.demo_root and config.sample_savedir == "outputs/demo_edits"
+    for key, value in config.models.items():
+        assert value.startswith("demo_assets/models/"), key
+    assert config.models.hps_architecture.endswith(".json")
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_eval_config_module().get_config("nope")
