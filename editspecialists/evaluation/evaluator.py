@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from editspecialists.evaluation.families import FAMILIES, EvalBatch, FamilySpec, ModelSettings, parse_metrics
+from editspecialists.evaluation.families import FAMILIES, EvalBatch, ModelSettings, parse_metrics
 from editspecialists.evaluation.images import load_rgb, resize_center_crop, to_tensor
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
 from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png

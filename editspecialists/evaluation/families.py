@@ -51,7 +51,6 @@ class ModelSettings:
 class ReconstructionFamily:
     """``l2_out``: per-pixel MSE (mean over RGB) between edit and input outside the input mask."""
 
-
     def __init__(self, settings: ModelSettings):
         from editspecialists.rewards.semantic import reconstruction_outside
 
@@ -63,7 +62,6 @@ class ReconstructionFamily:
 
 class StructuralFamily:
     """``structural_score``: mean |depth(edit) − depth(input)| with Depth-Anything-V2 (SPEC §4)."""
-
 
     def __init__(self, settings: ModelSettings):
         from editspecialists.rewards.depth import DepthEstimator, structural_score
@@ -77,7 +75,6 @@ class StructuralFamily:
 
 class SemanticFamily:
     """``semantic_score``: DreamSim patch distance of the edit's input region to the style region."""
-
 
     def __init__(self, settings: ModelSettings):
         from editspecialists.rewards import semantic
@@ -124,7 +121,6 @@ class PatchSimilarityFamily:
 class ClipFamily:
     """``clip_txt`` and ``clip_dir`` with the eval CLIP (ViT-L/14)."""
 
-
     def __init__(self, settings: ModelSettings):
         from editspecialists.evaluation.embedders import ClipEmbedder
 
@@ -144,7 +140,6 @@ class ClipFamily:
 class HpsFamily:
     """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint)."""
 
-
     def __init__(self, settings: ModelSettings):
         from editspecialists.evaluation.embedders import OpenClipEmbedder
 
@@ -159,7 +154,6 @@ class HpsFamily:
 
 class PickScoreFamily:
     """``pick_score``: PickScore v1 (a CLIP-H fine-tuned on Pick-a-Pic preferences)."""
-
 
     def __init__(self, settings: ModelSettings):
         from editspecialists.evaluation.embedders import ClipEmbedder
@@ -176,7 +170,6 @@ class PickScoreFamily:
 
 class ImageRewardFamily:
     """``imgrew_score``: ImageReward v1.0 (native implementation, one prompt per image)."""
-
 
     def __init__(self, settings: ModelSettings):
         from editspecialists.evaluation.image_reward import ImageRewardScorer

@@ -169,21 +169,21 @@ def autoencoder_batch(examples: EditExamples, batch_size: int, generator: torch.
 
 
 def train_vae(vae, examples: EditExamples, *, steps: int, batch_size: int, learning_rate: float,
-              kl_weight: float, generator: torch.Generator) -> list[float]:
+              generator: torch.Generator) -> list[float]:
     """Train ``vae`` in place as an autoencoder of ``2x - 1`` images; returns the per-step loss.
 
-    Loss = MSE(decode(posterior sample), image) + ``kl_weight`` · mean KL to N(0, 1). Decoding a
-    posterior sample rather than the mode keeps the decoder robust to imprecise latents.
+    Loss = MSE(decode(posterior mode), image). The pipelines only ever use the posterior mode, so
+    the log-variance head and a KL term are left out; :func:`latent_scaling_factor` then fixes the
+    latent scale.
     """
     vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
     schedule = cosine_schedule(optimizer, steps)
     losses = []
     for step in range(steps):
         images = 2 * autoencoder_batch(examples, batch_size, generator) - 1
-        posterior = vae.encode(images).latent_dist
-        decoded = vae.decode(posterior.sample(generator=generator)).sample
-        loss = F.mse_loss(decoded, images) + kl_weight * posterior.kl().mean() / posterior.mean[0].numel()
+        decoded = vae.decode(vae.encode(images).latent_dist.mode()).sample
+        loss = F.mse_loss(decoded, images)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -311,7 +311,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
                          cars: Sequence[Image.Image], walls: Sequence[Image.Image], *,
                          seed: int = 0, resolution: int = DEMO_RESOLUTION,
                          vae_steps: int = 300, vae_batch_size: int = 16, vae_learning_rate: float = 2e-3,
-                         kl_weight: float = 1e-3, num_pairs: int = 2048,
+                         num_pairs: int = 2048,
                          unet_steps: int = 600, unet_batch_size: int = 32, unet_learning_rate: float = 1e-3,
                          cond_dropout: float = 0.05,
                          instructions: Sequence[str] | None = None) -> DemoEditorReport:
@@ -334,7 +334,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
     report = DemoEditorReport()
 
     report.vae_losses = train_vae(pipe.vae, examples, steps=vae_steps, batch_size=vae_batch_size,
-                                  learning_rate=vae_learning_rate, kl_weight=kl_weight, generator=generator)
+                                  learning_rate=vae_learning_rate, generator=generator)
     report.vae_reconstruction_mse = reconstruction_mse(pipe.vae, examples.cars)
     report.scaling_factor = latent_scaling_factor(pipe.vae, autoencoder_batch(examples, 256, generator))
     pipe.vae.register_to_config(scaling_factor=report.scaling_factor)

@@ -124,7 +124,7 @@ class Trainer:
 
     def __init__(self, config):
         from accelerate import Accelerator, PartialState
-        from accelerate.utils import ProjectConfiguration
+        from accelerate.utils import ProjectConfiguration, set_seed
 
         validate_config(config)
         self.config = config
@@ -137,6 +137,7 @@ class Trainer:
             project_config=ProjectConfiguration(automatic_checkpoint_naming=False),
         )
         acc = self.accelerator
+        set_seed(config.seed)  # LoRA initialisation draws from the global generator
         if config.allow_tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -225,9 +226,20 @@ class Trainer:
                 self.train_epoch(epoch, inner, trajectories, order, has_preference)
             if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
                 self.save_checkpoint(epoch + 1)
-        self.accelerator.wait_for_everyone()
+        self.check_replicas_in_sync()
         self.run_logger.close()
         return self.run_dir
+
+    def check_replicas_in_sync(self) -> None:
+        """Compare weight fingerprints across processes; a difference means a sync bug."""
+        acc = self.accelerator
+        params = self.unwrapped_policy.trainable_parameters()
+        fingerprint = torch.stack([p.detach().double().sum() for p in params]
+                                  + [p.detach().double().abs().sum() for p in params])
+        everyone = acc.gather(fingerprint.unsqueeze(0))
+        if not (everyone == everyone[0]).all():
+            raise RuntimeError("trainable weights differ between processes: gradient sync is broken")
+        acc.print(f"trainable weights identical on all {acc.num_processes} processes")
 
     def sample_epoch(self, epoch: int):
         """Sample this process's edits of the epoch and score them.

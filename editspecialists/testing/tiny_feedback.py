@@ -1,0 +1,331 @@
+"""Tiny, randomly initialised AI-feedback models (SPEC §4), saved in their real on-disk layouts.
+
+Each ``build_<role>(folder)`` writes what production loads by id, so tests and the demo go
+through exactly the production loading code:
+
+- ``detector``: Grounding DINO + processor (``save_pretrained``).
+- ``segmenter``: SAM2 + processor (``save_pretrained``).
+- ``depth``: Depth Anything + DPT image processor (``save_pretrained``).
+- ``dinov2``: ``Dinov2Model`` + image processor (``save_pretrained``).
+- ``clip``: ``CLIPModel`` + processor with the byte-level tokenizer (``save_pretrained``).
+- ``dreamsim``: a DreamSim cache folder that the real ``dreamsim`` package loads offline. DreamSim
+  checks its cache for ``dinov2_vitb14_pretrain.pth`` and ``dinov2_vitb14_patch_lora/`` (a PEFT
+  adapter), then builds its backbone with ``torch.hub.load("facebookresearch/dinov2",
+  "dinov2_vitb14")`` using the cache folder as torch-hub directory. Offline, torch.hub falls back
+  to the cached repository ``facebookresearch_dinov2_main/``; ours holds a ``hubconf.py`` whose
+  ``dinov2_vitb14`` entry point builds :class:`TinyDinoViT` (12 blocks: DreamSim reads block 11)
+  and loads its weights from ``checkpoints/dinov2_vitb14_pretrain.pth``, where torch.hub caches
+  the real weights. The LoRA adapter is made by the dreamsim package itself (its
+  ``PerceptualModel`` on the tiny backbone) with non-zero random LoRA weights.
+
+Builds are seeded (identical files for identical seeds) and take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from editspecialists.testing.tiny import (
+    byte_level_clip_tokenizer,
+    cached_build,
+    default_cache_root,
+    tiny_clip_text_config,
+)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+DREAMSIM_VARIANT = "dinov2_vitb14"
+DREAMSIM_BACKBONE_FILE = f"{DREAMSIM_VARIANT}_pretrain.pth"
+DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
+TINY_VIT_CONFIG = "tiny_vit.json"
+ROLES = ("detector", "segmenter", "depth", "dinov2", "clip", "dreamsim")
+
+# Grounding DINO splits phrases on these hard-coded BERT ids, so the tiny vocabulary keeps them.
+_BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
+def tiny_bert_vocab() -> dict[str, int]:
+    """1030 WordPiece tokens: BERT's special ids, lowercase letters (+ ``##`` forms), fillers."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = letters + ["##" + c for c in letters] + [",", "-"]
+    vocab = dict(_BERT_SPECIAL_IDS)
+    free = (i for i in range(1030) if i not in vocab.values())
+    for word in words:
+        vocab[word] = next(free)
+    for index in free:
+        vocab[f"[unused{index}]"] = index
+    return vocab
+
+
+def build_detector(folder: Path, seed: int = 0) -> None:
+    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor (64 px images)."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer(vocab=tiny_bert_vocab())
+    backbone = SwinConfig(
+        image_size=64, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=7, out_indices=[2, 3, 4]
+    )
+    text = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone.to_dict(), text_config=text.to_dict(), d_model=32,
+        encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10, max_text_len=32,
+        encoder_n_points=2, decoder_n_points=2,
+    )
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+def build_segmenter(folder: Path, seed: int = 0) -> None:
+    """SAM2 (Hiera 8→64 channels, 64 px, 16 px low-resolution masks) and its processor."""
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2ImageProcessor,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2Processor,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    hiera = Sam2HieraDetConfig(
+        hidden_size=8, image_size=64, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
+        num_attention_heads_per_stage=[1] * 4, global_attention_blocks=[3], window_size_per_stage=[4, 4, 4, 2],
+    )
+    vision = Sam2VisionConfig(
+        backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=16,
+    )
+    config = Sam2Config(
+        vision_config=vision,
+        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
+    )
+    Sam2Model(config).save_pretrained(folder)
+    image_processor = Sam2ImageProcessor(size={"height": 64, "width": 64}, mask_size={"height": 16, "width": 16})
+    Sam2Processor(image_processor=image_processor).save_pretrained(folder)
+
+
+def build_depth(folder: Path, seed: int = 0) -> None:
+    """Depth Anything (4-layer DINOv2 backbone, patch 14) and a DPT processor (short side 56)."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(
+        hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=14,
+        image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16, 16, 16],
+        fusion_hidden_size=16, head_hidden_size=8,
+    )
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+    ).save_pretrained(folder)
+
+
+def build_dinov2(folder: Path, seed: int = 0) -> None:
+    """``Dinov2Model`` (hidden 32, 2 layers, patch 8) and its image processor."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8, image_size=64
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessor(
+        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    ).save_pretrained(folder)
+
+
+def build_clip(folder: Path, seed: int = 0) -> None:
+    """``CLIPModel`` (vision 32 px, patch 8, projection 16) and its processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    tokenizer = byte_level_clip_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    config = CLIPConfig(
+        text_config=tiny_clip_text_config(len(tokenizer.get_vocab())).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+class TinyPatchEmbed(nn.Module):
+    """Non-overlapping patches → tokens ``(B, N, D)``; exposes ``patch_size`` and ``proj`` as DINO does."""
+
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__()
+        self.patch_size = (patch_size, patch_size)
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class TinyBlock(nn.Module):
+    """Pre-norm transformer block with DINO's module names (``attn.qkv`` is DreamSim's LoRA target)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = TinyAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyDinoViT(nn.Module):
+    """A ViT with DINOv2's interface as DreamSim uses it: ``patch_embed``, ``blocks``, CLS first.
+
+    Position embeddings cover a fixed ``grid × grid`` patch grid (DreamSim feeds 224 px images,
+    i.e. 16 × 16 patches of 14 px).
+    """
+
+    def __init__(self, dim: int = 16, depth: int = 12, heads: int = 2, patch_size: int = 14, grid: int = 16):
+        super().__init__()
+        self.patch_embed = TinyPatchEmbed(patch_size, dim)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim))
+        self.blocks = nn.ModuleList(TinyBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images → CLS token after the final norm ``(B, D)``."""
+        patches = self.patch_embed(images)
+        if patches.shape[1] + 1 != self.pos_embed.shape[1]:
+            raise ValueError(f"TinyDinoViT expects {self.pos_embed.shape[1] - 1} patches, got {patches.shape[1]}")
+        x = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+
+HUBCONF = '''"""Tiny stand-in for facebookresearch/dinov2 (written by editspecialists.testing.tiny_feedback)."""
+import json
+import os
+
+import torch
+
+dependencies = ["torch"]
+
+
+def dinov2_vitb14(**kwargs):
+    from editspecialists.testing.tiny_feedback import TinyDinoViT
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "{config}")) as handle:
+        model = TinyDinoViT(**json.load(handle))
+    weights = os.path.join(torch.hub.get_dir(), "checkpoints", "{weights}")
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model
+'''
+
+
+def write_tiny_dinov2_hub(folder: Path, seed: int) -> None:
+    """``folder`` becomes a torch-hub directory holding the tiny ``facebookresearch/dinov2``."""
+    repo = folder / DREAMSIM_HUB_REPO
+    repo.mkdir(parents=True)
+    config = {"dim": 16, "depth": 12, "heads": 2, "patch_size": 14, "grid": 16}
+    (repo / TINY_VIT_CONFIG).write_text(json.dumps(config, indent=2))
+    (repo / "hubconf.py").write_text(HUBCONF.format(config=TINY_VIT_CONFIG, weights=DREAMSIM_BACKBONE_FILE))
+    torch.manual_seed(seed)
+    weights = TinyDinoViT(**config).state_dict()
+    (folder / "checkpoints").mkdir()
+    torch.save(weights, folder / "checkpoints" / DREAMSIM_BACKBONE_FILE)
+    shutil.copy(folder / "checkpoints" / DREAMSIM_BACKBONE_FILE, folder / DREAMSIM_BACKBONE_FILE)
+
+
+def build_dreamsim(folder: Path, seed: int = 0) -> None:
+    """A DreamSim cache folder (tiny ``dinov2_vitb14`` patch model) loadable by ``dreamsim`` offline.
+
+    The adapter is produced by DreamSim's own ``PerceptualModel`` wrapped by PEFT, so its keys and
+    config are those DreamSim expects; LoRA ``B`` matrices are random (not zero) so the adapter
+    changes the features.
+    """
+    from dreamsim.config import dreamsim_args
+    from dreamsim.model import PerceptualModel
+    from peft import LoraConfig, get_peft_model
+
+    write_tiny_dinov2_hub(folder, seed)
+    previous_hub_dir = torch.hub.get_dir()
+    try:
+        model = PerceptualModel(
+            **dreamsim_args["model_config"][f"{DREAMSIM_VARIANT}_patch"], device="cpu", load_dir=str(folder),
+            normalize_embeds=True,
+        )
+    finally:
+        torch.hub.set_dir(previous_hub_dir)
+    lora = LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["qkv"])
+    model = get_peft_model(model, lora)
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    model.save_pretrained(folder / f"{DREAMSIM_VARIANT}_patch_lora")
+
+
+BUILDERS = {
+    "detector": build_detector,
+    "segmenter": build_segmenter,
+    "depth": build_depth,
+    "dinov2": build_dinov2,
+    "clip": build_clip,
+    "dreamsim": build_dreamsim,
+}
+
+
+def build_all(root: Path | None = None) -> dict[str, str]:
+    """Build (or reuse, file-locked) every tiny feedback model under ``root/<role>``.
+
+    Returns ``{role: folder}`` for the roles of :data:`ROLES`.
+    """
+    root = Path(root) if root else default_cache_root()
+    return {role: str(cached_build(root / role, BUILDERS[role])) for role in ROLES}

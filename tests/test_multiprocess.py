@@ -1,0 +1,40 @@
+"""Two CPU processes through accelerate: DDP stays in sync, a NaN on one process skips everywhere."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editspecialists.training.tracking import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+
+
+def launch(args, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    result = subprocess.run([accelerate, *LAUNCH[1:], *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nan_call", [-1, 2])
+def test_two_processes_keep_identical_weights(tiny_ip2p_path, tmp_path, nan_call):
+    output = launch([os.path.join(REPO, "tests", "train_worker.py"), str(tiny_ip2p_path), str(tmp_path),
+                     str(nan_call)], tmp_path)
+    assert "num_processes = 2" in output
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{i}.safetensors")) for i in range(2))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    steps = [r for r in read_metrics(tmp_path / "logs" / "run") if "step" in r]
+    skipped = sum(r["skipped_micro_steps"] for r in steps)
+    assert skipped == (1 if nan_call >= 0 else 0)
+    assert all(isinstance(r["loss"], float) for r in steps), "a skipped micro-step never reaches the logged loss"

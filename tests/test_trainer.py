@@ -1,0 +1,104 @@
+"""The training loop on tiny models: batch arithmetic, logging, checkpoints, exact resume."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editspecialists.training import checkpoint as ckpt
+from editspecialists.training.tracking import read_metrics
+from editspecialists.training.trainer import Trainer, plan_batches, validate_config
+from tests.helpers import load_config, tiny_brightness_config
+
+
+def test_batch_arithmetic_is_derived_and_checked():
+    config = load_config("base")
+    plan = plan_batches(config, num_processes=2, num_trainable_steps=99)
+    assert plan.images_per_epoch == 4 * 2 * 2
+    assert plan.effective_train_batch == 1 * 2 * 8
+    assert plan.optimizer_steps_per_epoch == 1
+    assert plan.trained_timesteps == 99 and plan.micro_steps_per_optimizer_step == 8 * 99
+    assert "num_processes = 2" in plan.describe()
+    config.train.gradient_accumulation_steps = 3
+    with pytest.raises(ValueError, match="sample.batch_size x sample.num_batches_per_epoch = 8 must be a "
+                                         "multiple of train.batch_size x train.gradient_accumulation_steps = 3"):
+        plan_batches(config, 1, 99)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sample.nb_gen", 1, "sample.nb_gen"),
+    ("train.eps", 1.5, "train.eps"),
+    ("train.timestep_fraction", 0.0, "train.timestep_fraction"),
+    ("mixed_precision", "fp8", "mixed_precision"),
+])
+def test_inconsistent_settings_are_refused(key, value, message):
+    config = load_config("base")
+    group, _, leaf = key.rpartition(".")
+    (config[group] if group else config)[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        validate_config(config)
+
+
+def test_ddim_with_eta_zero_is_refused():
+    config = load_config("base")
+    config.pretrained.scheduler, config.sample.eta = "ddim", 0.0
+    with pytest.raises(ValueError, match="sample.eta"):
+        validate_config(config)
+
+
+def test_empty_input_folder_fails_before_models_load(tmp_path, tiny_ip2p_path):
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    config.inputimg_dir = str(empty)
+    config.pretrained.model = str(tmp_path / "no-such-model")
+    with pytest.raises(ValueError, match=f"input image folder {empty} holds no"):
+        Trainer(config)
+
+
+@pytest.mark.slow
+def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path):
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "full", num_epochs=2)
+    full_run = Trainer(config).run()
+
+    records = read_metrics(full_run)
+    epochs = [r for r in records if "brightness_mean" in r]
+    steps = [r for r in records if "step" in r]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert all({"brightness_mean", "brightness_std"} <= set(r) for r in epochs)
+    assert len(steps) == 2 * 2  # 4 inputs per epoch / (1 x 2 accumulation) = 2 steps per epoch
+    first = steps[0]
+    assert {"epoch", "step", "loss", "ratio_mean", "clipfrac", "grad_norm"} <= set(first)
+    assert abs(first["ratio_mean"] - 1) < 1e-4 and first["clipfrac"] == 0
+    assert abs(first["loss"] - 0.6931) < 1e-3 or first["loss"] == 0
+    assert (full_run / "images" / "edits_0000.png").is_file()
+    assert json.loads((full_run / "config.json").read_text())["pretrained"]["model"] == str(tiny_ip2p_path)
+    checkpoints = ckpt.list_checkpoints(full_run)
+    assert [c.name for c in checkpoints] == ["checkpoint_0001", "checkpoint_0002"]
+    assert not list((full_run / "checkpoints").glob("*.tmp"))
+
+    first_half = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "half", num_epochs=1)
+    Trainer(first_half).run()
+    resumed_config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "resumed", num_epochs=2,
+                                            load_checkpoint=str(tmp_path / "half" / "run"))
+    resumed = Trainer(resumed_config)
+    assert resumed.first_epoch == 1
+    resumed_run = resumed.run()
+    final = load_file(str(ckpt.list_checkpoints(full_run)[-1] / ckpt.WEIGHTS))
+    again = load_file(str(ckpt.list_checkpoints(resumed_run)[-1] / ckpt.WEIGHTS))
+    assert final.keys() == again.keys()
+    for key in final:
+        assert torch.equal(final[key], again[key]), key
+    initial = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "init"))
+    moved = initial.unwrapped_policy.trainable_state_dict()
+    assert any(not torch.equal(moved[k].cpu(), final[k]) for k in final), "training changed the weights"
+
+
+@pytest.mark.slow
+def test_resume_with_another_lora_rank_names_the_mismatch(tiny_ip2p_path, tmp_path):
+    Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "a", num_epochs=1)).run()
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "b", lora_rank=4,
+                                    load_checkpoint=str(tmp_path / "a" / "run"))
+    with pytest.raises(ValueError, match="lora_rank: checkpoint '8' vs config '4'"):
+        Trainer(config)

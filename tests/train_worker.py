@@ -1,0 +1,49 @@
+"""Launched by test_multiprocess.py under ``accelerate launch`` with 2 CPU processes.
+
+Usage: train_worker.py <tiny model> <work dir> <nan_call>. When nan_call >= 0, process 1
+returns a NaN log-prob at that call of the policy forward, to check that the micro-step is
+skipped on every process. Each process writes its final trainable weights to rank<i>.safetensors.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from editspecialists.training import trainer as trainer_module  # noqa: E402
+from tests.helpers import tiny_brightness_config  # noqa: E402
+
+
+def inject_nan_on_process_one(call_to_poison: int):
+    original = trainer_module.transition_log_probs
+    calls = {"n": 0}
+
+    def poisoned(*args, reference=False, **kwargs):
+        log_prob = original(*args, reference=reference, **kwargs)
+        if not reference:
+            calls["n"] += 1
+            if calls["n"] == call_to_poison and PartialState().process_index == 1:
+                return log_prob * float("nan")
+        return log_prob
+
+    trainer_module.transition_log_probs = poisoned
+
+
+def main():
+    model, work, nan_call = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    if nan_call >= 0:
+        inject_nan_on_process_one(nan_call)
+    config = tiny_brightness_config(model, work / "data", work / "logs", num_epochs=1)
+    trainer = trainer_module.Trainer(config)
+    trainer.run()
+    state = {k: v.detach().cpu().contiguous() for k, v in trainer.unwrapped_policy.trainable_state_dict().items()}
+    save_file(state, str(work / f"rank{trainer.accelerator.process_index}.safetensors"))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
