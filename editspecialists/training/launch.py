@@ -12,14 +12,24 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def process_state():
+    """accelerate's process state, honouring ACCELERATE_USE_CPU like ``Accelerator`` does.
+
+    (A bare ``PartialState()`` created before the ``Accelerator`` ignores that variable and
+    would turn a multi-process CPU launch into independent single processes.)
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def prepare_demo_assets(config) -> None:
     """Build the demo's images and tiny models when the config asks for them (demo presets)."""
     if config.get("demo_root"):
-        from accelerate import PartialState
-
         from editspecialists.testing.demo_assets import ensure_demo_assets
 
-        with PartialState().main_process_first():
+        with process_state().main_process_first():
             ensure_demo_assets(config.demo_root)
 
 

@@ -26,6 +26,7 @@ from editspecialists.diffusion.pipeline import encode_images, encode_prompts, lo
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.training import checkpoint as ckpt
+from editspecialists.training.launch import process_state
 from editspecialists.training.ranking import RatioStats, combine_scores, preference_loss, rank_edits
 from editspecialists.training.tracking import RunLogger, edit_grid
 
@@ -123,14 +124,14 @@ class Trainer:
     """Builds everything from a config and runs the epochs; see :meth:`run`."""
 
     def __init__(self, config):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
         validate_config(config)
         self.config = config
         self.dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
                                    config.style_name, config.data_resize)
-        self.plan = plan_batches(config, PartialState().num_processes, count_trainable_steps(config))
+        self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=self.plan.micro_steps_per_optimizer_step,
