@@ -35,6 +35,8 @@ def get_config(preset=""):
     # All-ones masks: the *_gen_input metrics then compare the whole image and l2_out becomes the
     # whole-image MSE (there is no "outside" to preserve).
     config.whole_frame = False
+    # "none" compares raw relative depths (faithful); "scale_shift" least-squares aligns the edit's first.
+    config.structural_align = "none"
 
     # ---- metrics ----
     # "all", or a list / comma-separated string of: semantic_score, structural_score, l2_out,

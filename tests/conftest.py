@@ -28,6 +28,11 @@ def tiny_ip2p_path(tiny_root) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_fresh_accelerate_state():
+    """Seed, and give each test a fresh accelerate singleton state (mixed precision differs)."""
     torch.manual_seed(0)
     yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

@@ -15,7 +15,7 @@ from PIL import Image
 
 from editspecialists.data.demo import write_demo_images
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, ModelSettings
+from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, FamilySettings
 from editspecialists.evaluation.images import ImageLoadError, to_tensor
 from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
@@ -148,7 +148,7 @@ def test_clear_errors_for_missing_folder_unmatched_edit_and_corrupt_png(eval_con
 
 def test_gen_sty_through_a_real_patch_embedder_follows_the_formula(tiny_models, tmp_path):
     """Edit and style swapped: the result is the formula with swapped roles, computed by hand."""
-    settings = ModelSettings(ml_collections.ConfigDict(tiny_models), torch.device("cpu"), torch.float32)
+    settings = FamilySettings(ml_collections.ConfigDict(tiny_models), torch.device("cpu"), torch.float32)
     family = FAMILIES["dino_patches"].build(settings)
     embedder = settings.patch_embedder("dinov2", tiny_models["dino"])
     inputs, styles = write_demo_images(tmp_path, num_inputs=1, num_styles=1)

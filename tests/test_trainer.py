@@ -102,3 +102,45 @@ def test_resume_with_another_lora_rank_names_the_mismatch(tiny_ip2p_path, tmp_pa
                                     load_checkpoint=str(tmp_path / "a" / "run"))
     with pytest.raises(ValueError, match="lora_rank: checkpoint '8' vs config '4'"):
         Trainer(config)
+
+
+def test_8bit_adam_without_bitsandbytes_says_how_to_install(tiny_ip2p_path, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bitsandbytes(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
+    config.train.use_8bit_adam = True
+    with pytest.raises(ImportError, match=r"use_8bit_adam=True needs bitsandbytes: pip install 'editspecialists\[8bit\]'"):
+        Trainer(config)
+
+
+def test_wandb_never_prompts(monkeypatch, tmp_path):
+    from editspecialists.training.tracking import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode() == "online"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    {"mixed_precision": "bf16"},
+    {"use_lora": False, "gradient_checkpointing": True, "pretrained.scheduler": "ddim"},
+])
+def test_precision_full_finetune_and_ddim_runs_stay_finite(tiny_ip2p_path, tmp_path, overrides):
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1, **overrides)
+    run = Trainer(config).run()
+    steps = [r for r in read_metrics(run) if "step" in r]
+    assert steps and all(isinstance(r["loss"], float) and r["loss"] == r["loss"] for r in steps)
+    assert abs(steps[0]["ratio_mean"] - 1) < 1e-3

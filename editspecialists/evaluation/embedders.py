@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from editspecialists.evaluation.images import normalise, resize_center_crop
+from editspecialists.evaluation.images import resize_center_crop
+from editspecialists.rewards.images import normalise
 
 
 def resolve_file(spec: str) -> Path:

@@ -17,10 +17,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from editspecialists.evaluation.families import FAMILIES, EvalBatch, ModelSettings, parse_metrics
+from editspecialists.evaluation.families import FAMILIES, EvalBatch, FamilySettings, parse_metrics
 from editspecialists.evaluation.images import load_rgb, resize_center_crop, to_tensor
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
 from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png
+from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def load_families(selected: Sequence[str], settings: ModelSettings) -> tuple[list, dict[str, str]]:
+def load_families(selected: Sequence[str], settings: FamilySettings) -> tuple[list, dict[str, str]]:
     """``([(spec, family)], {skipped metric: reason})`` for the families holding a selected metric.
 
     Loading failures (missing package, model files, hub access) skip that family's metrics with
@@ -81,7 +82,7 @@ class MaskSource:
         """Masks ``(B, H, W)`` of ``name`` in ``images (B, 3, H, W)`` (one file per image)."""
         size = tuple(images.shape[-2:])
         if self.whole_frame:
-            return torch.ones(images.shape[0], *size, dtype=torch.bool, device=images.device)
+            return whole_frame_masks(images)
         missing = [i for i, f in enumerate(files) if (f, size) not in self.cache]
         unique = list({files[i]: i for i in missing}.values())
         if unique:
@@ -90,11 +91,10 @@ class MaskSource:
         return torch.stack([self.cache[f, size] for f in files]).to(images.device)
 
 
-def load_mask_source(config, settings: ModelSettings) -> MaskSource:
+def load_mask_source(config, settings: FamilySettings) -> MaskSource:
     """Grounded-SAM2 masks (detector + segmenter of ``config.models``), unless ``whole_frame``."""
     if config.whole_frame:
         return MaskSource(None, whole_frame=True)
-    from editspecialists.rewards.masks import MaskPredictor
 
     predictor = MaskPredictor.from_pretrained(
         config.models.detector,
@@ -182,7 +182,8 @@ def evaluate(config) -> dict:
                        config.input_name, config.style_name, config.seed)
     images = load_images(items)
     selected = parse_metrics(config.metrics)
-    settings = ModelSettings(config.models, resolve_device(config.device), resolve_dtype(config.dtype))
+    settings = FamilySettings(config.models, resolve_device(config.device), resolve_dtype(config.dtype),
+                              structural_align=config.structural_align)
     families, skipped = load_families(selected, settings)
     masks = None
     if any(spec.needs_masks for spec, _ in families):

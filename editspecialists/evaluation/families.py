@@ -30,12 +30,13 @@ class EvalBatch:
 
 
 @dataclass
-class ModelSettings:
-    """What a family needs to load its models: ids (``config.models``), device and dtype."""
+class FamilySettings:
+    """What the families are built from: model ids (``config.models``), device, dtype, options."""
 
     models: object
     device: torch.device
     dtype: torch.dtype
+    structural_align: str = "none"
     _patch_embedders: dict = field(default_factory=dict)
 
     def patch_embedder(self, kind: str, model_id: str):
@@ -44,14 +45,17 @@ class ModelSettings:
 
         key = (kind, model_id)
         if key not in self._patch_embedders:
-            self._patch_embedders[key] = load_patch_embedder(kind, model_id, device=self.device, dtype=self.dtype)
+            options = {"cache_dir": self.models.dreamsim_cache} if kind == "dreamsim" else {}
+            self._patch_embedders[key] = load_patch_embedder(
+                kind, model_id, device=self.device, dtype=self.dtype, **options
+            )
         return self._patch_embedders[key]
 
 
 class ReconstructionFamily:
     """``l2_out``: per-pixel MSE (mean over RGB) between edit and input outside the input mask."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.rewards.semantic import reconstruction_outside
 
         self.reconstruction_outside = reconstruction_outside
@@ -61,22 +65,24 @@ class ReconstructionFamily:
 
 
 class StructuralFamily:
-    """``structural_score``: mean |depth(edit) − depth(input)| with Depth-Anything-V2 (SPEC §4)."""
+    """``structural_score``: mean |depth(input) − depth(edit)| with Depth-Anything-V2 (SPEC §4)."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.rewards.depth import DepthEstimator, structural_score
 
         self.depth = DepthEstimator.from_pretrained(settings.models.depth, device=settings.device, dtype=settings.dtype)
         self.structural_score = structural_score
+        self.align = settings.structural_align
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        return {"structural_score": self.structural_score(self.depth(batch.edits), self.depth(batch.inputs))}
+        depth_input, depth_edit = self.depth(batch.inputs), self.depth(batch.edits)
+        return {"structural_score": self.structural_score(depth_input, depth_edit, align=self.align)}
 
 
 class SemanticFamily:
     """``semantic_score``: DreamSim patch distance of the edit's input region to the style region."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.rewards import semantic
 
         self.semantic = semantic
@@ -97,7 +103,7 @@ class SemanticFamily:
 class PatchSimilarityFamily:
     """``<prefix>_gen_sty`` and ``<prefix>_gen_input`` from one patch embedder (CLIP, DINOv2, DreamSim)."""
 
-    def __init__(self, settings: ModelSettings, prefix: str, kind: str, model_id: str):
+    def __init__(self, settings: FamilySettings, prefix: str, kind: str, model_id: str):
         from editspecialists.rewards.semantic import downsample_mask
 
         self.downsample_mask = downsample_mask
@@ -121,7 +127,7 @@ class PatchSimilarityFamily:
 class ClipFamily:
     """``clip_txt`` and ``clip_dir`` with the eval CLIP (ViT-L/14)."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.embedders import ClipEmbedder
 
         self.clip = ClipEmbedder.from_pretrained(settings.models.clip, device=settings.device, dtype=settings.dtype)
@@ -140,7 +146,7 @@ class ClipFamily:
 class HpsFamily:
     """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint)."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.embedders import OpenClipEmbedder
 
         models = settings.models
@@ -155,7 +161,7 @@ class HpsFamily:
 class PickScoreFamily:
     """``pick_score``: PickScore v1 (a CLIP-H fine-tuned on Pick-a-Pic preferences)."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.embedders import ClipEmbedder
 
         models = settings.models
@@ -171,7 +177,7 @@ class PickScoreFamily:
 class ImageRewardFamily:
     """``imgrew_score``: ImageReward v1.0 (native implementation, one prompt per image)."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.image_reward import ImageRewardScorer
 
         models = settings.models
@@ -189,11 +195,11 @@ class FamilySpec:
 
     metrics: tuple[str, ...]
     needs_masks: bool
-    build: Callable[[ModelSettings], Callable[[EvalBatch], dict[str, torch.Tensor]]]
+    build: Callable[[FamilySettings], Callable[[EvalBatch], dict[str, torch.Tensor]]]
 
 
 def _patch_family(prefix: str, kind: str, model_key: str) -> FamilySpec:
-    def build(settings: ModelSettings) -> PatchSimilarityFamily:
+    def build(settings: FamilySettings) -> PatchSimilarityFamily:
         return PatchSimilarityFamily(settings, prefix, kind, getattr(settings.models, model_key))
 
     return FamilySpec((f"{prefix}_gen_sty", f"{prefix}_gen_input"), True, build)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editspecialists.evaluation.images import normalise, resize_center_crop
+from editspecialists.evaluation.images import resize_center_crop
+from editspecialists.rewards.images import normalise
 
 CHECKPOINT_FILE = "ImageReward.pt"
 MED_CONFIG_FILE = "med_config.json"

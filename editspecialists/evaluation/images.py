@@ -7,8 +7,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from editspecialists.rewards.images import resize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -41,24 +42,15 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def resize_center_crop(images: torch.Tensor, size: int | Sequence[int], mode: str = "bicubic") -> torch.Tensor:
+def resize_center_crop(images: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
     """Resize ``(B, 3, H, W)`` so it covers ``size`` (int: square) keeping aspect, then centre-crop.
 
-    Antialiased; bicubic overshoot is clamped back to [0, 1].
+    Antialiased bicubic, clamped to [0, 1] (:func:`editspecialists.rewards.images.resize`).
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     h, w = images.shape[-2:]
     scale = max(out_h / h, out_w / w)
     new_h, new_w = max(out_h, round(h * scale)), max(out_w, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        images = F.interpolate(images, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
-        images = images.clamp(0, 1)
+    images = resize(images, (new_h, new_w))
     top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
     return images[..., top : top + out_h, left : left + out_w]
-
-
-def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Channel-wise ``(x - mean) / std`` for ``(B, 3, H, W)``."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - mean_t) / std_t

@@ -10,11 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values (B, N)`` over ``mask (B, N)`` per row."""
-    weights = mask.to(values.dtype)
-    return (values * weights).sum(-1) / weights.sum(-1)
+from editspecialists.rewards.semantic import masked_mean, patch_distance
 
 
 def patch_similarity_to_style(
@@ -24,11 +20,10 @@ def patch_similarity_to_style(
 
     ``mean_{i ∈ edit_region} mean_{j ∈ style_region} cos(edit_i, style_j)`` with ``edit_tokens
     (B, N, D)``, ``style_tokens (B, M, D)``; ``edit_region`` is the *input* mask on the edit's grid,
-    ``style_region`` the style mask on the style image's grid.
+    ``style_region`` the style mask on the style image's grid. This is 1 − the semantic reward's
+    patch distance (SPEC §4) on the same tokens.
     """
-    cos = F.normalize(edit_tokens.float(), dim=-1) @ F.normalize(style_tokens.float(), dim=-1).transpose(1, 2)
-    to_style = _masked_mean(cos, style_region[:, None, :].expand_as(cos))
-    return _masked_mean(to_style, edit_region)
+    return 1.0 - patch_distance(edit_tokens, style_tokens, edit_region, style_region)
 
 
 def patch_similarity_locationwise(
@@ -40,7 +35,7 @@ def patch_similarity_locationwise(
     an unchanged image scores exactly the maximum, 1.
     """
     cos = F.cosine_similarity(edit_tokens.float(), input_tokens.float(), dim=-1)
-    return _masked_mean(cos, region)
+    return masked_mean(cos, region)
 
 
 def clip_text_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:

@@ -1,153 +1,270 @@
-"""The score registry: named per-edit scores with a direction, combined by the trainer.
+"""Named feedback scores, combined by the trainer with weights and directions (``config.reward``).
 
 A score is a factory ``factory(config, device) -> fn`` registered with :func:`register_score`;
-``fn(batch: FeedbackBatch) -> (B, G)``. Adding a score is one function and one decorator.
+``fn(batch: FeedbackBatch) -> (B, G)`` scores every edit. The trainer standardises each score,
+signs it by ``SCORES[name].lower_is_better`` and weights it. Adding a score::
+
+    @register_score("saturation", lower_is_better=False)
+    def saturation(config, device):
+        def score(batch: FeedbackBatch) -> torch.Tensor:
+            edits = batch.edits  # (B, G, 3, H, W)
+            return (edits.amax(dim=2) - edits.amin(dim=2)).mean(dim=(2, 3))
+        return score
+
+then name it in ``config.reward.weights``. Scores that read ``batch.input_masks`` /
+``batch.style_masks`` register with ``needs_masks=True`` so the mask models get loaded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import torch
 
+from editspecialists.rewards import semantic
+from editspecialists.rewards.depth import DepthEstimator, structural_score
+from editspecialists.rewards.features import load_patch_embedder
+from editspecialists.rewards.images import check_unit_range
+from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
 
-@dataclass(frozen=True)
-class ScoreSpec:
-    name: str
-    factory: Callable
-    lower_is_better: bool
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-SCORES: dict[str, ScoreSpec] = {}
-
-
-def register_score(name: str, *, lower_is_better: bool):
-    """Decorator registering ``factory(config, device) -> fn(FeedbackBatch) -> (B, G)``."""
-
-    def decorate(factory):
-        SCORES[name] = ScoreSpec(name, factory, lower_is_better)
-        return factory
-
-    return decorate
+MaskFn = Callable[[torch.Tensor, str], torch.Tensor]  # images (B, 3, H, W), name → bool (B, H, W)
 
 
-def _check_images(name: str, images: torch.Tensor, ndim: int) -> None:
-    if images.ndim != ndim or images.shape[-3] != 3:
-        expected = "(B, G, 3, H, W)" if ndim == 5 else "(B, 3, H, W)"
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(images.shape)}")
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 1:
-        raise ValueError(f"{name} must hold values in [0, 1], found [{low:.3g}, {high:.3g}]")
+def whole_frame_mask_fn(images: torch.Tensor, name: str) -> torch.Tensor:
+    return whole_frame_masks(images)
 
 
-@dataclass
+@dataclass(eq=False)
 class FeedbackBatch:
-    """Edits of B inputs with their input and style images, all in [0, 1].
+    """Edits ``(B, G, 3, H, W)`` of inputs ``(B, 3, H, W)`` with style images ``(B, 3, H', W')``,
+    all float in [0, 1] on one device.
 
-    edits: (B, G, 3, H, W); inputs, styles: (B, 3, H, W). Masks are computed lazily, once per
-    input / style image (not per edit), and shared by every score.
+    ``input_masks`` / ``style_masks`` (bool ``(B, H, W)`` / ``(B, H', W')``) are computed on first
+    access with ``mask_fn`` (default: whole image) and cached: once per input and style image,
+    shared by every score and every edit of the batch.
     """
 
     edits: torch.Tensor
     inputs: torch.Tensor
     styles: torch.Tensor
-    mask_fn: Callable | None = None
-    _masks: dict = field(default_factory=dict, repr=False)
+    input_name: str = ""
+    style_name: str = ""
+    mask_fn: MaskFn = whole_frame_mask_fn
 
     def __post_init__(self):
-        _check_images("edits", self.edits, 5)
-        _check_images("inputs", self.inputs, 4)
-        _check_images("styles", self.styles, 4)
-        if self.edits.shape[0] != self.inputs.shape[0] or self.styles.shape[0] != self.inputs.shape[0]:
-            raise ValueError(f"batch sizes differ: edits {self.edits.shape[0]}, inputs "
-                             f"{self.inputs.shape[0]}, styles {self.styles.shape[0]}")
-        if self.edits.shape[-2:] != self.inputs.shape[-2:] or self.styles.shape[-2:] != self.inputs.shape[-2:]:
-            raise ValueError(f"image sizes differ: edits {tuple(self.edits.shape[-2:])}, inputs "
-                             f"{tuple(self.inputs.shape[-2:])}, styles {tuple(self.styles.shape[-2:])}")
+        for name, tensor, shape in (("edits", self.edits, "(B, G, 3, H, W)"), ("inputs", self.inputs, "(B, 3, H, W)"),
+                                    ("styles", self.styles, "(B, 3, H, W)")):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != shape.count(",") + 1 or tensor.shape[-3] != 3:
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"{name} must have shape {shape}, got {got}")
+            check_unit_range(tensor, name)
+        batch = self.edits.shape[0]
+        for name, tensor in (("inputs", self.inputs), ("styles", self.styles)):
+            if tensor.shape[0] != batch:
+                raise ValueError(f"{name} holds {tensor.shape[0]} images but edits hold {batch} inputs' edits")
+        if self.edits.shape[-2:] != self.inputs.shape[-2:]:
+            raise ValueError(f"edits are {tuple(self.edits.shape[-2:])} pixels but inputs are "
+                             f"{tuple(self.inputs.shape[-2:])}: edits must align with their inputs")
 
     @property
     def num_edits(self) -> int:
+        """``G``, edits per input."""
         return self.edits.shape[1]
 
+    @property
     def flat_edits(self) -> torch.Tensor:
-        """(B·G, 3, H, W), edits of input b at rows b·G .. b·G + G − 1."""
+        """Edits as one batch ``(B·G, 3, H, W)``, input-major."""
         return self.edits.flatten(0, 1)
 
-    def per_edit(self, images: torch.Tensor) -> torch.Tensor:
-        """Repeat per-input tensors (B, ...) to line up with :meth:`flat_edits` (B·G, ...)."""
-        return images.repeat_interleave(self.num_edits, dim=0)
+    def per_edit(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Repeat a per-input tensor ``(B, ...)`` for each edit: ``(B·G, ...)`` aligned with :attr:`flat_edits`."""
+        return tensor.repeat_interleave(self.num_edits, dim=0)
 
+    @cached_property
     def input_masks(self) -> torch.Tensor:
-        """(B, H, W) bool masks of the object to edit in each input image."""
-        return self._mask("inputs")
+        return self.mask_fn(self.inputs, self.input_name)
 
+    @cached_property
     def style_masks(self) -> torch.Tensor:
-        """(B, H, W) bool masks of the concept in each style image."""
-        return self._mask("styles")
-
-    def _mask(self, role: str) -> torch.Tensor:
-        if role not in self._masks:
-            if self.mask_fn is None:
-                raise ValueError("this FeedbackBatch has no mask predictor (needed by the score)")
-            self._masks[role] = self.mask_fn(role, getattr(self, role))
-        return self._masks[role]
+        return self.mask_fn(self.styles, self.style_name)
 
 
-class Scorer:
-    """Computes every configured score of a batch: ``scorer(edits, inputs, styles) -> {name: (B, G)}``."""
-
-    def __init__(self, score_fns: dict[str, Callable], mask_fn: Callable | None = None):
-        self.score_fns = score_fns
-        self.mask_fn = mask_fn
-
-    @torch.inference_mode()
-    def __call__(self, edits, inputs, styles) -> dict[str, torch.Tensor]:
-        batch = FeedbackBatch(edits.float(), inputs.float(), styles.float(), self.mask_fn)
-        return {name: fn(batch).float() for name, fn in self.score_fns.items()}
+ScoreFn = Callable[[FeedbackBatch], torch.Tensor]
 
 
-@register_score("brightness", lower_is_better=False)
-def brightness_score(config, device):
-    """Mean pixel value of each edit: a model-free reward for checking a setup in minutes."""
-    return lambda batch: batch.edits.mean(dim=(2, 3, 4))
+@dataclass(frozen=True)
+class ScoreSpec:
+    name: str
+    lower_is_better: bool
+    needs_masks: bool
+    factory: Callable[[object, torch.device], ScoreFn]
 
 
-def build_scorer(config, device, accelerator=None) -> Scorer:
-    """Load the models of the scores named in ``config.reward.weights`` (once per process)."""
-    names = list(config.reward.weights)
-    unknown = [n for n in names if n not in SCORES]
-    if unknown:
-        raise ValueError(f"reward.weights names unknown scores {unknown}; registered: {sorted(SCORES)}")
-    context = accelerator.main_process_first() if accelerator is not None else _nullcontext()
-    with context:
-        score_fns = {name: SCORES[name].factory(config, device) for name in names}
-        mask_fn = _mask_fn(config, device) if any(getattr(fn, "needs_masks", False)
-                                                   for fn in score_fns.values()) else None
-    return Scorer(score_fns, mask_fn)
+SCORES: dict[str, ScoreSpec] = {}
 
 
-def _mask_fn(config, device):
-    """role, images -> masks, with the Grounded-SAM2 predictor (or all ones for whole_frame)."""
-    from editspecialists.rewards.masks import MaskPredictor
+def register_score(name: str, lower_is_better: bool, needs_masks: bool = False):
+    """Decorator registering ``factory(config, device) -> fn`` as score ``name``."""
 
-    names = {"inputs": config.input_name, "styles": config.style_name}
-    if config.whole_frame:
-        return lambda role, images: torch.ones(images.shape[0], *images.shape[-2:], dtype=torch.bool,
-                                               device=images.device)
-    predictor = MaskPredictor.from_pretrained(
-        config.models.detector, config.models.segmenter, device=device, dtype=reward_dtype(config),
-        box_threshold=config.reward.box_threshold, text_threshold=config.reward.text_threshold)
-    return lambda role, images: predictor(images, names[role])
+    def register(factory):
+        if name in SCORES:
+            raise ValueError(f"score {name!r} is already registered")
+        SCORES[name] = ScoreSpec(name, lower_is_better, needs_masks, factory)
+        return factory
+
+    return register
+
+
+_LOADED: dict[tuple, object] = {}
+
+
+def load_once(key: tuple, load: Callable[[], object]):
+    """``load()`` the first time ``key`` is asked for in this process, the same object afterwards."""
+    if key not in _LOADED:
+        _LOADED[key] = load()
+    return _LOADED[key]
 
 
 def reward_dtype(config) -> torch.dtype:
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.reward.dtype]
+    if config.reward.dtype not in DTYPES:
+        raise ValueError(f"reward.dtype must be one of {sorted(DTYPES)}, got {config.reward.dtype!r}")
+    return DTYPES[config.reward.dtype]
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
+def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``fn`` over ``images`` in chunks of ``batch_size`` (the reward batch size), concatenated."""
+    return torch.cat([fn(chunk) for chunk in images.split(batch_size)])
 
-    def __exit__(self, *exc):
-        return False
+
+def embed_in_chunks(embedder, images: torch.Tensor, batch_size: int):
+    """A patch embedder over chunks: ``(tokens (N, T, D), grid)``."""
+    parts = [embedder(chunk) for chunk in images.split(batch_size)]
+    return torch.cat([tokens for tokens, _ in parts]), parts[0][1]
+
+
+@register_score("structural", lower_is_better=True)
+def structural(config, device: torch.device) -> ScoreFn:
+    """Mean |depth(input) − depth(edit)| (SPEC §4); the input's depth is computed once per input."""
+    dtype, batch_size, align = reward_dtype(config), config.reward.batch_size, config.reward.structural_align
+    model_id = config.models.depth
+    depth = load_once(("depth", model_id, str(device), dtype),
+                      lambda: DepthEstimator.from_pretrained(model_id, device=device, dtype=dtype))
+
+    def score(batch: FeedbackBatch) -> torch.Tensor:
+        depth_inputs = in_chunks(depth, batch.inputs, batch_size)
+        depth_edits = in_chunks(depth, batch.flat_edits, batch_size)
+        return structural_score(batch.per_edit(depth_inputs), depth_edits, align).view(-1, batch.num_edits)
+
+    return score
+
+
+def semantic_model_id(config) -> tuple[str, dict]:
+    """Model id and loading keywords of ``config.reward.semantic_backbone``."""
+    backbone = config.reward.semantic_backbone
+    if backbone == "dreamsim":
+        return config.models.dreamsim, {"cache_dir": config.models.dreamsim_cache}
+    if backbone == "dinov2":
+        return config.models.semantic_dinov2, {}
+    if backbone == "clip":
+        return config.models.clip, {}
+    raise ValueError(f"reward.semantic_backbone must be dreamsim, dinov2 or clip, got {backbone!r}")
+
+
+@register_score("semantic", lower_is_better=True, needs_masks=True)
+def semantic_score(config, device: torch.device) -> ScoreFn:
+    """Masked patch distance of each edit to its style image + ``rec_lambda`` · reconstruction outside (SPEC §4)."""
+    dtype, batch_size, rec_lambda = reward_dtype(config), config.reward.batch_size, float(config.reward.rec_lambda)
+    backbone = config.reward.semantic_backbone
+    model_id, kwargs = semantic_model_id(config)
+    embedder = load_once(("patches", backbone, model_id, str(device), dtype),
+                         lambda: load_patch_embedder(backbone, model_id, device=device, dtype=dtype, **kwargs))
+
+    def score(batch: FeedbackBatch) -> torch.Tensor:
+        edit_tokens, grid = embed_in_chunks(embedder, batch.flat_edits, batch_size)
+        style_tokens, style_grid = embed_in_chunks(embedder, batch.styles, batch_size)
+        input_masks = batch.per_edit(batch.input_masks)
+        reconstruction = semantic.reconstruction_outside(batch.flat_edits, batch.per_edit(batch.inputs), input_masks)
+        value = semantic.semantic_score(
+            edit_tokens,
+            batch.per_edit(style_tokens),
+            semantic.downsample_mask(input_masks, grid),
+            batch.per_edit(semantic.downsample_mask(batch.style_masks, style_grid)),
+            reconstruction,
+            rec_lambda,
+        )
+        return value.view(-1, batch.num_edits)
+
+    return score
+
+
+@register_score("brightness", lower_is_better=False)
+def brightness(config, device: torch.device) -> ScoreFn:
+    """Mean pixel value of each edit, in [0, 1]; no model (for demos and debugging a setup)."""
+
+    def score(batch: FeedbackBatch) -> torch.Tensor:
+        return batch.edits.float().mean(dim=(2, 3, 4))
+
+    return score
+
+
+class Scorer:
+    """``scorer(edits (B, G, 3, H, W), inputs (B, 3, H, W), styles (B, 3, H, W)) -> {name: (B, G)}``.
+
+    Everything runs in inference mode on ``device``; the returned float32 tensors are ordinary
+    (non-inference) tensors, safe to gather and combine.
+    """
+
+    def __init__(self, scores: dict[str, ScoreFn], mask_fn: MaskFn, input_name: str, style_name: str,
+                 device: torch.device):
+        self.scores, self.mask_fn, self.device = scores, mask_fn, device
+        self.input_name, self.style_name = input_name, style_name
+
+    def make_batch(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor) -> FeedbackBatch:
+        """A validated :class:`FeedbackBatch` on the scorer's device (its masks are read after scoring)."""
+        return FeedbackBatch(edits.to(self.device), inputs.to(self.device), styles.to(self.device),
+                             self.input_name, self.style_name, self.mask_fn)
+
+    def score(self, batch: FeedbackBatch) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            values = {name: fn(batch).float() for name, fn in self.scores.items()}
+        return {name: value.clone() for name, value in values.items()}
+
+    def __call__(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.score(self.make_batch(edits, inputs, styles))
+
+
+def mask_function(config, device: torch.device) -> MaskFn:
+    """Grounded-SAM2 masks chunked by the reward batch size (loaded once), or whole-frame masks."""
+    if config.whole_frame:
+        return whole_frame_mask_fn
+    dtype, models, reward = reward_dtype(config), config.models, config.reward
+    key = ("masks", models.detector, models.segmenter, str(device), dtype, reward.box_threshold, reward.text_threshold)
+    predictor = load_once(key, lambda: MaskPredictor.from_pretrained(
+        models.detector, models.segmenter, device=device, dtype=dtype,
+        box_threshold=reward.box_threshold, text_threshold=reward.text_threshold))
+
+    def masks(images: torch.Tensor, name: str) -> torch.Tensor:
+        return in_chunks(lambda chunk: predictor(chunk, name), images, reward.batch_size)
+
+    return masks
+
+
+def build_scorer(config, device, accelerator=None) -> Scorer:
+    """A :class:`Scorer` for the names in ``config.reward.weights``; models load once per process,
+    on the main process first when an ``accelerator`` is given (no download/cache races)."""
+    names = list(config.reward.weights.keys())
+    unknown = [name for name in names if name not in SCORES]
+    if unknown:
+        raise ValueError(f"unknown score(s) {unknown} in reward.weights; registered: {', '.join(SCORES)}")
+    device = torch.device(device)
+    first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+    with first:
+        scores = {name: SCORES[name].factory(config, device) for name in names}
+        needs_masks = any(SCORES[name].needs_masks for name in names)
+        mask_fn = mask_function(config, device) if needs_masks else whole_frame_mask_fn
+    return Scorer(scores, mask_fn, config.input_name, config.style_name, device)

@@ -43,6 +43,7 @@ DREAMSIM_VARIANT = "dinov2_vitb14"
 DREAMSIM_BACKBONE_FILE = f"{DREAMSIM_VARIANT}_pretrain.pth"
 DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
 TINY_VIT_CONFIG = "tiny_vit.json"
+DETECTOR_FEATURE_SCALE = 0.1  # box scores of the tiny detector then lie around 0.7-0.9, varying by image
 ROLES = ("detector", "segmenter", "depth", "dinov2", "clip", "dreamsim")
 
 # Grounding DINO splits phrases on these hard-coded BERT ids, so the tiny vocabulary keeps them.
@@ -63,7 +64,11 @@ def tiny_bert_vocab() -> dict[str, int]:
 
 
 def build_detector(folder: Path, seed: int = 0) -> None:
-    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor (64 px images)."""
+    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor (64 px images).
+
+    The decoder's final norm is scaled down so that box scores differ between images instead of
+    saturating at 1: a threshold between two images' best scores then finds boxes in one only.
+    """
     from transformers import (
         BertConfig,
         BertTokenizer,
@@ -88,7 +93,11 @@ def build_detector(folder: Path, seed: int = 0) -> None:
         encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10, max_text_len=32,
         encoder_n_points=2, decoder_n_points=2,
     )
-    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    model = GroundingDinoForObjectDetection(config)
+    with torch.no_grad():  # random features give saturated box scores (all ≈ 1); spread them out
+        model.model.decoder.layer_norm.weight.mul_(DETECTOR_FEATURE_SCALE)
+        model.model.decoder.layer_norm.bias.mul_(DETECTOR_FEATURE_SCALE)
+    model.save_pretrained(folder)
     image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 

@@ -102,6 +102,18 @@ def validate_config(config) -> None:
             raise ValueError(message)
 
 
+def optimizer_class(use_8bit_adam: bool):
+    """AdamW, or bitsandbytes' 8-bit AdamW (checked before any model is loaded)."""
+    if not use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes as bnb
+    except ImportError as error:
+        raise ImportError("train.use_8bit_adam=True needs bitsandbytes: "
+                          "pip install 'editspecialists[8bit]'") from error
+    return bnb.optim.AdamW8bit
+
+
 def count_trainable_steps(config) -> int:
     """Stochastic (trainable) steps of the configured schedule, from the scheduler config alone."""
     scheduler = load_scheduler(config.pretrained.model, revision=config.pretrained.revision,
@@ -129,6 +141,7 @@ class Trainer:
 
         validate_config(config)
         self.config = config
+        self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
         self.dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
                                    config.style_name, config.data_resize)
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
@@ -192,18 +205,9 @@ class Trainer:
 
     def _make_optimizer(self):
         train = self.config.train
-        if train.use_8bit_adam:
-            try:
-                import bitsandbytes as bnb
-            except ImportError as error:
-                raise ImportError("train.use_8bit_adam=True needs bitsandbytes: "
-                                  "pip install 'editspecialists[8bit]'") from error
-            optimizer_class = bnb.optim.AdamW8bit
-        else:
-            optimizer_class = torch.optim.AdamW
-        return optimizer_class(self.policy.trainable_parameters(), lr=train.learning_rate,
-                               betas=(train.adam_beta1, train.adam_beta2),
-                               weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
+        return self.optimizer_class(self.policy.trainable_parameters(), lr=train.learning_rate,
+                                    betas=(train.adam_beta1, train.adam_beta2),
+                                    weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
 
     def _load_scorer(self):
         from editspecialists.rewards import build_scorer
