@@ -1,0 +1,67 @@
+"""generate.py's library: edits on disk, manifest, resuming, checkpoints that change the edits."""
+
+
+import pytest
+import torch
+
+from editspecialists.data.images import load_image
+from editspecialists.generation import generate_edits, read_manifest
+from editspecialists.training.trainer import Trainer
+from tests.helpers import tiny_brightness_config
+
+
+def generation_config(tiny_ip2p_path, tmp_path, **overrides):
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", **overrides)
+    config.sample.sample_savedir = str(tmp_path / "edits")
+    config.sample.batch_size = 3
+    return config
+
+
+def test_generate_writes_edits_and_manifest_then_resumes(tiny_ip2p_path, tmp_path, capsys):
+    config = generation_config(tiny_ip2p_path, tmp_path)
+    folder = generate_edits(config)
+    assert "base InstructPix2Pix" in capsys.readouterr().out
+    assert folder == tmp_path / "edits" / "car_lego"
+    manifest = read_manifest(folder)
+    assert sorted(manifest) == [f"edit_car_{i:02d}.png" for i in range(8)]
+    entry = manifest["edit_car_03.png"]
+    assert entry["input"] == "car_03.png" and entry["prompt"] == "turn the car into lego"
+    assert entry["style"].startswith("lego_") and isinstance(entry["seed"], int)
+    assert load_image(folder / "edit_car_03.png").shape == (3, 32, 32)
+
+    stamp = (folder / "edit_car_03.png").stat().st_mtime_ns
+    (folder / "edit_car_05.png").unlink()
+    generate_edits(config)
+    assert (folder / "edit_car_05.png").is_file()
+    assert (folder / "edit_car_03.png").stat().st_mtime_ns == stamp, "existing edits are skipped"
+    assert len(read_manifest(folder)) == 8
+
+
+def test_edits_do_not_depend_on_batching(tiny_ip2p_path, tmp_path):
+    config = generation_config(tiny_ip2p_path, tmp_path)
+    first = generate_edits(config)
+    reference = load_image(first / "edit_car_06.png")
+    config.sample.batch_size = 1
+    config.sample.overwrite = True
+    config.sample.sample_savedir = str(tmp_path / "single")
+    again = load_image(generate_edits(config) / "edit_car_06.png")
+    torch.testing.assert_close(again, reference, atol=1 / 255, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_trained_checkpoint_changes_the_edits(tiny_ip2p_path, tmp_path):
+    train_config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1)
+    train_config.train.learning_rate = 5e-2
+    run = Trainer(train_config).run()
+    base = generate_edits(generation_config(tiny_ip2p_path, tmp_path))
+    config = generation_config(tiny_ip2p_path, tmp_path, load_checkpoint=str(run))
+    config.sample.sample_savedir = str(tmp_path / "trained")
+    trained = generate_edits(config)
+    difference = (load_image(trained / "edit_car_00.png") - load_image(base / "edit_car_00.png")).abs().max()
+    assert difference > 2 / 255
+
+
+def test_missing_checkpoint_is_a_clear_error(tiny_ip2p_path, tmp_path):
+    config = generation_config(tiny_ip2p_path, tmp_path, load_checkpoint=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        generate_edits(config)
