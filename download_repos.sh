@@ -55,6 +55,6 @@ if with_eval:
 print(f"downloading DreamSim (dinov2_vitb14) into {dreamsim_cache}", flush=True)
 from dreamsim import dreamsim
 
-dreamsim(pretrained=True, device="cpu", cache_dir=dreamsim_cache, dreamsim_type="dinov2_vitb14")
+dreamsim(pretrained=True, device="cpu", cache_dir=dreamsim_cache, dreamsim_type="dinov2_vitb14", use_patch_model=True)
 print("done: set HF_HUB_OFFLINE=1 to run without network")
 PY

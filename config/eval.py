@@ -39,7 +39,7 @@ def get_config(preset=""):
     config.structural_align = "none"
 
     # ---- metrics ----
-    # "all", or a list / comma-separated string of: semantic_score, structural_score, l2_out,
+    # "all", or a comma-separated string of: semantic_score, structural_score, l2_out,
     # clip_txt, clip_dir, clipSim_gen_sty, clipSim_gen_input, dinoSim_gen_sty, dinoSim_gen_input,
     # dreamsimSim_gen_sty, dreamsimSim_gen_input, hps_score, imgrew_score, pick_score.
     config.metrics = "all"

@@ -4,13 +4,11 @@
     python scripts/evaluate.py --config config/eval.py:demo   # tiny models, demo data
 """
 
-from pathlib import Path
-
 from absl import app
 from ml_collections import config_flags
 
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import setup_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluation configuration file.")
 
@@ -19,10 +17,9 @@ def main(_):
     config = _CONFIG.value
     setup_logging()
     if config.demo_root:
-        from editspecialists.testing import tiny_eval
+        from editspecialists.testing.tiny_eval import build_demo_eval_assets
 
-        prepare_demo_assets(config)
-        tiny_eval.build_all(Path(config.demo_root) / "models")
+        build_demo_eval_assets(config.demo_root)
     evaluate(config)
 
 

@@ -5,6 +5,8 @@ import importlib.util
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -15,7 +17,7 @@ from PIL import Image
 
 from editspecialists.data.demo import write_demo_images
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, FamilySettings
+from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, FamilySettings, parse_metrics
 from editspecialists.evaluation.images import ImageLoadError, to_tensor
 from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
@@ -74,7 +76,6 @@ def read_rows(config):
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.slow
 def test_every_metric_is_written_finite_and_unchanged_edits_score_the_maximum(eval_config):
     result = evaluate(eval_config)
     out = Path(eval_config.eval_savedir)
@@ -116,11 +117,31 @@ def test_selected_metrics_only_and_a_missing_model_skips_with_one_line(eval_conf
 
 
 def test_missing_mask_models_skip_only_the_mask_metrics(eval_config, caplog):
-    eval_config.metrics = ["l2_out", "pick_score"]
+    eval_config.metrics = "l2_out,pick_score"
     eval_config.models.detector = str(Path(eval_config.eval_savedir) / "no-detector")
     with caplog.at_level(logging.WARNING):
         result = evaluate(eval_config)
     assert set(result["metrics"]) == {"pick_score"} and "mask models unavailable" in result["skipped"]["l2_out"]
+
+
+def test_whole_frame_needs_no_mask_models_and_compares_whole_images(eval_config):
+    eval_config.metrics = "l2_out,dinoSim_gen_input"
+    eval_config.whole_frame = True
+    eval_config.models.detector = str(Path(eval_config.eval_savedir) / "no-detector")
+    result = evaluate(eval_config)
+    assert result["skipped"] == {}
+    rows = read_rows(eval_config)
+    perturbed = next(r for r in rows if r["edit"] == "edit_car_01.png")
+    edit = to_tensor(Image.open(Path(eval_config.sample_savedir) / "car_lego" / "edit_car_01.png"))
+    source = to_tensor(Image.open(Path(eval_config.inputimg_dir) / "car_01.png"))
+    assert float(perturbed["l2_out"]) == pytest.approx((edit - source).pow(2).mean().item(), rel=1e-5)
+
+
+def test_metric_selection_parsing():
+    assert parse_metrics(["pick_score", " l2_out", "pick_score"]) == ["pick_score", "l2_out"]
+    assert parse_metrics("all") == list(ALL_METRICS) and len(ALL_METRICS) == 14
+    with pytest.raises(ValueError, match="selects no metric"):
+        parse_metrics(" , ")
 
 
 def test_unknown_metric_is_rejected(eval_config):
@@ -176,7 +197,29 @@ def test_demo_preset_points_every_model_at_local_tiny_folders():
     config = load_eval_config_module().get_config("demo")
     assert config.demo_root and config.sample_savedir == "outputs/demo_edits"
     for key, value in config.models.items():
-        assert value.startswith("demo_assets/models/"), key
+        if key != "hps_pretrained":  # unused: the HPS checkpoint replaces every weight
+            assert value.startswith("demo_assets/models/"), key
     assert config.models.hps_architecture.endswith(".json")
     with pytest.raises(ValueError, match="unknown preset"):
         load_eval_config_module().get_config("nope")
+
+
+@pytest.mark.slow
+def test_evaluate_script_demo_preset_builds_its_assets_and_writes_the_outputs(tmp_path):
+    """``scripts/evaluate.py --config config/eval.py:demo`` in a fresh folder, on fake edits
+    (the demo inputs themselves) with a manifest, as ``scripts/generate.py`` writes them."""
+    inputs, _ = write_demo_images(tmp_path / "demo_assets" / "data")
+    edits = tmp_path / "outputs" / "demo_edits" / "car_lego"
+    edits.mkdir(parents=True)
+    lines = []
+    for i, path in enumerate(sorted(inputs.iterdir())):
+        shutil.copy(path, edits / f"edit_{path.name}")
+        lines.append(json.dumps({"input": path.name, "style": f"lego_0{i % 5}.png", "prompt": "turn the car into lego",
+                                 "seed": i, "edit": f"edit_{path.name}"}))
+    (edits / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    command = [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"--config={REPO / 'config' / 'eval.py'}:demo",
+               "--config.device=cpu"]
+    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    summary = json.loads((tmp_path / "outputs" / "demo_eval" / "car_lego.json").read_text())
+    assert summary["skipped"] == {} and summary["num_images"] == 8
+    assert all(stats["count"] == 8 and np.isfinite(stats["mean"]) for stats in summary["metrics"].values())

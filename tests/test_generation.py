@@ -1,6 +1,5 @@
 """generate.py's library: edits on disk, manifest, resuming, checkpoints that change the edits."""
 
-
 import pytest
 import torch
 

@@ -54,6 +54,45 @@ def combine_branches(eps_text, eps_image, eps_uncond, eps_image_style, scales: G
     )
 
 
+@dataclass
+class BranchInputs:
+    """The step-invariant part of the 4-branch UNet batch of N elements (see :func:`guided_epsilon`).
+
+    channels: (4N, 8, h, w) image-latent and style channels of the four branches.
+    text: (4N, L, D) text states of the four branches.
+    Computing them once per trajectory saves the style module and two concatenations per step.
+    """
+
+    channels: torch.Tensor
+    text: torch.Tensor
+
+
+def branch_inputs(style_module, cond: EditConditioning) -> BranchInputs:
+    """Image/style channels and text states of the 4N-element batch (branch order of
+    :func:`guided_epsilon`); the style channels come from ``style_module`` on the prompt."""
+    style = style_module(cond.style_latents, cond.image_latents, cond.prompt_embeds)
+    zeros = torch.zeros_like(style)
+    image = cond.image_latents.to(style.dtype)
+    empty = cond.empty_embeds.expand_as(cond.prompt_embeds)
+    channels = torch.cat([torch.cat([image, image, zeros, image]), torch.cat([style, zeros, zeros, style])],
+                         dim=1)
+    return BranchInputs(channels, torch.cat([cond.prompt_embeds, empty, empty, empty]))
+
+
+def branch_epsilon(unet, branches: BranchInputs, scaled_latents, timesteps,
+                   scales: GuidanceScales) -> torch.Tensor:
+    """Guided ε from precomputed :class:`BranchInputs`: one UNet call on 4N elements.
+
+    scaled_latents: (N, 4, h, w) noisy latents scaled for the model input; timesteps: 0-d or (N,).
+    """
+    latents = scaled_latents.repeat(4, 1, 1, 1).to(branches.channels.dtype)
+    model_input = torch.cat([latents, branches.channels], dim=1)
+    if timesteps.ndim == 1:
+        timesteps = timesteps.repeat(4)
+    eps = unet(model_input, timesteps, encoder_hidden_states=branches.text).sample
+    return combine_branches(*eps.chunk(4), scales)
+
+
 def guided_epsilon(unet, style_module, scaled_latents, timesteps, cond: EditConditioning,
                    scales: GuidanceScales) -> torch.Tensor:
     """Guided noise prediction with all four branches in ONE UNet call.
@@ -70,20 +109,4 @@ def guided_epsilon(unet, style_module, scaled_latents, timesteps, cond: EditCond
     Returns:
         ε, (N, 4, h, w), in the UNet's output dtype.
     """
-    style = style_module(cond.style_latents, cond.image_latents, cond.prompt_embeds)
-    zeros = torch.zeros_like(style)
-    image = cond.image_latents.to(style.dtype)
-    empty = cond.empty_embeds.expand_as(cond.prompt_embeds)
-    model_input = torch.cat(
-        [
-            scaled_latents.repeat(4, 1, 1, 1).to(style.dtype),
-            torch.cat([image, image, zeros, image]),
-            torch.cat([style, zeros, zeros, style]),
-        ],
-        dim=1,
-    )
-    text = torch.cat([cond.prompt_embeds, empty, empty, empty])
-    if timesteps.ndim == 1:
-        timesteps = timesteps.repeat(4)
-    eps = unet(model_input, timesteps, encoder_hidden_states=text).sample
-    return combine_branches(*eps.chunk(4), scales)
+    return branch_epsilon(unet, branch_inputs(style_module, cond), scaled_latents, timesteps, scales)

@@ -6,6 +6,11 @@ visit timesteps in any order. ``timestep`` is a 0-d tensor or a 1-d tensor holdi
 per batch element, each taken from ``scheduler.timesteps``. All arithmetic is done in fp32 on
 the sample's device without host synchronisation.
 
+Sampling visits the steps in order: :class:`StepTable` computes every step's coefficients once
+and reads them by step number, so a denoising step costs no timestep lookup. The per-timestep
+functions compute the same coefficients with the same elementwise (correctly rounded) operations,
+so training recomputes exactly the log-probabilities that sampling recorded.
+
 Steps whose noise scale is zero (Euler-ancestral's final step, DDIM with eta 0 or at
 alpha_prev = 1) are deterministic: they return log_prob 0 and must not be trained on
 (see :func:`step_is_stochastic`).
@@ -14,6 +19,9 @@ alpha_prev = 1) are deterministic: they return log_prob 0 and must not be traine
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
@@ -64,14 +72,25 @@ def _check_epsilon(scheduler) -> None:
         )
 
 
+def _ancestral_split(sigma_from, sigma_to):
+    """(sigma_from, sigma_up, sigma_down) of Euler-ancestral steps from sigma_from to sigma_to."""
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).sqrt()
+    sigma_down = (sigma_to**2 - sigma_up**2).clamp_min(0).sqrt()
+    return sigma_from, sigma_up, sigma_down
+
+
 def euler_ancestral_sigmas(scheduler, timestep, device):
     """(sigma_from, sigma_up, sigma_down) of the Euler-ancestral step at ``timestep``, fp32."""
     sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
     index = step_indices(scheduler, timestep, device)
-    sigma_from, sigma_to = sigmas[index], sigmas[index + 1]
-    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).sqrt()
-    sigma_down = (sigma_to**2 - sigma_up**2).clamp_min(0).sqrt()
-    return sigma_from, sigma_up, sigma_down
+    return _ancestral_split(sigmas[index], sigmas[index + 1])
+
+
+def _euler_ancestral_update(sigma_from, sigma_up, sigma_down, model_output, sample, prev_sample, generator):
+    """x_{t-1} ~ N(x + ε·(σ_down − σ_from), σ_up²), drawn or scored; sigmas broadcast to x."""
+    sample = sample.to(torch.float32)
+    mean = sample + model_output.to(torch.float32) * (sigma_down - sigma_from)
+    return _draw_or_score(mean, sigma_up, prev_sample, generator, sample)
 
 
 def euler_ancestral_step_with_logprob(
@@ -92,12 +111,9 @@ def euler_ancestral_step_with_logprob(
     """
     _check_epsilon(scheduler)
     batch, ndim = sample.shape[0], sample.ndim
-    sigma_from, sigma_up, sigma_down = (
-        _per_element(s, batch, ndim) for s in euler_ancestral_sigmas(scheduler, timestep, sample.device)
-    )
-    sample = sample.to(torch.float32)
-    mean = sample + model_output.to(torch.float32) * (sigma_down - sigma_from)
-    return _draw_or_score(mean, sigma_up, prev_sample, generator, sample)
+    sigmas = euler_ancestral_sigmas(scheduler, timestep, sample.device)
+    sigmas = (_per_element(sigma, batch, ndim) for sigma in sigmas)
+    return _euler_ancestral_update(*sigmas, model_output, sample, prev_sample, generator)
 
 
 def ddim_std(scheduler, timestep, device, eta: float = 1.0):
@@ -132,18 +148,29 @@ def ddim_step_with_logprob(
     Returns:
         (prev_sample (B, C, h, w) fp32, log_prob (B,) fp32).
     """
+    _check_ddim(scheduler)
+    batch, ndim = sample.shape[0], sample.ndim
+    coefficients = (_per_element(v, batch, ndim) for v in ddim_std(scheduler, timestep, sample.device, eta))
+    return _ddim_update(*coefficients, model_output, sample, prev_sample, generator, _clip_range(scheduler))
+
+
+def _check_ddim(scheduler) -> None:
     _check_epsilon(scheduler)
     if scheduler.config.thresholding:
         raise ValueError("DDIM with thresholding=True is not supported by the log-prob step.")
-    batch, ndim = sample.shape[0], sample.ndim
-    alpha_t, alpha_prev, std = (
-        _per_element(v, batch, ndim) for v in ddim_std(scheduler, timestep, sample.device, eta)
-    )
+
+
+def _clip_range(scheduler) -> float | None:
+    return scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
+
+
+def _ddim_update(alpha_t, alpha_prev, std, model_output, sample, prev_sample, generator, clip_range):
+    """x_{t-1} ~ N(sqrt(ᾱ_prev)·x0 + sqrt(1 − ᾱ_prev − σ²)·ε, σ²), drawn or scored."""
     sample = sample.to(torch.float32)
     epsilon = model_output.to(torch.float32)
     x0 = (sample - (1 - alpha_t).sqrt() * epsilon) / alpha_t.sqrt()
-    if scheduler.config.clip_sample:
-        x0 = x0.clamp(-scheduler.config.clip_sample_range, scheduler.config.clip_sample_range)
+    if clip_range is not None:
+        x0 = x0.clamp(-clip_range, clip_range)
     direction = (1 - alpha_prev - std**2).clamp_min(0).sqrt() * epsilon
     mean = alpha_prev.sqrt() * x0 + direction
     return _draw_or_score(mean, std, prev_sample, generator, sample)
@@ -178,8 +205,11 @@ def scale_model_input(scheduler, sample: torch.Tensor, timestep: torch.Tensor) -
     if not is_euler_ancestral(scheduler):
         return sample
     sigma_from, _, _ = euler_ancestral_sigmas(scheduler, timestep, sample.device)
-    scale = (sigma_from**2 + 1).rsqrt()
-    return sample * _per_element(scale, sample.shape[0], sample.ndim).to(sample.dtype)
+    return sample * _per_element(_input_scale(sigma_from), sample.shape[0], sample.ndim).to(sample.dtype)
+
+
+def _input_scale(sigma: torch.Tensor) -> torch.Tensor:
+    return (sigma**2 + 1).rsqrt()
 
 
 def step_is_stochastic(scheduler, *, eta: float = 1.0) -> torch.Tensor:
@@ -191,3 +221,39 @@ def step_is_stochastic(scheduler, *, eta: float = 1.0) -> torch.Tensor:
     else:
         _, _, std = ddim_std(scheduler, timesteps, device, eta)
     return std > 0
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """Every step's coefficients of a schedule after ``set_timesteps``, fp32 on one device.
+
+    ``coefficients`` are (T,) tensors over ``scheduler.timesteps``: Euler-ancestral
+    (sigma_from, sigma_up, sigma_down), DDIM (alpha_t, alpha_prev, std). :meth:`scale_input` and
+    :meth:`step` read them by step number (a view, no lookup, no host sync) and give the same
+    values as :func:`scale_model_input` and :func:`step_with_logprob` at that step's timestep.
+    """
+
+    input_scale: torch.Tensor
+    coefficients: tuple[torch.Tensor, ...]
+    update: Callable
+
+    @classmethod
+    def of(cls, scheduler, device, *, eta: float = 1.0) -> "StepTable":
+        steps = len(scheduler.timesteps)
+        if is_euler_ancestral(scheduler):
+            _check_epsilon(scheduler)
+            sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
+            return cls(_input_scale(sigmas[:steps]), _ancestral_split(sigmas[:steps], sigmas[1:steps + 1]),
+                       _euler_ancestral_update)
+        _check_ddim(scheduler)
+        return cls(torch.ones(steps, device=device), ddim_std(scheduler, scheduler.timesteps, device, eta),
+                   partial(_ddim_update, clip_range=_clip_range(scheduler)))
+
+    def scale_input(self, sample: torch.Tensor, index: int) -> torch.Tensor:
+        """x_t of step ``index`` scaled for the model input."""
+        return sample * self.input_scale[index].to(sample.dtype)
+
+    def step(self, index: int, model_output, sample, *, prev_sample=None, generator=None):
+        """Step ``index`` with its log-probability: (prev_sample (B, ...) fp32, log_prob (B,) fp32)."""
+        coefficients = (c[index] for c in self.coefficients)
+        return self.update(*coefficients, model_output, sample, prev_sample, generator)

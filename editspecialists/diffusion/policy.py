@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales, guided_epsilon
+from editspecialists.diffusion.guidance import (
+    BranchInputs,
+    EditConditioning,
+    GuidanceScales,
+    branch_epsilon,
+    branch_inputs,
+)
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 VISUAL_PROMPT_CHANNELS = 4
@@ -120,16 +126,27 @@ class VisualPromptPolicy(nn.Module):
         self.style_module = style_module
         self.use_lora = use_lora
         self._reference_parts = _FrozenReference(unet, style_module, keep_unet=not use_lora)
+        self._adapter_layers = _adapter_layers(unet) if use_lora else []
         self._use_reference = False
 
-    def forward(self, scaled_latents, timesteps, cond: EditConditioning, scales: GuidanceScales):
-        """Guided ε for (N, 4, h, w) scaled noisy latents at 0-d or (N,) timesteps."""
-        unet, style = self.unet, self.style_module
-        if self._use_reference:
-            style = self._reference_parts.style_module
-            if self._reference_parts.unet is not None:
-                unet = self._reference_parts.unet
-        return guided_epsilon(unet, style, scaled_latents, timesteps, cond, scales)
+    def forward(self, scaled_latents, timesteps, cond: EditConditioning | BranchInputs,
+                scales: GuidanceScales):
+        """Guided ε for (N, 4, h, w) scaled noisy latents at 0-d or (N,) timesteps.
+
+        ``cond`` may be the :class:`BranchInputs` of :meth:`branch_inputs`, computed once for
+        many steps in the same mode (policy or reference).
+        """
+        if isinstance(cond, EditConditioning):
+            cond = self.branch_inputs(cond)
+        unet = self.unet
+        if self._use_reference and self._reference_parts.unet is not None:
+            unet = self._reference_parts.unet
+        return branch_epsilon(unet, cond, scaled_latents, timesteps, scales)
+
+    def branch_inputs(self, cond: EditConditioning) -> BranchInputs:
+        """The step-invariant UNet inputs of ``cond`` (style channels of the active style module)."""
+        style = self._reference_parts.style_module if self._use_reference else self.style_module
+        return branch_inputs(style, cond)
 
     @contextmanager
     def reference(self):
@@ -138,15 +155,21 @@ class VisualPromptPolicy(nn.Module):
         if swapped_conv:
             trained_conv = self.unet.conv_in
             self.unet.conv_in = self._reference_parts.conv_in
-            self.unet.disable_adapters()
+            self._enable_adapters(False)
         self._use_reference = True
         try:
             yield self
         finally:
             self._use_reference = False
             if swapped_conv:
-                self.unet.enable_adapters()
+                self._enable_adapters(True)
                 self.unet.conv_in = trained_conv
+
+    def _enable_adapters(self, enabled: bool) -> None:
+        """Switch the LoRA adapters on or off, as ``unet.enable_adapters``/``disable_adapters`` do,
+        without their walk over every module of the UNet."""
+        for layer in self._adapter_layers:
+            layer.enable_adapters(enabled)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -169,6 +192,13 @@ class _FrozenReference(nn.Module):
         self.conv_in = _frozen_copy(unet.conv_in)
         self.style_module = _frozen_copy(style_module)
         self.unet = _frozen_copy(unet) if keep_unet else None
+
+
+def _adapter_layers(unet) -> list[nn.Module]:
+    """The UNet's PEFT adapter layers (plain list: they stay registered under the UNet only)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [module for module in unet.modules() if isinstance(module, BaseTunerLayer)]
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:

@@ -14,7 +14,12 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.logprob import scale_model_input, step_is_stochastic, step_with_logprob
+from editspecialists.diffusion.logprob import (
+    StepTable,
+    scale_model_input,
+    step_is_stochastic,
+    step_with_logprob,
+)
 from editspecialists.diffusion.pipeline import decode_latents
 
 
@@ -73,11 +78,21 @@ def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, d
     return noise.expand(-1, nb_gen, *latent_shape).reshape(batch * nb_gen, *latent_shape)
 
 
+def step_invariant_conditioning(policy, cond: EditConditioning):
+    """What the policy's forward takes in place of ``cond`` at every step of a trajectory: its
+    precomputed branch inputs when it offers them (``branch_inputs``), else ``cond`` itself."""
+    prepare = getattr(getattr(policy, "module", policy), "branch_inputs", None)
+    return prepare(cond) if prepare is not None else cond
+
+
 @torch.no_grad()
 def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int, scales: GuidanceScales,
                  eta: float = 1.0, generator: torch.Generator | None = None,
                  autocast=nullcontext) -> Trajectories:
     """Sample nb_gen edits per input with one batched UNet call (4·G·B elements) per step.
+
+    The step-invariant UNet inputs (style channels, image channels, text states) and the
+    schedule's coefficients (:class:`StepTable`) are computed once per call, not once per step.
 
     Args:
         policy: the (possibly DDP-wrapped) :class:`VisualPromptPolicy`.
@@ -96,12 +111,14 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
     if isinstance(generator, list):
         generator = [g for g in generator for _ in range(nb_gen)]
     timesteps = scheduler.timesteps.to(device)
+    table = StepTable.of(scheduler, device, eta=eta)
+    with autocast():
+        step_cond = step_invariant_conditioning(policy, edit_cond)
     all_latents, all_log_probs = [latents], []
-    for timestep in timesteps:
+    for index, timestep in enumerate(timesteps):
         with autocast():
-            eps = policy(scale_model_input(scheduler, latents, timestep), timestep, edit_cond, scales)
-        latents, log_prob = step_with_logprob(scheduler, eps, timestep, latents, eta=eta,
-                                              generator=generator)
+            eps = policy(table.scale_input(latents, index), timestep, step_cond, scales)
+        latents, log_prob = table.step(index, eps, latents, generator=generator)
         all_latents.append(latents)
         all_log_probs.append(log_prob)
     images = decode_latents(vae, latents)

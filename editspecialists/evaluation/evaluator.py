@@ -64,7 +64,7 @@ def load_families(selected: Sequence[str], settings: FamilySettings) -> tuple[li
             continue
         try:
             loaded.append((spec, spec.build(settings)))
-        except Exception as err:  # noqa: BLE001 - any load failure only skips this family
+        except Exception as err:  # any load failure only skips this family
             reason = _first_line(err)
             logger.warning("skipping %s (%s): %s", ", ".join(wanted), name, reason)
             skipped.update({m: reason for m in wanted})
@@ -95,7 +95,6 @@ def load_mask_source(config, settings: FamilySettings) -> MaskSource:
     """Grounded-SAM2 masks (detector + segmenter of ``config.models``), unless ``whole_frame``."""
     if config.whole_frame:
         return MaskSource(None, whole_frame=True)
-
     predictor = MaskPredictor.from_pretrained(
         config.models.detector,
         config.models.segmenter,
@@ -107,14 +106,15 @@ def load_mask_source(config, settings: FamilySettings) -> MaskSource:
     return MaskSource(predictor, whole_frame=False)
 
 
-def drop_mask_families(families: list, err: Exception, skipped: dict[str, str]) -> list:
+def drop_mask_families(families: list, err: Exception, selected: Sequence[str], skipped: dict[str, str]) -> list:
     """Skip (one line each) the families that need masks when the mask models cannot be loaded."""
     reason = f"mask models unavailable: {_first_line(err)}"
     kept = []
     for spec, family in families:
         if spec.needs_masks:
-            logger.warning("skipping %s: %s", ", ".join(spec.metrics), reason)
-            skipped.update({m: reason for m in spec.metrics})
+            wanted = [m for m in spec.metrics if m in selected]
+            logger.warning("skipping %s: %s", ", ".join(wanted), reason)
+            skipped.update({m: reason for m in wanted})
         else:
             kept.append((spec, family))
     return kept
@@ -176,12 +176,12 @@ def score_all(items, images, families, masks: MaskSource | None, selected: Seque
 
 def evaluate(config) -> dict:
     """Run the evaluation described by ``config`` (see ``config/eval.py``); returns the JSON payload."""
+    selected = parse_metrics(config.metrics)
     name = run_name(config.input_name, config.style_name)
     edit_dir = Path(config.sample_savedir) / name
     items = pair_edits(edit_dir, config.inputimg_dir, config.styleimg_dir,
                        config.input_name, config.style_name, config.seed)
     images = load_images(items)
-    selected = parse_metrics(config.metrics)
     settings = FamilySettings(config.models, resolve_device(config.device), resolve_dtype(config.dtype),
                               structural_align=config.structural_align)
     families, skipped = load_families(selected, settings)
@@ -189,8 +189,8 @@ def evaluate(config) -> dict:
     if any(spec.needs_masks for spec, _ in families):
         try:
             masks = load_mask_source(config, settings)
-        except Exception as err:  # noqa: BLE001 - only the mask-based metrics are lost
-            families = drop_mask_families(families, err, skipped)
+        except Exception as err:  # only the mask-based metrics are lost
+            families = drop_mask_families(families, err, selected, skipped)
     per_image = score_all(items, images, families, masks, selected, config, settings.device)
 
     out_dir = Path(config.eval_savedir)

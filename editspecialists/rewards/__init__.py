@@ -1,5 +1,12 @@
-"""AI feedback: frozen vision models turned into per-edit scores (see registry)."""
+"""AI feedback (SPEC §4): frozen vision models turned into per-edit scores.
 
-from editspecialists.rewards.registry import SCORES, FeedbackBatch, Scorer, build_scorer, register_score
+- :mod:`~editspecialists.rewards.registry`: named scores, :class:`FeedbackBatch`, :func:`build_scorer`.
+- :mod:`~editspecialists.rewards.masks`: Grounded-SAM2 object masks by name.
+- :mod:`~editspecialists.rewards.depth`: Depth Anything and the structural score.
+- :mod:`~editspecialists.rewards.features`: patch embedders (DreamSim, DINOv2, CLIP).
+- :mod:`~editspecialists.rewards.semantic`: the semantic score and reconstruction term (pure tensors).
+"""
 
-__all__ = ["SCORES", "FeedbackBatch", "Scorer", "build_scorer", "register_score"]
+from editspecialists.rewards.registry import SCORES, FeedbackBatch, Scorer, ScoreSpec, build_scorer, register_score
+
+__all__ = ["SCORES", "FeedbackBatch", "ScoreSpec", "Scorer", "build_scorer", "register_score"]

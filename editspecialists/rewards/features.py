@@ -15,7 +15,9 @@ maps onto the grid with :func:`editspecialists.rewards.semantic.downsample_mask`
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
+
 import torch
 
 from editspecialists.rewards.images import check_images, normalise, resize
@@ -64,7 +66,9 @@ class DreamSimPatches:
         else:
             variant, folder = model_id, Path(cache_dir or DREAMSIM_CACHE).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
-        with torch_hub_dir(str(folder)):
+        with torch_hub_dir(str(folder)), warnings.catch_warnings():
+            # dreamsim wraps its model in PEFT, then loads the adapter into it: PEFT warns, harmlessly
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
             model, _ = dreamsim(pretrained=True, device=str(device), cache_dir=str(folder),
                                 dreamsim_type=variant, use_patch_model=True)
         model = model.to(device=device, dtype=dtype).eval()

@@ -81,7 +81,8 @@ class MaskPredictor:
     def detect(self, images: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
         """Boxes ``(N_i, 4)`` xyxy in pixels (clamped to the image) per image, one detector call."""
         height, width = images.shape[-2:]
-        inputs = self.detector_processor(images=list(images.float().cpu()), text=[detector_prompt(n) for n in names],
+        prompts = [detector_prompt(name) for name in names]
+        inputs = self.detector_processor(images=list(images.float().cpu()), text=prompts, padding="longest",
                                          do_rescale=False, return_tensors="pt")
         outputs = self.detector(**self.on_device(inputs))
         results = self.detector_processor.post_process_grounded_object_detection(

@@ -39,6 +39,17 @@ def whole_frame_mask_fn(images: torch.Tensor, name: str) -> torch.Tensor:
     return whole_frame_masks(images)
 
 
+LAYOUTS = {5: "(B, G, 3, H, W)", 4: "(B, 3, H, W)"}
+
+
+def check_layout(name: str, tensor: torch.Tensor, ndim: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless it is a float RGB tensor of ``ndim`` dims in [0, 1]."""
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != ndim or tensor.shape[-3] != 3:
+        got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"{name} must have shape {LAYOUTS[ndim]}, got {got}")
+    check_unit_range(tensor, name)
+
+
 @dataclass(eq=False)
 class FeedbackBatch:
     """Edits ``(B, G, 3, H, W)`` of inputs ``(B, 3, H, W)`` with style images ``(B, 3, H', W')``,
@@ -57,16 +68,13 @@ class FeedbackBatch:
     mask_fn: MaskFn = whole_frame_mask_fn
 
     def __post_init__(self):
-        for name, tensor, shape in (("edits", self.edits, "(B, G, 3, H, W)"), ("inputs", self.inputs, "(B, 3, H, W)"),
-                                    ("styles", self.styles, "(B, 3, H, W)")):
-            if not isinstance(tensor, torch.Tensor) or tensor.ndim != shape.count(",") + 1 or tensor.shape[-3] != 3:
-                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                raise ValueError(f"{name} must have shape {shape}, got {got}")
-            check_unit_range(tensor, name)
+        check_layout("edits", self.edits, 5)
+        check_layout("inputs", self.inputs, 4)
+        check_layout("styles", self.styles, 4)
         batch = self.edits.shape[0]
         for name, tensor in (("inputs", self.inputs), ("styles", self.styles)):
             if tensor.shape[0] != batch:
-                raise ValueError(f"{name} holds {tensor.shape[0]} images but edits hold {batch} inputs' edits")
+                raise ValueError(f"{name} holds {tensor.shape[0]} images but edits are for {batch} inputs")
         if self.edits.shape[-2:] != self.inputs.shape[-2:]:
             raise ValueError(f"edits are {tuple(self.edits.shape[-2:])} pixels but inputs are "
                              f"{tuple(self.inputs.shape[-2:])}: edits must align with their inputs")
@@ -99,6 +107,8 @@ ScoreFn = Callable[[FeedbackBatch], torch.Tensor]
 
 @dataclass(frozen=True)
 class ScoreSpec:
+    """A registered score: its direction, whether it reads masks, and its factory."""
+
     name: str
     lower_is_better: bool
     needs_masks: bool
@@ -148,7 +158,7 @@ def embed_in_chunks(embedder, images: torch.Tensor, batch_size: int):
 
 
 @register_score("structural", lower_is_better=True)
-def structural(config, device: torch.device) -> ScoreFn:
+def make_structural(config, device: torch.device) -> ScoreFn:
     """Mean |depth(input) − depth(edit)| (SPEC §4); the input's depth is computed once per input."""
     dtype, batch_size, align = reward_dtype(config), config.reward.batch_size, config.reward.structural_align
     model_id = config.models.depth
@@ -176,12 +186,12 @@ def semantic_model_id(config) -> tuple[str, dict]:
 
 
 @register_score("semantic", lower_is_better=True, needs_masks=True)
-def semantic_score(config, device: torch.device) -> ScoreFn:
+def make_semantic(config, device: torch.device) -> ScoreFn:
     """Masked patch distance of each edit to its style image + ``rec_lambda`` · reconstruction outside (SPEC §4)."""
     dtype, batch_size, rec_lambda = reward_dtype(config), config.reward.batch_size, float(config.reward.rec_lambda)
     backbone = config.reward.semantic_backbone
     model_id, kwargs = semantic_model_id(config)
-    embedder = load_once(("patches", backbone, model_id, str(device), dtype),
+    embedder = load_once(("patches", backbone, model_id, *kwargs.items(), str(device), dtype),
                          lambda: load_patch_embedder(backbone, model_id, device=device, dtype=dtype, **kwargs))
 
     def score(batch: FeedbackBatch) -> torch.Tensor:
@@ -203,7 +213,7 @@ def semantic_score(config, device: torch.device) -> ScoreFn:
 
 
 @register_score("brightness", lower_is_better=False)
-def brightness(config, device: torch.device) -> ScoreFn:
+def make_brightness(config, device: torch.device) -> ScoreFn:
     """Mean pixel value of each edit, in [0, 1]; no model (for demos and debugging a setup)."""
 
     def score(batch: FeedbackBatch) -> torch.Tensor:

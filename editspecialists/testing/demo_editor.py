@@ -10,11 +10,13 @@ that double as a small example of InstructPix2Pix training:
 2. the UNet on a synthetic edit, "turn the car into lego": the input is a demo car, the target the
    same scene with the car's pixels replaced by a brick wall. Inputs follow the InstructPix2Pix
    conventions: 8 channels = noisy scaled latent + unscaled posterior mode of ``2x - 1`` of the
-   input image; the loss is the epsilon-prediction MSE; the instruction and the input image are
+   input image; the loss is the epsilon-prediction MSE (weighted towards high noise, see
+   :func:`timestep_weights`); the instruction and the input image are
    each dropped with probability ``cond_dropout`` (and both together too), so that the
    pipeline's two-scale classifier-free guidance has unconditional branches to work with.
 
-The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
+Everything runs at ``DEMO_RESOLUTION`` (32 px images, 16×16 latents) in about two minutes on two
+CPU cores. The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
 and brightness, which gives a preference trainer something to rank.
 """
 
@@ -25,6 +27,7 @@ import math
 import random
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,9 +38,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from editspecialists.data.demo import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
-from editspecialists.testing.tiny import build_tiny_ip2p, cached_build
+from editspecialists.testing.tiny import build_tiny_ip2p, cached_build, default_cache_root
 
-DEMO_EDITOR_VERSION = "1"
+DEMO_EDITOR_VERSION = "2"
 DEMO_RESOLUTION = 32
 INSTRUCTION_TEMPLATES = (
     "turn the {input} into {style}",
@@ -74,6 +77,25 @@ class EditExamples:
     cars: torch.Tensor
     car_masks: torch.Tensor
     walls: torch.Tensor
+
+
+@dataclass
+class EditLatents:
+    """Encoded training pairs: image_latents unscaled, target_latents scaled, both [N, 4, r, r]."""
+
+    image_latents: torch.Tensor
+    target_latents: torch.Tensor
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def demo_training_images(num_cars: int = 64, num_walls: int = 16, size: int = 64,
@@ -208,6 +230,7 @@ def cosine_schedule(optimizer, steps: int, warmup: int = 20):
 
 
 def log_progress(stage: str, step: int, steps: int, losses: list[float], every: int = 100) -> None:
+    """Log the mean loss of the last ``every`` steps."""
     if (step + 1) % every == 0 or step + 1 == steps:
         recent = losses[-every:]
         logger.info("demo editor %s step %d/%d loss %.4f", stage, step + 1, steps, sum(recent) / len(recent))
@@ -227,6 +250,12 @@ def reconstruction_mse(vae, images: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def latent_scaling_factor(vae, images: torch.Tensor) -> float:
+    """1 / standard deviation of the posterior means of ``images`` (so scaled latents have std 1)."""
+    return 1.0 / encode_images(vae, images).std().item()
+
+
+@torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
     """Text-encoder hidden states as the pipeline computes them (padded to the tokenizer's maximum
     length): [len(prompts), L, D]."""
@@ -242,20 +271,24 @@ def noisy_latents(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.T
     return alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
 
 
+def timestep_weights(alphas_cumprod: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """Per-timestep weights [T] of the epsilon loss: min(max(1, 1/SNR), ``max_weight``), mean 1.
+
+    The epsilon MSE equals SNR × the MSE of the implied x0, so at high noise (SNR ≈ 0.005 at the
+    last timestep) plain epsilon training barely learns x0 there, and sampling, which starts
+    there, drifts in colour. Weighting by 1/SNR (capped) trains those steps on their x0 error.
+    """
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = snr.reciprocal().clamp(min=1, max=max_weight)
+    return weights / weights.mean()
+
+
 def conditioning_dropout(batch_size: int, probability: float,
                          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean [B] masks (drop_text, drop_image): each dropped alone with ``probability``, both
     together with ``probability`` too (the InstructPix2Pix recipe)."""
     u = torch.rand(batch_size, generator=generator)
     return u < 2 * probability, (u >= probability) & (u < 3 * probability)
-
-
-@dataclass
-class EditLatents:
-    """Encoded training pairs: image_latents unscaled, target_latents scaled, both [N, 4, r, r]."""
-
-    image_latents: torch.Tensor
-    target_latents: torch.Tensor
 
 
 def encode_edit_pairs(vae, examples: EditExamples, count: int, generator: torch.Generator) -> EditLatents:
@@ -267,8 +300,9 @@ def encode_edit_pairs(vae, examples: EditExamples, count: int, generator: torch.
 
 def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty_embed: torch.Tensor,
                alphas_cumprod: torch.Tensor, *, steps: int, batch_size: int, learning_rate: float,
-               cond_dropout: float, generator: torch.Generator) -> list[float]:
-    """Train ``unet`` in place on epsilon prediction of the encoded edit pairs; returns the losses.
+               cond_dropout: float, max_weight: float, generator: torch.Generator) -> list[float]:
+    """Train ``unet`` in place on epsilon prediction of the encoded edit pairs; returns the losses
+    (the weighted objective, see :func:`timestep_weights` for ``max_weight``).
 
     instruction_embeds: [P, L, D], one random instruction per example; empty_embed: [1, L, D], the
     empty prompt that replaces a dropped instruction (as the pipeline's unconditional branches).
@@ -277,6 +311,7 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
     optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = cosine_schedule(optimizer, steps)
     num_timesteps = len(alphas_cumprod)
+    weights = timestep_weights(alphas_cumprod, max_weight)
     losses = []
     for step in range(steps):
         index = torch.randint(len(pairs.target_latents), (batch_size,), generator=generator)
@@ -289,7 +324,7 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
         images = torch.where(drop_image.view(-1, 1, 1, 1), torch.zeros_like(images), images)
         model_input = torch.cat([noisy_latents(targets, noise, timesteps, alphas_cumprod), images], dim=1)
         prediction = unet(model_input, timesteps, encoder_hidden_states=prompts).sample
-        loss = F.mse_loss(prediction, noise)
+        loss = (weights[timesteps] * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -301,59 +336,56 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
     return losses
 
 
-@torch.no_grad()
-def latent_scaling_factor(vae, images: torch.Tensor) -> float:
-    """1 / standard deviation of the posterior means of ``images`` (so scaled latents have std 1)."""
-    return 1.0 / encode_images(vae, images).std().item()
-
-
 def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
                          cars: Sequence[Image.Image], walls: Sequence[Image.Image], *,
                          seed: int = 0, resolution: int = DEMO_RESOLUTION,
                          vae_steps: int = 300, vae_batch_size: int = 16, vae_learning_rate: float = 2e-3,
                          num_pairs: int = 2048,
-                         unet_steps: int = 600, unet_batch_size: int = 32, unet_learning_rate: float = 1e-3,
-                         cond_dropout: float = 0.05,
-                         instructions: Sequence[str] | None = None) -> DemoEditorReport:
-    """Pretrain the tiny InstructPix2Pix pipeline in ``pipeline_folder`` and save it to ``out_folder``.
+                         unet_steps: int = 450, unet_batch_size: int = 32, unet_learning_rate: float = 2e-3,
+                         cond_dropout: float = 0.05, max_weight: float = 10.0,
+                         instructions: Sequence[str] | None = None, num_threads: int = 2) -> DemoEditorReport:
+    """Pretrain the tiny InstructPix2Pix pipeline in ``pipeline_folder`` on CPU; save it to ``out_folder``.
 
     cars: demo car scenes (as drawn by :func:`editspecialists.data.demo.draw_car`: the car mask is
     recovered from the two-tone background); walls: brick "style" images. Both are resized to
     ``resolution`` px. Stage 1 trains the VAE (``vae_steps`` steps), stage 2 the UNet on
-    ``num_pairs`` pre-encoded edit pairs (``unet_steps`` steps). ``instructions`` defaults to the
-    templates filled with "car" / "lego". Text encoder, tokenizer and scheduler are kept. The same
-    arguments give the same weights on the same machine and thread count. Returns the measurements.
+    ``num_pairs`` pre-encoded edit pairs (``unet_steps`` steps, loss weights capped at
+    ``max_weight``). ``instructions`` defaults to the templates filled with "car" / "lego". Text
+    encoder, tokenizer and scheduler are kept. Float results depend on the number of torch
+    threads, so training runs with ``num_threads`` whatever the caller set: the same arguments give
+    the same weights in any process on the same machine. Returns the measurements.
     """
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(pipeline_folder)
-    pipe.set_progress_bar_config(disable=True)
-    examples = edit_examples(cars, walls, resolution)
-    report = DemoEditorReport()
+    with torch_threads(num_threads):
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(seed)
+        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(pipeline_folder)
+        pipe.set_progress_bar_config(disable=True)
+        examples = edit_examples(cars, walls, resolution)
+        report = DemoEditorReport()
 
-    report.vae_losses = train_vae(pipe.vae, examples, steps=vae_steps, batch_size=vae_batch_size,
-                                  learning_rate=vae_learning_rate, generator=generator)
-    report.vae_reconstruction_mse = reconstruction_mse(pipe.vae, examples.cars)
-    report.scaling_factor = latent_scaling_factor(pipe.vae, autoencoder_batch(examples, 256, generator))
-    pipe.vae.register_to_config(scaling_factor=report.scaling_factor)
+        report.vae_losses = train_vae(pipe.vae, examples, steps=vae_steps, batch_size=vae_batch_size,
+                                      learning_rate=vae_learning_rate, generator=generator)
+        report.vae_reconstruction_mse = reconstruction_mse(pipe.vae, examples.cars)
+        report.scaling_factor = latent_scaling_factor(pipe.vae, autoencoder_batch(examples, 256, generator))
+        pipe.vae.register_to_config(scaling_factor=report.scaling_factor)
 
-    if instructions is None:
-        instructions = [t.format(input=INPUT_NAME, style=STYLE_NAME) for t in INSTRUCTION_TEMPLATES]
-    instruction_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, instructions)
-    empty_embed = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
-    pairs = encode_edit_pairs(pipe.vae, examples, num_pairs, generator)
-    report.unet_losses = train_unet(pipe.unet, pairs, instruction_embeds, empty_embed,
-                                    pipe.scheduler.alphas_cumprod.float(), steps=unet_steps,
-                                    batch_size=unet_batch_size, learning_rate=unet_learning_rate,
-                                    cond_dropout=cond_dropout, generator=generator)
+        if instructions is None:
+            instructions = [t.format(input=INPUT_NAME, style=STYLE_NAME) for t in INSTRUCTION_TEMPLATES]
+        instruction_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, instructions)
+        empty_embed = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
+        pairs = encode_edit_pairs(pipe.vae, examples, num_pairs, generator)
+        report.unet_losses = train_unet(pipe.unet, pairs, instruction_embeds, empty_embed,
+                                        pipe.scheduler.alphas_cumprod.float(), steps=unet_steps,
+                                        batch_size=unet_batch_size, learning_rate=unet_learning_rate,
+                                        cond_dropout=cond_dropout, max_weight=max_weight, generator=generator)
 
-    pipe.save_pretrained(out_folder)
-    report.seconds = time.perf_counter() - start
-    logger.info("demo editor trained in %.0f s (VAE reconstruction MSE %.4f)",
-                report.seconds, report.vae_reconstruction_mse)
-    return report
+        pipe.save_pretrained(out_folder)
+        report.seconds = time.perf_counter() - start
+        logger.info("demo editor trained in %.0f s (VAE reconstruction MSE %.4f)",
+                    report.seconds, report.vae_reconstruction_mse)
+        return report
 
 
 def build_demo_editor(folder: Path, seed: int = 0) -> DemoEditorReport:
@@ -364,6 +396,13 @@ def build_demo_editor(folder: Path, seed: int = 0) -> DemoEditorReport:
         return pretrain_demo_editor(scratch, folder, cars, walls, seed=seed)
 
 
-def demo_editor(root: Path) -> Path:
-    """Folder of the pretrained demo pipeline under ``root`` (built on first use, a few minutes)."""
-    return cached_build(Path(root) / f"demo-editor-v{DEMO_EDITOR_VERSION}", build_demo_editor)
+def demo_editor_folder(root: Path | None = None) -> Path:
+    """Where :func:`demo_editor` keeps the pipeline under ``root`` (nothing is built here)."""
+    root = Path(root) if root else default_cache_root()
+    return root / f"demo-editor-v{DEMO_EDITOR_VERSION}"
+
+
+def demo_editor(root: Path | None = None) -> Path:
+    """Folder of the pretrained demo pipeline under ``root`` (default: the tiny-model cache),
+    built on first use (about two minutes on two CPU cores) and reused afterwards."""
+    return cached_build(demo_editor_folder(root), build_demo_editor)

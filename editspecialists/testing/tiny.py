@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 _MARKER = ".complete"
 
 

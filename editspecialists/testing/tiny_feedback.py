@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from editspecialists.rewards.features import DREAMSIM_VARIANT, torch_hub_dir
 from editspecialists.testing.tiny import (
     byte_level_clip_tokenizer,
     cached_build,
@@ -39,7 +40,6 @@ from editspecialists.testing.tiny import (
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-DREAMSIM_VARIANT = "dinov2_vitb14"
 DREAMSIM_BACKBONE_FILE = f"{DREAMSIM_VARIANT}_pretrain.pth"
 DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
 TINY_VIT_CONFIG = "tiny_vit.json"
@@ -64,7 +64,10 @@ def tiny_bert_vocab() -> dict[str, int]:
 
 
 def build_detector(folder: Path, seed: int = 0) -> None:
-    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor (64 px images).
+    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor (128 px images).
+
+    At 128 px the coarsest feature level keeps more than one pixel, which GroupNorm needs for a
+    batch of one image.
 
     The decoder's final norm is scaled down so that box scores differ between images instead of
     saturating at 1: a threshold between two images' best scores then finds boxes in one only.
@@ -82,7 +85,7 @@ def build_detector(folder: Path, seed: int = 0) -> None:
     torch.manual_seed(seed)
     tokenizer = BertTokenizer(vocab=tiny_bert_vocab())
     backbone = SwinConfig(
-        image_size=64, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=7, out_indices=[2, 3, 4]
+        image_size=128, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=7, out_indices=[2, 3, 4]
     )
     text = BertConfig(
         vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16
@@ -98,7 +101,7 @@ def build_detector(folder: Path, seed: int = 0) -> None:
         model.model.decoder.layer_norm.weight.mul_(DETECTOR_FEATURE_SCALE)
         model.model.decoder.layer_norm.bias.mul_(DETECTOR_FEATURE_SCALE)
     model.save_pretrained(folder)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64})
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
 
@@ -147,7 +150,7 @@ def build_depth(folder: Path, seed: int = 0) -> None:
     )
     config = DepthAnythingConfig(
         backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16, 16, 16],
-        fusion_hidden_size=16, head_hidden_size=8,
+        fusion_hidden_size=16, head_hidden_size=8, initializer_range=0.15,  # depth of order 1, not 1e-8
     )
     DepthAnythingForDepthEstimation(config).save_pretrained(folder)
     DPTImageProcessor(
@@ -203,6 +206,8 @@ class TinyPatchEmbed(nn.Module):
 
 
 class TinyAttention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv`` projection, as in DINO."""
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -303,14 +308,11 @@ def build_dreamsim(folder: Path, seed: int = 0) -> None:
     from peft import LoraConfig, get_peft_model
 
     write_tiny_dinov2_hub(folder, seed)
-    previous_hub_dir = torch.hub.get_dir()
-    try:
+    with torch_hub_dir(str(folder)):
         model = PerceptualModel(
             **dreamsim_args["model_config"][f"{DREAMSIM_VARIANT}_patch"], device="cpu", load_dir=str(folder),
             normalize_embeds=True,
         )
-    finally:
-        torch.hub.set_dir(previous_hub_dir)
     lora = LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["qkv"])
     model = get_peft_model(model, lora)
     torch.manual_seed(seed + 1)

@@ -1,0 +1,65 @@
+"""Benchmark sampling, training and feedback throughput, efficiency and memory (BENCHMARKS.md).
+
+    python scripts/benchmark.py --model=tiny --out=bench.json
+    python scripts/benchmark.py --model=sd15 --dtype=bf16 --out=bench_sd15.json   # on a GPU
+
+Prints a table and writes the JSON report (see editspecialists.benchmark).
+"""
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from editspecialists.benchmark import SIZES, BenchSettings, format_table, run_benchmark, tiny_feedback_config
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("model", "tiny", sorted(SIZES), "Model size: tiny (CI), small (CPU), sd15 (GPU).")
+flags.DEFINE_string("out", "bench.json", "Where to write the JSON report (empty: do not write).")
+flags.DEFINE_integer("steps", None, "Denoising steps (default: the model size's).")
+flags.DEFINE_integer("batch", None, "Inputs per sampling batch (default: the model size's).")
+flags.DEFINE_integer("nb_gen", None, "Edits per input (default: the model size's).")
+flags.DEFINE_integer("train_batch", 1, "Inputs per training micro-step.")
+flags.DEFINE_integer("accumulation", 8, "Micro-steps per optimizer step in the training measurement.")
+flags.DEFINE_integer("resolution", None, "Image side in pixels (default: the model size's).")
+flags.DEFINE_enum("dtype", "fp32", ["fp32", "bf16", "fp16"],
+                  "Autocast dtype, also the dtype of the frozen weights.")
+flags.DEFINE_bool("channels_last", False, "UNet and VAE weights in channels-last memory format.")
+flags.DEFINE_integer("threads", 1, "torch CPU threads.")
+flags.DEFINE_integer("repeats", None, "Timed repeats, medians reported (default: the model size's).")
+flags.DEFINE_integer("warmup", 1, "Untimed warm-up repeats.")
+flags.DEFINE_string("device", "", "cuda or cpu (default: cuda when available).")
+flags.DEFINE_string("cache", "", "Cache folder for the built models (default: editspecialists' cache).")
+flags.DEFINE_enum("feedback", "tiny", ["tiny", "config", "none"],
+                  "Feedback models: tiny random ones (plumbing only), the ids of --config, or none.")
+config_flags.DEFINE_config_file("config", str(Path(__file__).resolve().parents[1] / "config" / "base.py"),
+                                "Configuration naming the feedback models and reward settings.")
+
+
+def main(_):
+    settings = BenchSettings(
+        model=FLAGS.model, steps=FLAGS.steps, batch=FLAGS.batch, nb_gen=FLAGS.nb_gen,
+        train_batch=FLAGS.train_batch, accumulation=FLAGS.accumulation, resolution=FLAGS.resolution,
+        dtype=FLAGS.dtype, channels_last=FLAGS.channels_last, threads=FLAGS.threads,
+        repeats=FLAGS.repeats, warmup=FLAGS.warmup, device=FLAGS.device, cache=FLAGS.cache,
+        feedback=FLAGS.feedback != "none",
+    )
+
+    def feedback_config():
+        if FLAGS.feedback == "tiny":
+            return tiny_feedback_config(FLAGS.config, Path(FLAGS.cache) if FLAGS.cache else None)
+        return FLAGS.config
+
+    command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])
+    report = run_benchmark(settings, feedback_config, command=command)
+    print(format_table(report))
+    if FLAGS.out:
+        Path(FLAGS.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"report written to {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

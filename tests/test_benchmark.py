@@ -1,0 +1,78 @@
+"""The benchmark runs end to end on the tiny model and reports finite, positive figures (issue 7)."""
+
+import json
+import math
+
+import torch
+
+from editspecialists.benchmark import (
+    BenchSettings,
+    format_table,
+    load_models,
+    measure_feedback,
+    naive_sample_edits,
+    run_benchmark,
+    tiny_feedback_config,
+)
+from editspecialists.diffusion.sampler import transition_log_probs
+from tests.helpers import load_config
+
+REQUIRED = ("sampler_speedup_vs_naive", "sampling_efficiency", "training_efficiency", "peak_memory_mb")
+MINIMAL = dict(model="tiny", steps=3, batch=1, nb_gen=2, repeats=1, warmup=0, accumulation=2)
+
+
+def numbers(tree, path=""):
+    """Every number in a nested dict, with its key path."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from numbers(value, f"{path}.{key}")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_tiny_benchmark_reports_every_figure(tiny_root):
+    settings = BenchSettings(cache=str(tiny_root), **MINIMAL)
+    report = run_benchmark(settings, lambda: tiny_feedback_config(load_config("base"), tiny_root),
+                           command="pytest")
+    report = json.loads(json.dumps(report))
+    for key in REQUIRED:
+        assert key in report
+    sections = {
+        "sampling": ["steps_images_per_s", "naive_steps_images_per_s", "unet_forward_seconds"],
+        "training": ["transitions_per_s", "unet_forward_backward_seconds", "reference_forward_seconds"],
+        "memory": ["sampling_peak_mb", "training_peak_mb", "unet_parameters_mb"],
+    }
+    for section, keys in sections.items():
+        assert set(keys) <= set(report[section])
+    assert report["feedback"]["skipped"] == "" and report["feedback"]["models"]
+    assert report["machine"]["threads"] == 1 and report["date"] and report["command"] == "pytest"
+    for path, value in numbers(report):
+        if not path.startswith((".settings", ".machine")):
+            assert math.isfinite(value) and value > 0, path
+    assert "sampler speed-up vs naive" in format_table(report)
+
+
+def test_naive_baseline_samples_the_same_distribution(tiny_root):
+    """Its recorded log-probs are those the policy assigns to its transitions."""
+    settings = BenchSettings(cache=str(tiny_root), **MINIMAL).resolved()
+    models = load_models(settings)
+    trajectories = naive_sample_edits(models.policy, models.scheduler, models.pipe.vae, models.cond, nb_gen=2,
+                                      scales=models.scales, generator=torch.Generator().manual_seed(0))
+    assert trajectories.latents.shape[:3] == (1, 2, settings.steps + 1)
+    assert not torch.equal(trajectories.latents[:, 0, -1], trajectories.latents[:, 1, -1])
+    for step in trajectories.trainable.nonzero().flatten():
+        recomputed = transition_log_probs(models.policy, models.scheduler, trajectories, step.view(1),
+                                          models.cond.empty_embeds, scales=models.scales)
+        torch.testing.assert_close(recomputed, trajectories.log_probs[:, :, step], atol=1e-5, rtol=0)
+
+
+def test_feedback_failure_is_reported_not_raised(tiny_root):
+    settings = BenchSettings(cache=str(tiny_root), **MINIMAL).resolved()
+    models = load_models(settings)
+
+    def missing_models():
+        raise OSError("no such model folder")
+
+    edits = torch.rand(1, 2, 3, settings.resolution, settings.resolution)
+    result = measure_feedback(missing_models, models, settings, edits)
+    assert result == {"models": {}, "skipped": "feedback failed: OSError: no such model folder"}

@@ -1,0 +1,87 @@
+"""Structural score (SPEC §4): the depth comparison by hand, and the tiny Depth Anything from disk."""
+
+import pytest
+import torch
+
+from editspecialists.rewards.depth import DepthEstimator, align_scale_shift, depth_input_size, structural_score
+from editspecialists.testing.tiny_feedback import IMAGENET_MEAN, build_depth
+from editspecialists.testing.tiny import cached_build
+
+
+@pytest.fixture(scope="module")
+def depth(tiny_root):
+    return DepthEstimator.from_pretrained(str(cached_build(tiny_root / "depth", build_depth)), device="cpu")
+
+
+def test_input_size_short_side_reaches_target_and_sides_are_multiples_of_14():
+    assert depth_input_size(256, 256, 518, 14) == (518, 518)
+    assert depth_input_size(480, 640, 518, 14) == (518, 686)  # 640·518/480 = 690.7 → 49·14
+    assert depth_input_size(640, 480, 518, 14) == (686, 518)
+    assert depth_input_size(48, 72, 56, 14) == (56, 84)
+
+
+def test_structural_score_known_answers():
+    generator = torch.Generator().manual_seed(0)
+    d = torch.rand(2, 5, 7, generator=generator)
+    assert structural_score(d, d.clone()).tolist() == [0.0, 0.0]
+    assert torch.allclose(structural_score(d, d + 0.25), torch.tensor([0.25, 0.25]))
+    shifted = d.clone()
+    shifted[1] = 2 * d[1] + 3
+    assert structural_score(d, shifted)[0].item() == 0.0
+    assert structural_score(d, shifted, align="scale_shift").abs().max().item() < 1e-5
+    assert structural_score(d, shifted, align="none")[1].item() == pytest.approx((d[1] + 3).mean().item(), rel=1e-5)
+
+
+def test_scale_shift_alignment_of_a_constant_edit_is_the_input_mean():
+    d = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    aligned = align_scale_shift(torch.full_like(d, 7.0), d)
+    assert torch.allclose(aligned, torch.full_like(d, 1.5))
+    assert structural_score(d, torch.full_like(d, 7.0), align="scale_shift").item() == pytest.approx(1.0)
+
+
+def test_structural_score_rejects_bad_arguments():
+    d = torch.rand(2, 4, 4)
+    with pytest.raises(ValueError, match="align"):
+        structural_score(d, d, align="median")
+    with pytest.raises(ValueError, match="differ in shape"):
+        structural_score(d, d[:1])
+
+
+def test_preprocessing_resizes_keeping_aspect_and_normalises(depth):
+    images = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).expand(2, 3, 48, 72).contiguous()
+    pixels = depth.preprocess(images)
+    assert pixels.shape == (2, 3, 56, 84)
+    assert pixels.abs().max().item() < 1e-5  # the ImageNet mean colour normalises to 0
+
+
+def test_depth_is_batched_per_image_exact_and_sized_like_the_input(depth):
+    images = torch.rand(3, 3, 48, 72, generator=torch.Generator().manual_seed(3))
+    batched = depth(images)
+    assert batched.shape == (3, 48, 72) and batched.dtype == torch.float32
+    assert batched.std().item() > 1e-3  # the tiny model predicts a real, varying map
+    one_by_one = torch.cat([depth(image[None]) for image in images])
+    assert torch.allclose(batched, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+def test_depth_maps_are_restored_to_the_image_size_as_transformers_does(depth, tiny_root):
+    from transformers import AutoImageProcessor
+
+    images = torch.rand(2, 3, 30, 50, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        outputs = depth.model(pixel_values=depth.preprocess(images))
+    processor = AutoImageProcessor.from_pretrained(tiny_root / "depth")
+    expected = processor.post_process_depth_estimation(outputs, target_sizes=[(30, 50)] * 2)
+    assert torch.allclose(depth(images), torch.stack([r["predicted_depth"] for r in expected]), atol=1e-5)
+
+
+def test_identical_images_score_zero_and_different_ones_do_not(depth):
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+    edited = images.clone()
+    edited[1, :, 10:30, 10:30] = 1.0
+    score = structural_score(depth(images), depth(edited))
+    assert score[0].item() == 0.0 and score[1].item() > 1e-3
+
+
+def test_depth_rejects_images_outside_the_unit_range(depth):
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        depth(torch.full((1, 3, 28, 28), 255.0))

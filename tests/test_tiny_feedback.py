@@ -1,0 +1,69 @@
+"""Tiny feedback models: layout, determinism, and loading through the production code."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editspecialists.testing import tiny_feedback
+
+
+@pytest.fixture(scope="module")
+def built(tiny_root):
+    return tiny_feedback.build_all(tiny_root)
+
+
+def test_build_all_returns_every_role_folder_with_its_files(built, tiny_root):
+    assert set(built) == {"detector", "segmenter", "depth", "dinov2", "clip", "dreamsim"}
+    for role, folder in built.items():
+        assert Path(folder) == tiny_root / role
+    for role in ("detector", "segmenter", "depth", "dinov2", "clip"):
+        assert (Path(built[role]) / "config.json").is_file() and (Path(built[role]) / "model.safetensors").is_file()
+    dreamsim = Path(built["dreamsim"])
+    assert (dreamsim / "dinov2_vitb14_pretrain.pth").is_file()
+    assert (dreamsim / "checkpoints" / "dinov2_vitb14_pretrain.pth").is_file()
+    assert (dreamsim / "facebookresearch_dinov2_main" / "hubconf.py").is_file()
+    adapter = json.loads((dreamsim / "dinov2_vitb14_patch_lora" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == ["qkv"] and adapter["r"] == 4
+
+
+def test_build_all_reuses_the_cache(built, tiny_root):
+    stamp = (Path(built["depth"]) / "model.safetensors").stat().st_mtime_ns
+    assert tiny_feedback.build_all(tiny_root) == built
+    assert (Path(built["depth"]) / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_tiny_bert_vocab_keeps_grounding_dino_special_ids():
+    vocab = tiny_feedback.tiny_bert_vocab()
+    assert len(vocab) == 1030 and sorted(vocab.values()) == list(range(1030))
+    assert [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", "?")] == [0, 100, 101, 102, 1012, 1029]
+
+
+@pytest.mark.parametrize("builder", [tiny_feedback.build_depth, tiny_feedback.build_detector])
+def test_builds_are_seeded(builder, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        (tmp_path / name).mkdir()
+        builder(tmp_path / name, seed=seed)
+    a, b, c = (load_file(tmp_path / name / "model.safetensors") for name in "abc")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert any(not torch.equal(a[key], c[key]) for key in a)
+
+
+def test_dreamsim_build_is_seeded(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tiny_feedback.build_dreamsim(tmp_path / name, seed=0)
+    backbone = [torch.load(tmp_path / n / "checkpoints" / "dinov2_vitb14_pretrain.pth") for n in "ab"]
+    adapters = [load_file(tmp_path / n / "dinov2_vitb14_patch_lora" / "adapter_model.safetensors") for n in "ab"]
+    for first, second in (backbone, adapters):
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert any("lora_B" in key and key.endswith("weight") and adapters[0][key].abs().max() > 0 for key in adapters[0])
+
+
+def test_tiny_vit_refuses_a_grid_it_has_no_positions_for():
+    model = tiny_feedback.TinyDinoViT(grid=4)
+    assert model(torch.rand(2, 3, 56, 56)).shape == (2, 16)
+    with pytest.raises(ValueError, match="expects 16 patches, got 25"):
+        model(torch.rand(1, 3, 70, 70))
