@@ -106,7 +106,6 @@ def models_config():
     models.clip = "openai/clip-vit-large-patch14"
     models.dino = "facebook/dinov2-large"
     models.hps_architecture = "ViT-H-14"
-    models.hps_pretrained = "laion2b_s32b_b79k"
     models.hps_checkpoint = "xswu/HPSv2:HPS_v2.1_compressed.pt"
     models.pickscore = "yuvalkirstain/PickScore_v1"
     models.pickscore_processor = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

@@ -11,7 +11,7 @@ editspecialists.testing.demo_assets); nothing is downloaded.
 import importlib.util
 from pathlib import Path
 
-from editspecialists.testing.demo_assets import demo_paths
+from editspecialists.testing.demo_assets import demo_models_config, demo_paths
 
 
 def _base():
@@ -33,13 +33,7 @@ def get_config(preset: str = ""):
     config.mixed_precision = "no"
     config.allow_tf32 = False
     config.pretrained.model = paths["policy"]
-    for role in ("detector", "segmenter", "depth"):
-        config.models[role] = paths[role]
-    config.models.dreamsim = paths["dreamsim"]
-    config.models.dreamsim_cache = paths["dreamsim"]
-    config.models.semantic_dinov2 = paths["dinov2"]
-    config.models.clip = paths["clip"]
-    config.models.dino = paths["dinov2"]
+    config.models.update(demo_models_config(config.demo_root))
 
     config.num_epochs = 2
     config.save_freq = 1

@@ -69,8 +69,7 @@ def use_demo_assets(config, root="demo_assets"):
     Nothing is built here: scripts/evaluate.py builds what is missing on first use.
     """
     from editspecialists.data.demo import INPUT_NAME, STYLE_NAME
-    from editspecialists.testing import tiny_eval
-    from editspecialists.testing.demo_assets import demo_paths
+    from editspecialists.testing.demo_assets import demo_models_config, demo_paths
 
     config.demo_root = root
     paths = demo_paths(root)
@@ -80,4 +79,4 @@ def use_demo_assets(config, root="demo_assets"):
     config.sample_savedir = "outputs/demo_edits"
     config.eval_savedir = "outputs/demo_eval"
     config.batch_size = 4
-    config.models.update(tiny_eval.tiny_models_config(Path(root) / "models"))
+    config.models.update(demo_models_config(root))

@@ -8,7 +8,7 @@ from absl import app
 from ml_collections import config_flags
 
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.training.launch import setup_logging
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluation configuration file.")
 
@@ -16,10 +16,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluatio
 def main(_):
     config = _CONFIG.value
     setup_logging()
-    if config.demo_root:
-        from editspecialists.testing.tiny_eval import build_demo_eval_assets
-
-        build_demo_eval_assets(config.demo_root)
+    prepare_demo_assets(config, policy=False, evaluation=True)
     evaluate(config)
 
 

@@ -27,6 +27,17 @@ def tiny_ip2p_path(tiny_root) -> Path:
     return tiny_ip2p(tiny_root)
 
 
+@pytest.fixture(scope="session")
+def demo_assets_root(tiny_root) -> Path:
+    """The demo presets' assets (images, pretrained demo editor, tiny feedback and evaluation
+    models), built once next to the tiny-model cache: a stand-in for ``./demo_assets``."""
+    from editspecialists.testing.demo_assets import ensure_demo_assets
+
+    root = tiny_root.parent / "demo_assets"
+    ensure_demo_assets(root, evaluation=True)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_fresh_accelerate_state():
     """Seed, and give each test a fresh accelerate singleton state (mixed precision differs)."""

@@ -1,12 +1,9 @@
 """The evaluator end to end on the demo images with tiny models loaded from disk."""
 
 import csv
-import importlib.util
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import ml_collections
@@ -23,15 +20,7 @@ from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
 from editspecialists.rewards.semantic import downsample_mask
 from editspecialists.testing import tiny_eval
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_eval_config_module():
-    spec = importlib.util.spec_from_file_location("eval_config", REPO / "config" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_config
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +44,7 @@ def perturb(path: Path, out: Path, seed: int) -> None:
 @pytest.fixture
 def eval_config(tmp_path, tiny_models):
     """Demo inputs/styles; edits = exact copies (even inputs) and perturbed inputs (odd ones)."""
-    config = load_eval_config_module().get_config()
+    config = load_config("eval")
     inputs, styles = write_demo_images(tmp_path / "data", num_inputs=4, num_styles=2)
     edits = tmp_path / "edits" / "car_lego"
     edits.mkdir(parents=True)
@@ -194,32 +183,10 @@ def test_gen_sty_through_a_real_patch_embedder_follows_the_formula(tiny_models, 
 
 
 def test_demo_preset_points_every_model_at_local_tiny_folders():
-    config = load_eval_config_module().get_config("demo")
+    config = load_config("eval", "demo")
     assert config.demo_root and config.sample_savedir == "outputs/demo_edits"
     for key, value in config.models.items():
-        if key != "hps_pretrained":  # unused: the HPS checkpoint replaces every weight
-            assert value.startswith("demo_assets/models/"), key
+        assert value.startswith("demo_assets/models/"), key
     assert config.models.hps_architecture.endswith(".json")
     with pytest.raises(ValueError, match="unknown preset"):
-        load_eval_config_module().get_config("nope")
-
-
-@pytest.mark.slow
-def test_evaluate_script_demo_preset_builds_its_assets_and_writes_the_outputs(tmp_path):
-    """``scripts/evaluate.py --config config/eval.py:demo`` in a fresh folder, on fake edits
-    (the demo inputs themselves) with a manifest, as ``scripts/generate.py`` writes them."""
-    inputs, _ = write_demo_images(tmp_path / "demo_assets" / "data")
-    edits = tmp_path / "outputs" / "demo_edits" / "car_lego"
-    edits.mkdir(parents=True)
-    lines = []
-    for i, path in enumerate(sorted(inputs.iterdir())):
-        shutil.copy(path, edits / f"edit_{path.name}")
-        lines.append(json.dumps({"input": path.name, "style": f"lego_0{i % 5}.png", "prompt": "turn the car into lego",
-                                 "seed": i, "edit": f"edit_{path.name}"}))
-    (edits / "manifest.jsonl").write_text("\n".join(lines) + "\n")
-    command = [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"--config={REPO / 'config' / 'eval.py'}:demo",
-               "--config.device=cpu"]
-    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, timeout=600)
-    summary = json.loads((tmp_path / "outputs" / "demo_eval" / "car_lego.json").read_text())
-    assert summary["skipped"] == {} and summary["num_images"] == 8
-    assert all(stats["count"] == 8 and np.isfinite(stats["mean"]) for stats in summary["metrics"].values())
+        load_config("eval", "nope")

@@ -1,6 +1,5 @@
 """Standardisation, ranking and the clipped Plackett–Luce loss (SPEC §5)."""
 
-import itertools
 import math
 
 import pytest

@@ -1,10 +1,13 @@
-"""Everything the demo needs, built on first use under one folder (default ``./demo_assets``).
+"""Everything the demo presets need, built on first use under one folder (default ``./demo_assets``).
 
 Layout::
 
     <root>/data/inputs, <root>/data/styles   demo images (editspecialists.data.demo)
-    <root>/models/demo-editor                 tiny InstructPix2Pix pretrained on the demo task
-    <root>/models/<role>                      tiny feedback/evaluation models (tiny_feedback)
+    <root>/models/demo-editor-v<N>            tiny InstructPix2Pix pretrained on the demo task
+    <root>/models/<role>                      tiny feedback and evaluation models
+
+Each piece is cached and file-locked (see :func:`editspecialists.testing.tiny.cached_build`), so
+concurrent processes of one launch build it once.
 """
 
 from __future__ import annotations
@@ -12,31 +15,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from editspecialists.data.demo import write_demo_images
-
-FEEDBACK_ROLES = ("detector", "segmenter", "depth", "dinov2", "clip", "dreamsim")
+from editspecialists.testing import tiny_eval, tiny_feedback
+from editspecialists.testing.demo_editor import demo_editor, demo_editor_folder
+from editspecialists.testing.tiny import cached_build
 
 
 def demo_paths(root: str | Path = "demo_assets") -> dict[str, str]:
-    """Where :func:`ensure_demo_assets` puts each asset (nothing is built here)."""
+    """Data folders and pretrained demo pipeline under ``root`` (nothing is built here)."""
     root = Path(root)
     paths = {"inputs": root / "data" / "inputs", "styles": root / "data" / "styles",
-             "policy": root / "models" / "demo-editor"}
-    paths.update({role: root / "models" / role for role in FEEDBACK_ROLES})
+             "policy": demo_editor_folder(root / "models")}
     return {key: str(value) for key, value in paths.items()}
 
 
-def ensure_demo_assets(root: str | Path = "demo_assets") -> dict[str, str]:
-    """Build (once; cached and file-locked) the demo images and models; returns their paths."""
-    from editspecialists.testing import tiny_feedback
-    from editspecialists.testing.demo_editor import demo_editor
-    from editspecialists.testing.tiny import cached_build
+def demo_models_config(root: str | Path = "demo_assets") -> dict[str, str]:
+    """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
+    under ``root`` (nothing is built here)."""
+    return tiny_eval.tiny_models_config(Path(root) / "models")
 
+
+def ensure_demo_assets(root: str | Path = "demo_assets", *, policy: bool = True,
+                       evaluation: bool = False) -> None:
+    """Build what is missing: demo images and tiny feedback models always, the pretrained demo
+    editor when ``policy`` (about two minutes on two CPU cores, once), the tiny evaluation-only
+    models (HPS, PickScore, ImageReward) when ``evaluation``."""
     root = Path(root)
-    cached_build(root / "data", lambda folder: write_demo_images(folder))
-    built = {"policy": str(demo_editor(root / "models"))}
-    built.update(tiny_feedback.build_all(root / "models"))
-    expected = demo_paths(root)
-    for role, path in built.items():
-        if role in expected and Path(path).resolve() != Path(expected[role]).resolve():
-            raise RuntimeError(f"demo asset {role} was built at {path}, expected {expected[role]}")
-    return expected
+    cached_build(root / "data", write_demo_images)
+    tiny_feedback.build_all(root / "models")
+    if policy:
+        demo_editor(root / "models")
+    if evaluation:
+        tiny_eval.build_all(root / "models")

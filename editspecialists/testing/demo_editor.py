@@ -37,21 +37,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.demo import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
+from editspecialists.diffusion.pipeline import encode_images as encode_batch
+from editspecialists.diffusion.pipeline import encode_prompts
 from editspecialists.testing.tiny import build_tiny_ip2p, cached_build, default_cache_root
 
 DEMO_EDITOR_VERSION = "2"
 DEMO_RESOLUTION = 32
-INSTRUCTION_TEMPLATES = (
-    "turn the {input} into {style}",
-    "replace the {input} with {style}",
-    "transform the {input} into {style}",
-    "convert the {input} to {style}",
-    "change the {input} to {style}",
-    "morph the {input} into {style}",
-    "modify the {input} into {style}",
-    "swap the {input} for {style}",
-)
 
 logger = logging.getLogger(__name__)
 
@@ -236,32 +229,22 @@ def log_progress(stage: str, step: int, steps: int, losses: list[float], every: 
         logger.info("demo editor %s step %d/%d loss %.4f", stage, step + 1, steps, sum(recent) / len(recent))
 
 
-@torch.no_grad()
-def encode_images(vae, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Unscaled posterior mode of ``2x - 1``: [N, 3, R, R] in [0, 1] → [N, 4, R/f, R/f]."""
-    return torch.cat([vae.encode(2 * part - 1).latent_dist.mode() for part in images.split(chunk)])
+def encode_in_chunks(vae, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Unscaled posterior mode of ``2x - 1``: [N, 3, R, R] in [0, 1] → [N, 4, R/f, R/f], in chunks."""
+    return torch.cat([encode_batch(vae, part) for part in images.split(chunk)])
 
 
 @torch.no_grad()
 def reconstruction_mse(vae, images: torch.Tensor) -> float:
     """Mean squared error in [0, 1] pixel units of decoding the posterior mode of ``images``."""
-    decoded = torch.cat([vae.decode(latent[None]).sample for latent in encode_images(vae, images)])
+    decoded = torch.cat([vae.decode(latent[None]).sample for latent in encode_in_chunks(vae, images)])
     return F.mse_loss((decoded.clamp(-1, 1) + 1) / 2, images).item()
 
 
 @torch.no_grad()
 def latent_scaling_factor(vae, images: torch.Tensor) -> float:
     """1 / standard deviation of the posterior means of ``images`` (so scaled latents have std 1)."""
-    return 1.0 / encode_images(vae, images).std().item()
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> torch.Tensor:
-    """Text-encoder hidden states as the pipeline computes them (padded to the tokenizer's maximum
-    length): [len(prompts), L, D]."""
-    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return 1.0 / encode_in_chunks(vae, images).std().item()
 
 
 def noisy_latents(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -295,7 +278,7 @@ def encode_edit_pairs(vae, examples: EditExamples, count: int, generator: torch.
     """Draw ``count`` edit pairs and encode them once (UNet training then reuses them)."""
     inputs, targets = sample_edit_pairs(examples, count, generator)
     scaling = vae.config.scaling_factor
-    return EditLatents(encode_images(vae, inputs), encode_images(vae, targets) * scaling)
+    return EditLatents(encode_in_chunks(vae, inputs), encode_in_chunks(vae, targets) * scaling)
 
 
 def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty_embed: torch.Tensor,
@@ -318,7 +301,8 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
         targets, images = pairs.target_latents[index], pairs.image_latents[index]
         noise = torch.randn(targets.shape, generator=generator)
         timesteps = torch.randint(num_timesteps, (batch_size,), generator=generator)
-        prompts = instruction_embeds[torch.randint(len(instruction_embeds), (batch_size,), generator=generator)]
+        choice = torch.randint(len(instruction_embeds), (batch_size,), generator=generator)
+        prompts = instruction_embeds[choice]
         drop_text, drop_image = conditioning_dropout(batch_size, cond_dropout, generator)
         prompts = torch.where(drop_text.view(-1, 1, 1), empty_embed, prompts)
         images = torch.where(drop_image.view(-1, 1, 1, 1), torch.zeros_like(images), images)
@@ -372,7 +356,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
         pipe.vae.register_to_config(scaling_factor=report.scaling_factor)
 
         if instructions is None:
-            instructions = [t.format(input=INPUT_NAME, style=STYLE_NAME) for t in INSTRUCTION_TEMPLATES]
+            instructions = [t.format(input=INPUT_NAME, style=STYLE_NAME) for t in PROMPT_TEMPLATES]
         instruction_embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, instructions)
         empty_embed = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
         pairs = encode_edit_pairs(pipe.vae, examples, num_pairs, generator)

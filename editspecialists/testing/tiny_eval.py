@@ -167,15 +167,3 @@ def build_all(root: Path | None = None) -> dict[str, str]:
     cached_build(root / "imagereward", build_tiny_image_reward)
     return model_paths(root)
 
-
-def build_demo_eval_assets(root: str | Path = "demo_assets") -> None:
-    """What ``config/eval.py:demo`` reads under ``root`` (the demo-assets layout): the demo images
-    and the tiny feedback and evaluation models. The policy is not needed to evaluate, so unlike
-    ``demo_assets.ensure_demo_assets`` this does not pretrain the demo editor."""
-    from editspecialists.data.demo import write_demo_images
-    from editspecialists.testing import tiny_feedback
-
-    root = Path(root)
-    cached_build(root / "data", write_demo_images)
-    tiny_feedback.build_all(root / "models")
-    build_all(root / "models")

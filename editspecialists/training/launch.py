@@ -24,13 +24,14 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def prepare_demo_assets(config) -> None:
-    """Build the demo's images and tiny models when the config asks for them (demo presets)."""
+def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
+    """Build the demo's images and tiny models when the config asks for them (demo presets);
+    see :func:`editspecialists.testing.demo_assets.ensure_demo_assets` for the flags."""
     if config.get("demo_root"):
         from editspecialists.testing.demo_assets import ensure_demo_assets
 
         with process_state().main_process_first():
-            ensure_demo_assets(config.demo_root)
+            ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
 
 
 def train(config) -> Path:
