@@ -87,6 +87,7 @@ def get_config():
     reward.semantic_backbone = "dreamsim"  # or "dinov2" / "clip": transformers patch embedder
     reward.batch_size = 8  # images per feedback-model call
     reward.dtype = "fp32"  # "fp32", "fp16" or "bf16" for the frozen feedback models
+    reward.overlap = True  # on CUDA, score batch k while batch k+1 samples (no effect on CPU)
 
     # ---- model ids (hub ids or local folders) ----
     config.models = models_config()

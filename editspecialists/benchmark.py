@@ -570,28 +570,31 @@ def measure_feedback(make_config: Callable[[], object], models: BenchModels, set
     """Edits scored per second by each score of the config's ``reward.weights`` (masks computed
     beforehand and timed separately as ``masks``: input and style images segmented per second).
 
+    Also the speed-up of overlapping the feedback with sampling (:func:`measure_feedback_overlap`).
     ``make_config()`` returns the config naming the feedback models. Returns
-    ``{"models": {name: {"seconds", "images_per_s"}}, "skipped": ""}``; when the rewards package
-    is missing or the feedback fails (a missing dependency or model, say), ``models`` is empty and
-    ``skipped`` says why, so that the other figures of a long run are still reported.
+    ``{"models": {name: {"seconds", "images_per_s"}}, "overlap_speedup": x, "skipped": ""}``; when
+    the rewards package is missing or the feedback fails (a missing dependency or model, say),
+    ``models`` is empty, ``overlap_speedup`` None and ``skipped`` says why, so that the other
+    figures of a long run are still reported.
     """
     try:
-        from editspecialists.rewards import SCORES, build_scorer
+        from editspecialists.rewards import build_scorer
     except ImportError as error:
-        return {"models": {}, "skipped": f"rewards package not available ({error})"}
+        return {"models": {}, "overlap_speedup": None, "skipped": f"rewards package not available ({error})"}
     try:
-        return {"models": _time_feedback(make_config(), SCORES, build_scorer, models, settings, edits),
-                "skipped": ""}
+        scorer = build_scorer(make_config(), models.device)
+        return {"models": _time_feedback(scorer, models, settings, edits),
+                "overlap_speedup": measure_feedback_overlap(scorer, models, settings), "skipped": ""}
     except Exception as error:  # noqa: BLE001 - reported in the table and the JSON
-        return {"models": {}, "skipped": f"feedback failed: {type(error).__name__}: {error}"}
+        return {"models": {}, "overlap_speedup": None, "skipped": f"feedback failed: {type(error).__name__}: {error}"}
 
 
-def _time_feedback(config, scores, build_scorer, models: BenchModels, settings: BenchSettings,
-                   edits: torch.Tensor) -> dict:
-    scorer = build_scorer(config, models.device)
+def _time_feedback(scorer, models: BenchModels, settings: BenchSettings, edits: torch.Tensor) -> dict:
+    from editspecialists.rewards.registry import whole_frame_mask_fn
+
     batch = scorer.make_batch(edits, models.inputs, models.styles)
     fns = {name: _inference(lambda fn=fn: fn(batch)) for name, fn in scorer.scores.items()}
-    if any(scores[name].needs_masks for name in scorer.scores) and not config.whole_frame:
+    if scorer.mask_fn is not whole_frame_mask_fn:  # some score reads Grounded-SAM2 masks
         fns["masks"] = _inference(lambda: (scorer.mask_fn(batch.inputs, scorer.input_name),
                                            scorer.mask_fn(batch.styles, scorer.style_name)))
     _inference(lambda: (batch.input_masks, batch.style_masks))()
@@ -600,6 +603,31 @@ def _time_feedback(config, scores, build_scorer, models: BenchModels, settings: 
     scored["masks"] = 2 * edits.shape[0]
     return {name: {"seconds": rounds.median(name), "images_per_s": scored[name] / rounds.median(name)}
             for name in fns}
+
+
+def measure_feedback_overlap(scorer, models: BenchModels, settings: BenchSettings, batches: int = 2) -> float:
+    """Speed-up of sampling ``batches`` batches while the previous one is scored on a worker
+    thread (:class:`~editspecialists.training.overlap.BackgroundScoring`, as the trainer on CUDA)
+    over sampling and scoring them one after the other: serial time ÷ overlapped time."""
+    from editspecialists.training.overlap import BackgroundScoring
+
+    common = dict(nb_gen=settings.nb_gen, scales=models.scales, autocast=models.autocast)
+    modes = {"serial": BackgroundScoring(scorer, models.device, enabled=False),
+             "overlapped": BackgroundScoring(scorer, models.device, enabled=True)}
+
+    def sample_and_score(scoring):
+        generator = torch.Generator(models.device).manual_seed(settings.seed)
+        for _ in range(batches):
+            trajectories = sample_edits(models.policy, models.scheduler, models.pipe.vae, models.cond,
+                                        generator=generator, **common)
+            scoring.submit(trajectories.images, models.inputs, models.styles)
+        return scoring.results()
+
+    rounds = interleaved_rounds({name: lambda s=scoring: sample_and_score(s) for name, scoring in modes.items()},
+                                repeats=settings.repeats, warmup=settings.warmup, device=models.device)
+    for scoring in modes.values():
+        scoring.close()
+    return rounds.median_ratio(lambda s: s["serial"], "overlapped")
 
 
 def _inference(fn: Callable[[], object]) -> Callable[[], object]:
@@ -667,7 +695,7 @@ def run_benchmark(settings: BenchSettings, feedback_config: Callable[[], object]
     if settings.feedback and feedback_config is not None:
         feedback = measure_feedback(feedback_config, models, settings, trajectories.images)
     else:
-        feedback = {"models": {}, "skipped": "not requested"}
+        feedback = {"models": {}, "overlap_speedup": None, "skipped": "not requested"}
     memory = {
         "kind": "cuda_max_allocated" if models.device.type == "cuda" else "cpu_peak_rss",
         "sampling_peak_mb": sampling["peak_memory_mb"],
@@ -683,6 +711,7 @@ def run_benchmark(settings: BenchSettings, feedback_config: Callable[[], object]
         "sampling_efficiency": sampling["efficiency"],
         "training_efficiency": training["efficiency"],
         "peak_memory_mb": memory["peak_mb"],
+        "feedback_overlap_speedup": feedback["overlap_speedup"],
         "sampling": sampling,
         "training": training,
         "feedback": feedback,
@@ -720,6 +749,8 @@ def format_table(report: dict) -> str:
     feedback = report["feedback"]
     rows += [(f"feedback {name} images / s", f"{value['images_per_s']:.2f}")
              for name, value in feedback["models"].items()]
+    if feedback["overlap_speedup"] is not None:
+        rows.append(("feedback overlapped with sampling, speed-up", f"{feedback['overlap_speedup']:.2f}x"))
     if feedback["skipped"]:
         rows.append(("feedback", f"skipped: {feedback['skipped']}"))
     rows += [

@@ -45,6 +45,7 @@ def test_tiny_benchmark_reports_every_figure(tiny_root):
     for section, keys in sections.items():
         assert set(keys) <= set(report[section])
     assert report["feedback"]["skipped"] == "" and report["feedback"]["models"]
+    assert report["feedback_overlap_speedup"] > 0
     assert report["machine"]["threads"] == 1 and report["date"] and report["command"] == "pytest"
     for path, value in numbers(report):
         if not path.startswith((".settings", ".machine")):
@@ -75,4 +76,5 @@ def test_feedback_failure_is_reported_not_raised(tiny_root):
 
     edits = torch.rand(1, 2, 3, settings.resolution, settings.resolution)
     result = measure_feedback(missing_models, models, settings, edits)
-    assert result == {"models": {}, "skipped": "feedback failed: OSError: no such model folder"}
+    assert result == {"models": {}, "overlap_speedup": None,
+                      "skipped": "feedback failed: OSError: no such model folder"}

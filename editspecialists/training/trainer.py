@@ -26,6 +26,7 @@ from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.launch import process_state
+from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import RatioStats, combine_scores, preference_loss, rank_edits
 from editspecialists.training.tracking import RunLogger, edit_grid
 
@@ -160,7 +161,8 @@ class Trainer:
         self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
         acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
-        self.scorer = self._load_scorer()
+        self.scoring = BackgroundScoring(self._load_scorer(), acc.device,
+                                         enabled=config.reward.overlap and acc.device.type == "cuda")
         self.run_logger = RunLogger(self.run_dir, enabled=acc.is_main_process,
                                     wandb_project=config.wandb_project, config=config.to_dict(),
                                     run_name=self.run_dir.name)
@@ -231,6 +233,7 @@ class Trainer:
             if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
                 self.save_checkpoint(epoch + 1)
         self.check_replicas_in_sync()
+        self.scoring.close()
         self.run_logger.close()
         return self.run_dir
 
@@ -258,14 +261,14 @@ class Trainer:
         generator = derived_generator(self.config.seed, SAMPLING, epoch, acc.process_index, device=acc.device)
         policy = self.unwrapped_policy
         policy.eval()
-        parts, scores = [], []
+        parts = []
         for batch in tqdm(batches, desc="sampling", leave=False, disable=not acc.is_local_main_process):
             trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
                                         nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
                                         generator=generator, autocast=acc.autocast)
             parts.append(trajectories)
-            scores.append(self.scorer(trajectories.images, batch.inputs.to(acc.device),
-                                      batch.styles.to(acc.device)))
+            self.scoring.submit(trajectories.images, batch.inputs.to(acc.device), batch.styles.to(acc.device))
+        scores = self.scoring.results()
         merged = {name: torch.cat([s[name] for s in scores]) for name in scores[0]}
         return Trajectories.cat(parts), batches, merged
 
