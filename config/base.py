@@ -26,6 +26,7 @@ def get_config():
     config.wandb_project = ""  # empty: no wandb; offline automatically without credentials
     config.gradient_checkpointing = False  # recommended with use_lora=False
     config.demo_root = ""  # set by config/demo.py: scripts build the demo assets there first
+    config.overwrite = False  # generate.py: redo edits that already exist (else they are skipped)
 
     # ---- data ----
     config.inputimg_dir = "data/inputs"  # photos containing the object to edit
@@ -52,7 +53,6 @@ def get_config():
     sample.num_batches_per_epoch = 2
     sample.nb_gen = 2  # edits per input, ranked against each other
     sample.sample_savedir = "outputs/edits"  # generate.py writes here
-    sample.overwrite = False  # generate.py: redo edits that already exist
 
     # ---- training ----
     config.train = train = ml_collections.ConfigDict()

@@ -82,7 +82,7 @@ def read_manifest(folder: Path) -> dict[str, dict]:
 
 
 def plan_edits(config, folder: Path) -> list[dict]:
-    """Manifest entries of the edits still to make (all of them with ``sample.overwrite``)."""
+    """Manifest entries of the edits still to make (all of them with ``overwrite``)."""
     inputs = list_images(config.inputimg_dir, "input image")
     styles = list_images(config.styleimg_dir, "style image")
     prompt = PROMPT_TEMPLATES[0].format(input=config.input_name, style=config.style_name)
@@ -92,7 +92,7 @@ def plan_edits(config, folder: Path) -> list[dict]:
         style = styles[np.random.default_rng(seed).integers(len(styles))]
         entry = {"input": path.name, "style": style.name, "prompt": prompt, "seed": seed,
                  "edit": edit_name(path.name)}
-        if config.sample.overwrite or not (folder / entry["edit"]).is_file():
+        if config.overwrite or not (folder / entry["edit"]).is_file():
             entries.append(entry)
     return entries
 
@@ -105,7 +105,7 @@ def generate_edits(config) -> Path:
     todo = plan_edits(config, folder)
     manifest = read_manifest(folder)
     if not todo:
-        print(f"all edits already exist in {folder} (set sample.overwrite=True to redo them)")
+        print(f"all edits already exist in {folder} (--config.overwrite=True redoes them)")
         return folder
     pipe, policy = load_editor(config, device)
     pipe.scheduler.set_timesteps(config.sample.num_steps, device=device)

@@ -41,7 +41,7 @@ def test_edits_do_not_depend_on_batching(tiny_ip2p_path, tmp_path):
     first = generate_edits(config)
     reference = load_image(first / "edit_car_06.png")
     config.sample.batch_size = 1
-    config.sample.overwrite = True
+    config.overwrite = True
     config.sample.sample_savedir = str(tmp_path / "single")
     again = load_image(generate_edits(config) / "edit_car_06.png")
     torch.testing.assert_close(again, reference, atol=1 / 255, rtol=0)

@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -191,22 +191,31 @@ def train_vae(vae, examples: EditExamples, *, steps: int, batch_size: int, learn
     the log-variance head and a KL term are left out; :func:`latent_scaling_factor` then fixes the
     latent scale.
     """
-    vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
+    def loss(step: int) -> torch.Tensor:
+        images = 2 * autoencoder_batch(examples, batch_size, generator) - 1
+        return F.mse_loss(vae.decode(vae.encode(images).latent_dist.mode()).sample, images)
+
+    return fit(vae, "vae", loss, steps=steps, learning_rate=learning_rate, betas=(0.9, 0.99))
+
+
+def fit(model, stage: str, loss_fn: Callable[[int], torch.Tensor], *, steps: int, learning_rate: float,
+        betas: tuple[float, float] = (0.9, 0.999)) -> list[float]:
+    """Minimise ``loss_fn(step)`` over ``steps`` AdamW steps (no weight decay, gradients clipped to
+    norm 1, :func:`cosine_schedule`), then freeze ``model`` in eval mode; returns the losses."""
+    model.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=betas, weight_decay=0.0)
     schedule = cosine_schedule(optimizer, steps)
     losses = []
     for step in range(steps):
-        images = 2 * autoencoder_batch(examples, batch_size, generator) - 1
-        decoded = vae.decode(vae.encode(images).latent_dist.mode()).sample
-        loss = F.mse_loss(decoded, images)
+        loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        log_progress("vae", step, steps, losses)
-    vae.eval().requires_grad_(False)
+        log_progress(stage, step, steps, losses)
+    model.eval().requires_grad_(False)
     return losses
 
 
@@ -290,34 +299,23 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
     instruction_embeds: [P, L, D], one random instruction per example; empty_embed: [1, L, D], the
     empty prompt that replaces a dropped instruction (as the pipeline's unconditional branches).
     """
-    unet.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.0)
-    schedule = cosine_schedule(optimizer, steps)
     num_timesteps = len(alphas_cumprod)
     weights = timestep_weights(alphas_cumprod, max_weight)
-    losses = []
-    for step in range(steps):
+
+    def loss(step: int) -> torch.Tensor:
         index = torch.randint(len(pairs.target_latents), (batch_size,), generator=generator)
         targets, images = pairs.target_latents[index], pairs.image_latents[index]
         noise = torch.randn(targets.shape, generator=generator)
         timesteps = torch.randint(num_timesteps, (batch_size,), generator=generator)
-        choice = torch.randint(len(instruction_embeds), (batch_size,), generator=generator)
-        prompts = instruction_embeds[choice]
+        prompts = instruction_embeds[torch.randint(len(instruction_embeds), (batch_size,), generator=generator)]
         drop_text, drop_image = conditioning_dropout(batch_size, cond_dropout, generator)
         prompts = torch.where(drop_text.view(-1, 1, 1), empty_embed, prompts)
         images = torch.where(drop_image.view(-1, 1, 1, 1), torch.zeros_like(images), images)
         model_input = torch.cat([noisy_latents(targets, noise, timesteps, alphas_cumprod), images], dim=1)
         prediction = unet(model_input, timesteps, encoder_hidden_states=prompts).sample
-        loss = (weights[timesteps] * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        log_progress("unet", step, steps, losses)
-    unet.eval().requires_grad_(False)
-    return losses
+        return (weights[timesteps] * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+
+    return fit(unet, "unet", loss, steps=steps, learning_rate=learning_rate)
 
 
 def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
