@@ -144,3 +144,19 @@ def test_precision_full_finetune_and_ddim_runs_stay_finite(tiny_ip2p_path, tmp_p
     steps = [r for r in read_metrics(run) if "step" in r]
     assert steps and all(isinstance(r["loss"], float) and r["loss"] == r["loss"] for r in steps)
     assert abs(steps[0]["ratio_mean"] - 1) < 1e-3
+
+
+def test_edit_grid_enlarges_small_tiles_and_fits_every_caption_line():
+    from editspecialists.training.tracking import edit_grid
+
+    inputs, styles = torch.zeros(3, 3, 32, 32), torch.ones(3, 3, 32, 32)
+    edits = torch.full((3, 2, 3, 32, 32), 0.5)
+    captions = [["rank 1\nbrightness 0.500\nstructural 0.100", "rank 2\nbrightness 0.400"]] * 3
+    grid = edit_grid(inputs, styles, edits, captions, max_rows=2)
+
+    cell_h = 128 + 3 * 11 + 4
+    assert grid.size == (4 * 128, 2 * cell_h)
+    assert grid.getpixel((127, 127)) == (0, 0, 0) and grid.getpixel((128, 0)) == (255, 255, 255)
+    assert grid.getpixel((2 * 128 + 127, cell_h + 127)) == (128, 128, 128)
+    caption_band = grid.crop((2 * 128, 128, 3 * 128, cell_h)).convert("L")
+    assert caption_band.getextrema()[0] < 100  # text drawn under the edit

@@ -91,22 +91,28 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def edit_grid(inputs: torch.Tensor, styles: torch.Tensor, edits: torch.Tensor,
-              captions: list[list[str]], max_rows: int = 8) -> Image.Image:
+              captions: list[list[str]], max_rows: int = 8, min_tile: int = 128) -> Image.Image:
     """A PNG-ready grid: one row per input with input | style | each edit, captioned.
 
     inputs, styles: (B, 3, H, W); edits: (B, G, 3, H, W), all in [0, 1];
-    captions[b][g]: the text under edit g of input b.
+    captions[b][g]: the text under edit g of input b, one line per ``\n``. Tiles smaller than
+    ``min_tile`` px are enlarged (nearest neighbour) so that captions fit under them.
     """
     rows = min(max_rows, inputs.shape[0])
-    groups, size = edits.shape[1], inputs.shape[-1]
-    cell_h = size + 24
+    groups = edits.shape[1]
+    size = max(inputs.shape[-1], min_tile)
+    lines = max(1, *(caption.count("\n") + 1 for row in captions[:rows] for caption in row))
+    cell_h = size + 11 * lines + 4
     grid = Image.new("RGB", ((2 + groups) * size, rows * cell_h), "white")
     draw = ImageDraw.Draw(grid)
     for row in range(rows):
         tiles = [inputs[row], styles[row], *edits[row]]
         labels = ["input", "style", *captions[row]]
         for col, (tile, label) in enumerate(zip(tiles, labels)):
-            grid.paste(tensor_to_image(tile), (col * size, row * cell_h))
-            for line, text in enumerate(label.split("\n")[:2]):
-                draw.text((col * size + 2, row * cell_h + size + 1 + 11 * line), text, fill="black")
+            image = tensor_to_image(tile)
+            if image.width < size:
+                image = image.resize((size, size), Image.Resampling.NEAREST)
+            grid.paste(image, (col * size, row * cell_h))
+            for line, text in enumerate(label.split("\n")):
+                draw.text((col * size + 2, row * cell_h + size + 2 + 11 * line), text, fill="black")
     return grid

@@ -293,8 +293,8 @@ class Trainer:
         weights = dict(self.config.reward.weights)
         combined = combine_scores(gathered, weights, {n: SCORES[n].lower_is_better for n in weights})
         order, has_preference = rank_edits(combined)
-        local = slice(acc.process_index * len(scores[next(iter(scores))]),
-                      (acc.process_index + 1) * len(scores[next(iter(scores))]))
+        num_local = len(next(iter(scores.values())))  # every process samples the same count
+        local = slice(acc.process_index * num_local, (acc.process_index + 1) * num_local)
         record = {"epoch": epoch}
         for name, value in gathered.items():
             record[f"{name}_mean"] = value.float().mean()
@@ -309,8 +309,8 @@ class Trainer:
         first = batches[0]
         count = len(first.prompts)
         rank_of = order[:count].argsort(dim=1)
-        captions = [[f"#{int(rank_of[b, g]) + 1} " + " ".join(
-            f"{name[:3]}={float(value[b, g]):.3f}" for name, value in scores.items())
+        captions = [["\n".join([f"rank {int(rank_of[b, g]) + 1}"] + [
+            f"{name} {float(value[b, g]):.3f}" for name, value in scores.items()])
             for g in range(trajectories.images.shape[1])] for b in range(count)]
         grid = edit_grid(first.inputs, first.styles, trajectories.images[:count].cpu(), captions)
         self.run_logger.log_image("edits", grid, epoch)
