@@ -36,14 +36,14 @@ from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import is_euler_ancestral, step_is_stochastic
 from editspecialists.diffusion.pipeline import decode_latents, encode_images, encode_prompts, load_pipeline
 from editspecialists.diffusion.policy import build_policy
-from editspecialists.diffusion.sampler import Trajectories, initial_noise, sample_edits, transition_log_probs
+from editspecialists.diffusion.sampler import Trajectories, initial_noise, sample_edits
 from editspecialists.testing.tiny import (
     byte_level_clip_tokenizer,
     cached_build,
     default_cache_root,
     tiny_ip2p,
 )
-from editspecialists.training.ranking import preference_loss
+from editspecialists.training.trainer import micro_batch_loss, zero_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPTS = ("turn the car into lego", "replace the car with lego", "make the car out of lego")
@@ -369,23 +369,20 @@ def naive_sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen
 def training_micro_step(policy, scheduler, batch: Trajectories, step_index: torch.Tensor,
                         empty_embeds: torch.Tensor, *, scales: GuidanceScales, autocast=nullcontext,
                         eps: float = 0.1, beta: float = 0.1) -> torch.Tensor:
-    """The trainer's micro-step without accelerate: policy log-probs with gradient, reference
-    log-probs without, clipped preference loss, the skip decision on a non-finite loss (one host
-    sync, as in the trainer) and backward (gradients accumulate). Returns the loss.
+    """The trainer's micro-step without accelerate: :func:`~editspecialists.training.trainer.micro_batch_loss`,
+    the skip decision on a non-finite loss (one host sync, as in the trainer) and backward
+    (gradients accumulate). Returns the loss.
 
     ``batch`` holds b inputs with G edits each, scored at ``step_index`` (b,); edits are ranked
     in index order.
     """
-    kwargs = dict(scales=scales, autocast=autocast)
-    log_prob = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, **kwargs)
-    reference = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, reference=True,
-                                     **kwargs)
-    inputs, nb_gen = log_prob.shape
-    order = torch.arange(nb_gen, device=log_prob.device).expand(inputs, nb_gen)
-    has_preference = torch.ones(inputs, dtype=torch.bool, device=log_prob.device)
-    loss, _, log_ratio = preference_loss(log_prob, reference, order, has_preference, eps=eps, beta=beta)
-    if not bool(torch.isfinite(loss) & torch.isfinite(log_ratio).all()):
-        loss = sum((param * 0).sum() for param in policy.trainable_parameters())
+    inputs, nb_gen = batch.log_probs.shape[:2]
+    order = torch.arange(nb_gen, device=step_index.device).expand(inputs, nb_gen)
+    has_preference = torch.ones(inputs, dtype=torch.bool, device=step_index.device)
+    loss, _, finite = micro_batch_loss(policy, scheduler, batch, step_index, empty_embeds, order, has_preference,
+                                       scales=scales, eta=1.0, autocast=autocast, eps=eps, beta=beta)
+    if not bool(finite):
+        loss = zero_loss(policy)
     loss.backward()
     return loss.detach()
 

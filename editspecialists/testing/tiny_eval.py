@@ -166,4 +166,3 @@ def build_all(root: Path | None = None) -> dict[str, str]:
     cached_build(root / "pickscore", build_tiny_pickscore)
     cached_build(root / "imagereward", build_tiny_image_reward)
     return model_paths(root)
-

@@ -343,14 +343,9 @@ class Trainer:
         """Forward policy and reference at one timestep per input, loss, backward (accumulated)."""
         acc, train, sample = self.accelerator, self.config.train, self.config.sample
         with acc.accumulate(self.policy):
-            kwargs = dict(scales=self.scales, eta=sample.eta, autocast=acc.autocast)
-            log_prob = transition_log_probs(self.policy, self.scheduler, batch, step_index,
-                                            self.empty_embeds, **kwargs)
-            reference = transition_log_probs(self.policy, self.scheduler, batch, step_index,
-                                             self.empty_embeds, reference=True, **kwargs)
-            loss, stats, log_ratio = preference_loss(log_prob, reference, order, has_preference,
-                                                     eps=train.eps, beta=train.beta)
-            finite = torch.isfinite(loss) & torch.isfinite(log_ratio).all()
+            loss, stats, finite = micro_batch_loss(
+                self.policy, self.scheduler, batch, step_index, self.empty_embeds, order, has_preference,
+                scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta)
             skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
             if skip:
                 loss = zero_loss(self.policy)
@@ -397,6 +392,24 @@ class Trainer:
         state = ckpt.read_trainer_state(checkpoint)
         self.first_epoch, self.global_step = state["epoch"], state["global_step"]
         self.accelerator.print(f"resumed from {checkpoint} at epoch {self.first_epoch}")
+
+
+def micro_batch_loss(policy, scheduler, batch: Trajectories, step_index: torch.Tensor,
+                     empty_embeds: torch.Tensor, order: torch.Tensor, has_preference: torch.Tensor, *,
+                     scales: GuidanceScales, eta: float, autocast, eps: float, beta: float):
+    """Clipped preference loss of one trained step per input of ``batch`` (b inputs, G edits).
+
+    Policy log-probs (with gradient) and reference log-probs (without) of the transitions at
+    ``step_index`` (b,), then :func:`preference_loss` over ``order`` (b, G) best first.
+    Returns (loss scalar, :class:`RatioStats`, finite: 0-d bool, False if the loss or a ratio is
+    not finite).
+    """
+    kwargs = dict(scales=scales, eta=eta, autocast=autocast)
+    log_prob = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, **kwargs)
+    reference = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, reference=True,
+                                     **kwargs)
+    loss, stats, log_ratio = preference_loss(log_prob, reference, order, has_preference, eps=eps, beta=beta)
+    return loss, stats, torch.isfinite(loss) & torch.isfinite(log_ratio).all()
 
 
 def zero_loss(policy) -> torch.Tensor:
