@@ -640,12 +640,9 @@ def tiny_feedback_config(config, root: Path | None = None):
     (:mod:`editspecialists.testing.tiny_feedback`, built on first use): plumbing speed only."""
     from editspecialists.testing import tiny_feedback
 
-    paths = tiny_feedback.build_all(root)
+    tiny_feedback.build_all(root)
     config = config.copy_and_resolve_references()
-    for role in ("detector", "segmenter", "depth", "clip"):
-        config.models[role] = paths[role]
-    config.models.dreamsim = config.models.dreamsim_cache = paths["dreamsim"]
-    config.models.semantic_dinov2 = config.models.dino = paths["dinov2"]
+    config.models.update(tiny_feedback.models_config(root))
     return config
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from editspecialists.testing import tiny_feedback
 from editspecialists.testing.tiny import (
     byte_level_clip_tokenizer,
     cached_build,
@@ -152,11 +153,7 @@ def model_paths(root: Path | None = None) -> dict[str, str]:
 def tiny_models_config(root: Path) -> dict[str, str]:
     """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
     under ``root`` (``tiny_feedback.build_all(root)`` and :func:`build_all` layout; nothing is built)."""
-    root = Path(root)
-    entries = {role: str(root / role) for role in ("detector", "segmenter", "depth", "clip")}
-    entries.update(dreamsim=str(root / "dreamsim"), dreamsim_cache=str(root / "dreamsim"))
-    entries.update(dino=str(root / "dinov2"), semantic_dinov2=str(root / "dinov2"))
-    return {**entries, **model_paths(root)}
+    return {**tiny_feedback.models_config(root), **model_paths(root)}
 
 
 def build_all(root: Path | None = None) -> dict[str, str]:

@@ -333,6 +333,16 @@ BUILDERS = {
 }
 
 
+def models_config(root: Path | None = None) -> dict[str, str]:
+    """Config ``models`` entries pointing every feedback model id at its tiny version under
+    ``root`` (the :func:`build_all` layout; nothing is built here)."""
+    root = Path(root) if root else default_cache_root()
+    entries = {role: str(root / role) for role in ("detector", "segmenter", "depth", "clip")}
+    entries.update(dreamsim=str(root / "dreamsim"), dreamsim_cache=str(root / "dreamsim"))
+    entries.update(dino=str(root / "dinov2"), semantic_dinov2=str(root / "dinov2"))
+    return entries
+
+
 def build_all(root: Path | None = None) -> dict[str, str]:
     """Build (or reuse, file-locked) every tiny feedback model under ``root/<role>``.
 
