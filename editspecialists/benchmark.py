@@ -37,6 +37,7 @@ from editspecialists.diffusion.logprob import is_euler_ancestral, step_is_stocha
 from editspecialists.diffusion.pipeline import decode_latents, encode_images, encode_prompts, load_pipeline
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, initial_noise, sample_edits
+from editspecialists.precision import dtype_named
 from editspecialists.testing.tiny import (
     byte_level_clip_tokenizer,
     cached_build,
@@ -45,7 +46,6 @@ from editspecialists.testing.tiny import (
 )
 from editspecialists.training.trainer import micro_batch_loss, zero_loss
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPTS = ("turn the car into lego", "replace the car with lego", "make the car out of lego")
 
 
@@ -173,8 +173,7 @@ class BenchSettings:
         """Workload fields filled from :data:`SIZES`; device chosen; values checked."""
         if self.model not in SIZES:
             raise ValueError(f"model={self.model!r}: choose one of {sorted(SIZES)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: choose one of {sorted(DTYPES)}")
+        dtype_named(self.dtype, "dtype")
         size = SIZES[self.model]
         workload = ("steps", "batch", "nb_gen", "resolution", "repeats")
         defaults = {name: getattr(size, name) for name in workload}
@@ -224,7 +223,7 @@ def model_folder(settings: BenchSettings) -> Path:
 def load_models(settings: BenchSettings) -> BenchModels:
     """Load the size's saved pipeline through :func:`load_pipeline`, build the LoRA policy as the
     trainer does (frozen weights in ``dtype``) and encode random input/style images."""
-    device, dtype = torch.device(settings.device), DTYPES[settings.dtype]
+    device, dtype = torch.device(settings.device), dtype_named(settings.dtype, "dtype")
     pipe = load_pipeline(str(model_folder(settings)))
     pipe.vae.to(device, dtype=dtype)
     pipe.text_encoder.to(device, dtype=dtype)

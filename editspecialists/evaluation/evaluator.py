@@ -21,11 +21,10 @@ from editspecialists.evaluation.families import FAMILIES, EvalBatch, FamilySetti
 from editspecialists.evaluation.images import load_rgb, resize_center_crop, to_tensor
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
 from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png
+from editspecialists.precision import dtype_named
 from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -33,12 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def run_name(input_name: str, style_name: str) -> str:
@@ -182,7 +175,7 @@ def evaluate(config) -> dict:
     items = pair_edits(edit_dir, config.inputimg_dir, config.styleimg_dir,
                        config.input_name, config.style_name, config.seed)
     images = load_images(items)
-    settings = FamilySettings(config.models, resolve_device(config.device), resolve_dtype(config.dtype),
+    settings = FamilySettings(config.models, resolve_device(config.device), dtype_named(config.dtype, "dtype"),
                               structural_align=config.structural_align)
     families, skipped = load_families(selected, settings)
     masks = None

@@ -24,13 +24,12 @@ from typing import Callable
 
 import torch
 
+from editspecialists.precision import dtype_named
 from editspecialists.rewards import semantic
 from editspecialists.rewards.depth import DepthEstimator, structural_score
 from editspecialists.rewards.features import load_patch_embedder
 from editspecialists.rewards.images import check_unit_range
 from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 MaskFn = Callable[[torch.Tensor, str], torch.Tensor]  # images (B, 3, H, W), name → bool (B, H, W)
 
@@ -141,9 +140,7 @@ def load_once(key: tuple, load: Callable[[], object]):
 
 
 def reward_dtype(config) -> torch.dtype:
-    if config.reward.dtype not in DTYPES:
-        raise ValueError(f"reward.dtype must be one of {sorted(DTYPES)}, got {config.reward.dtype!r}")
-    return DTYPES[config.reward.dtype]
+    return dtype_named(config.reward.dtype, "reward.dtype")
 
 
 def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int) -> torch.Tensor:

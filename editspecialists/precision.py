@@ -1,0 +1,14 @@
+"""The floating-point formats that configs and flags name: "fp32", "fp16", "bf16"."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def dtype_named(name: str, key: str) -> torch.dtype:
+    """The torch dtype called ``name``; a ``ValueError`` naming the setting ``key`` otherwise."""
+    if name not in DTYPES:
+        raise ValueError(f"{key} must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
