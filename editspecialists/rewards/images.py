@@ -8,11 +8,15 @@ import torch
 import torch.nn.functional as F
 
 
-def check_images(images: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` naming ``name`` unless it is a non-empty float ``(B, 3, H, W)`` in [0, 1]."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"{name} must be a (B, 3, H, W) tensor, got {shape}")
+LAYOUTS = {4: "(B, 3, H, W)", 5: "(B, G, 3, H, W)"}
+
+
+def check_images(images: torch.Tensor, name: str = "images", ndim: int = 4) -> None:
+    """Raise ``ValueError`` naming ``name`` unless it is a non-empty float RGB tensor laid out as
+    ``LAYOUTS[ndim]`` (images, or edits per input) with values in [0, 1]."""
+    if not isinstance(images, torch.Tensor) or images.ndim != ndim or images.shape[-3] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must have shape {LAYOUTS[ndim]}, got {got}")
     check_unit_range(images, name)
 
 

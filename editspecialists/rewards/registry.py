@@ -28,7 +28,7 @@ from editspecialists.precision import dtype_named
 from editspecialists.rewards import semantic
 from editspecialists.rewards.depth import DepthEstimator, structural_score
 from editspecialists.rewards.features import load_patch_embedder
-from editspecialists.rewards.images import check_unit_range
+from editspecialists.rewards.images import check_images
 from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
 
 MaskFn = Callable[[torch.Tensor, str], torch.Tensor]  # images (B, 3, H, W), name → bool (B, H, W)
@@ -36,17 +36,6 @@ MaskFn = Callable[[torch.Tensor, str], torch.Tensor]  # images (B, 3, H, W), nam
 
 def whole_frame_mask_fn(images: torch.Tensor, name: str) -> torch.Tensor:
     return whole_frame_masks(images)
-
-
-LAYOUTS = {5: "(B, G, 3, H, W)", 4: "(B, 3, H, W)"}
-
-
-def check_layout(name: str, tensor: torch.Tensor, ndim: int) -> None:
-    """Raise ``ValueError`` naming ``name`` unless it is a float RGB tensor of ``ndim`` dims in [0, 1]."""
-    if not isinstance(tensor, torch.Tensor) or tensor.ndim != ndim or tensor.shape[-3] != 3:
-        got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ValueError(f"{name} must have shape {LAYOUTS[ndim]}, got {got}")
-    check_unit_range(tensor, name)
 
 
 @dataclass(eq=False)
@@ -67,9 +56,9 @@ class FeedbackBatch:
     mask_fn: MaskFn = whole_frame_mask_fn
 
     def __post_init__(self):
-        check_layout("edits", self.edits, 5)
-        check_layout("inputs", self.inputs, 4)
-        check_layout("styles", self.styles, 4)
+        check_images(self.edits, "edits", ndim=5)
+        check_images(self.inputs, "inputs")
+        check_images(self.styles, "styles")
         batch = self.edits.shape[0]
         for name, tensor in (("inputs", self.inputs), ("styles", self.styles)):
             if tensor.shape[0] != batch:
