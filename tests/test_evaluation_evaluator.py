@@ -15,7 +15,8 @@ from PIL import Image
 from editspecialists.data.demo import write_demo_images
 from editspecialists.evaluation.evaluator import evaluate
 from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, FamilySettings, parse_metrics
-from editspecialists.evaluation.images import ImageLoadError, to_tensor
+from editspecialists.data.images import image_to_tensor
+from editspecialists.evaluation.images import ImageLoadError
 from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
 from editspecialists.rewards.semantic import downsample_mask
@@ -121,8 +122,8 @@ def test_whole_frame_needs_no_mask_models_and_compares_whole_images(eval_config)
     assert result["skipped"] == {}
     rows = read_rows(eval_config)
     perturbed = next(r for r in rows if r["edit"] == "edit_car_01.png")
-    edit = to_tensor(Image.open(Path(eval_config.sample_savedir) / "car_lego" / "edit_car_01.png"))
-    source = to_tensor(Image.open(Path(eval_config.inputimg_dir) / "car_01.png"))
+    edit = image_to_tensor(Image.open(Path(eval_config.sample_savedir) / "car_lego" / "edit_car_01.png"))
+    source = image_to_tensor(Image.open(Path(eval_config.inputimg_dir) / "car_01.png"))
     assert float(perturbed["l2_out"]) == pytest.approx((edit - source).pow(2).mean().item(), rel=1e-5)
 
 
@@ -162,8 +163,8 @@ def test_gen_sty_through_a_real_patch_embedder_follows_the_formula(tiny_models, 
     family = FAMILIES["dino_patches"].build(settings)
     embedder = settings.patch_embedder("dinov2", tiny_models["dino"])
     inputs, styles = write_demo_images(tmp_path, num_inputs=1, num_styles=1)
-    a = to_tensor(Image.open(next(inputs.iterdir())))[None]
-    b = to_tensor(Image.open(next(styles.iterdir())))[None]
+    a = image_to_tensor(Image.open(next(inputs.iterdir())))[None]
+    b = image_to_tensor(Image.open(next(styles.iterdir())))[None]
     h, w = a.shape[-2:]
     input_mask = torch.zeros(1, h, w, dtype=torch.bool)
     input_mask[:, h // 2 :] = True

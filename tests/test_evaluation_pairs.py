@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
+from editspecialists.data.images import image_to_tensor, load_image
 from editspecialists.evaluation.images import ImageLoadError, load_rgb
 from editspecialists.evaluation.pairs import PairingError, pair_edits
 
@@ -89,13 +91,13 @@ def test_missing_and_empty_folders_are_clear_errors(folders, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"edits folder .*car_lego does not exist"):
         _pair(folders)
     edits.mkdir(parents=True)
-    with pytest.raises(PairingError, match=r"edits folder .*car_lego holds no .png"):
+    with pytest.raises(ValueError, match=r"edits folder .*car_lego holds no .jpg/.jpeg/.png"):
         _pair(folders)
     _png(edits / "edit_car.png")
     with pytest.raises(FileNotFoundError, match="style folder"):
         pair_edits(edits, inputs, tmp_path / "nowhere", "car", "lego", 0)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PairingError, match=r"input folder .*empty holds no"):
+    with pytest.raises(ValueError, match=r"input folder .*empty holds no"):
         pair_edits(edits, tmp_path / "empty", styles, "car", "lego", 0)
 
 
@@ -108,3 +110,14 @@ def test_corrupt_png_error_names_the_file(tmp_path):
     for path in (truncated, garbage):
         with pytest.raises(ImageLoadError, match=path.name):
             load_rgb(path)
+
+
+def test_evaluation_decodes_transparency_like_training(tmp_path):
+    """A transparent pixel is white for the trainer; evaluation must see the same pixel."""
+    path = tmp_path / "cutout.png"
+    image = Image.new("RGBA", (4, 4), (200, 0, 0, 255))
+    image.putpixel((0, 0), (0, 0, 0, 0))
+    image.save(path)
+    evaluated = image_to_tensor(load_rgb(path))
+    assert torch.equal(evaluated, load_image(path))
+    assert evaluated[:, 0, 0].tolist() == [1.0, 1.0, 1.0]

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from editspecialists.data.images import image_to_tensor
 from editspecialists.evaluation.families import FAMILIES, EvalBatch, FamilySettings, parse_metrics
-from editspecialists.evaluation.images import load_rgb, resize_center_crop, to_tensor
+from editspecialists.evaluation.images import load_rgb, resize_center_crop
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
 from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png
 from editspecialists.precision import dtype_named
@@ -130,13 +131,13 @@ def batches_by_size(items: Sequence[EvalItem], images: dict[Path, Image.Image], 
 
 
 def _aligned(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    return resize_center_crop(to_tensor(image)[None], size)[0]
+    return resize_center_crop(image_to_tensor(image)[None], size)[0]
 
 
 def make_batch(items: Sequence[EvalItem], images: dict[Path, Image.Image], input_name: str,
                device: torch.device) -> EvalBatch:
     """Edits as they are; inputs and styles resized/cropped to the edits' size."""
-    edits = torch.stack([to_tensor(images[item.edit]) for item in items])
+    edits = torch.stack([image_to_tensor(images[item.edit]) for item in items])
     size = tuple(edits.shape[-2:])
     return EvalBatch(
         edits=edits.to(device),

@@ -1,17 +1,19 @@
-"""Image loading and tensor preprocessing shared by the metrics (images are float in [0, 1])."""
+"""Image decoding and tensor preprocessing shared by the metrics (images are float in [0, 1]).
+
+Files are decoded with the training data's colour conversion
+(:func:`editspecialists.data.images.to_rgb`), so evaluation sees the pixels training saw.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from editspecialists.data.images import IMAGE_SUFFIXES, to_rgb
 from editspecialists.rewards.images import resize
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ImageLoadError(ValueError):
@@ -26,24 +28,15 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Decode ``path`` fully as RGB, raising :class:`ImageLoadError` naming the file if it is corrupt."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageLoadError(f"cannot read image {path}: {err}") from err
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB → ``(3, H, W)`` float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """``(3, H, W)`` in [0, 1] → PIL RGB."""
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
 def resize_center_crop(images: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """Resize ``(B, 3, H, W)`` so it covers ``size`` (int: square) keeping aspect, then centre-crop.
+    """Resize tensors ``(B, 3, H, W)`` so they cover ``size`` (int: square) keeping aspect, then
+    centre-crop: the feature models' preprocessing and the alignment of inputs to edits.
 
     Antialiased bicubic, clamped to [0, 1] (:func:`editspecialists.rewards.images.resize`).
     """

@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from editspecialists.data.images import list_images
 from editspecialists.evaluation.images import is_image_file
 
 EDIT_PREFIX = "edit_"
@@ -40,16 +41,6 @@ class EvalItem:
 
 def descriptive_prompt(input_name: str, style_name: str) -> str:
     return f"{input_name} made out of {style_name}"
-
-
-def list_images(folder: Path, role: str) -> list[Path]:
-    """Sorted image files of ``folder``; a missing or image-less folder raises naming ``role``."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{role} folder {folder} does not exist")
-    images = sorted(p for p in folder.iterdir() if is_image_file(p))
-    if not images:
-        raise PairingError(f"{role} folder {folder} holds no .png/.jpg/.jpeg image")
-    return images
 
 
 def match_input(edit: Path, inputs: list[Path]) -> Path:
