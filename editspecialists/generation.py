@@ -12,7 +12,6 @@ import logging
 import zlib
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +30,7 @@ MANIFEST = "manifest.jsonl"
 
 
 def edit_name(input_file: str) -> str:
+    """``edit_<input stem>.png``: edits are written losslessly whatever the input's format."""
     return f"edit_{Path(input_file).stem}.png"
 
 
@@ -47,11 +47,7 @@ def model_config(config):
     """The config that defines the model: the checkpoint's run config, else ``config`` itself."""
     if not config.load_checkpoint:
         return config
-    checkpoint = ckpt.resolve_checkpoint(config.load_checkpoint)
-    saved = checkpoint.parent.parent / "config.json"
-    if not saved.is_file():
-        raise FileNotFoundError(f"{saved} is missing: cannot tell how {checkpoint} was trained")
-    return ml_collections.ConfigDict(json.loads(saved.read_text()))
+    return ckpt.saved_run_config(ckpt.resolve_checkpoint(config.load_checkpoint))
 
 
 def load_editor(config, device):
@@ -74,6 +70,7 @@ def load_editor(config, device):
 
 
 def read_manifest(folder: Path) -> dict[str, dict]:
+    """``{edit file name: manifest entry}`` of the edits already in ``folder``."""
     path = folder / MANIFEST
     if not path.is_file():
         return {}
@@ -84,6 +81,7 @@ def read_manifest(folder: Path) -> dict[str, dict]:
 def plan_edits(config, folder: Path) -> list[dict]:
     """Manifest entries of the edits still to make (all of them with ``overwrite``)."""
     inputs = list_images(config.inputimg_dir, "input image")
+    check_distinct_edit_names(inputs)
     styles = list_images(config.styleimg_dir, "style image")
     prompt = PROMPT_TEMPLATES[0].format(input=config.input_name, style=config.style_name)
     entries = []
@@ -95,6 +93,17 @@ def plan_edits(config, folder: Path) -> list[dict]:
         if config.overwrite or not (folder / entry["edit"]).is_file():
             entries.append(entry)
     return entries
+
+
+def check_distinct_edit_names(inputs: list[Path]) -> None:
+    """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png``)."""
+    by_edit: dict[str, list[str]] = {}
+    for path in inputs:
+        by_edit.setdefault(edit_name(path.name), []).append(path.name)
+    clashes = [" and ".join(names) for names in by_edit.values() if len(names) > 1]
+    if clashes:
+        raise ValueError(f"input files {'; '.join(clashes)} in {inputs[0].parent} would be written to "
+                         f"the same edit file: rename one of each")
 
 
 def generate_edits(config) -> Path:
@@ -131,6 +140,7 @@ def generate_edits(config) -> Path:
 
 
 def write_manifest(folder: Path, manifest: dict[str, dict]) -> None:
+    """Replace ``folder``'s manifest by ``manifest`` (written aside, then renamed)."""
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text("".join(json.dumps(entry) + "\n" for entry in manifest.values()))
     tmp.replace(folder / MANIFEST)

@@ -12,3 +12,14 @@ def dtype_named(name: str, key: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"{key} must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+# accelerate's ``mixed_precision`` names ("no" = full precision) and our dtype names.
+MIXED_PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def mixed_precision_dtype(name: str) -> torch.dtype:
+    """The autocast dtype of accelerate's ``mixed_precision`` setting; a ``ValueError`` naming it otherwise."""
+    if name not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, got {name!r}")
+    return DTYPES[MIXED_PRECISION[name]]

@@ -64,3 +64,12 @@ def test_missing_checkpoint_is_a_clear_error(tiny_ip2p_path, tmp_path):
     config = generation_config(tiny_ip2p_path, tmp_path, load_checkpoint=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         generate_edits(config)
+
+
+def test_inputs_that_would_share_an_edit_file_are_refused(tiny_ip2p_path, tmp_path):
+    config = generation_config(tiny_ip2p_path, tmp_path, **{"pretrained.model": str(tmp_path / "unused")})
+    inputs = tmp_path / "data" / "inputs"
+    (inputs / "car_03.jpg").write_bytes((inputs / "car_04.png").read_bytes())
+    with pytest.raises(ValueError, match=r"car_03.jpg and car_03.png in .*inputs would be written to the same"):
+        generate_edits(config)
+    assert not (tmp_path / "edits" / "car_lego" / "manifest.jsonl").exists()

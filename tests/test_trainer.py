@@ -100,7 +100,7 @@ def test_resume_with_another_lora_rank_names_the_mismatch(tiny_ip2p_path, tmp_pa
     Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "a", num_epochs=1)).run()
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "b", lora_rank=4,
                                     load_checkpoint=str(tmp_path / "a" / "run"))
-    with pytest.raises(ValueError, match="lora_rank: checkpoint '8' vs config '4'"):
+    with pytest.raises(ValueError, match="another model .*lora_rank: run 8 vs now 4"):
         Trainer(config)
 
 
@@ -143,6 +143,7 @@ def test_precision_full_finetune_and_ddim_runs_stay_finite(tiny_ip2p_path, tmp_p
     run = Trainer(config).run()
     steps = [r for r in read_metrics(run) if "step" in r]
     assert steps and all(isinstance(r["loss"], float) and r["loss"] == r["loss"] for r in steps)
+    assert sum(r["skipped_micro_steps"] for r in steps) == 0, "a non-finite micro-step was skipped"
     assert abs(steps[0]["ratio_mean"] - 1) < 1e-3
 
 
@@ -160,3 +161,82 @@ def test_edit_grid_enlarges_small_tiles_and_fits_every_caption_line():
     assert grid.getpixel((2 * 128 + 127, cell_h + 127)) == (128, 128, 128)
     caption_band = grid.crop((2 * 128, 128, 3 * 128, cell_h)).convert("L")
     assert caption_band.getextrema()[0] < 100  # text drawn under the edit
+
+
+class CountingDataset:
+    """A user's own dataset: anything with ``epoch_batches``; this one counts its calls."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def epoch_batches(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner.epoch_batches(*args, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction, trained", [(0.5, 2), (1.0, 3)])
+def test_own_dataset_and_timestep_fraction_set_the_trained_steps(tiny_ip2p_path, tmp_path, monkeypatch,
+                                                                 fraction, trained):
+    from editspecialists.data.dataset import EditDataset
+
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1,
+                                    **{"train.timestep_fraction": fraction})
+    dataset = CountingDataset(EditDataset(config.inputimg_dir, config.styleimg_dir, "car", "lego", 32))
+    config.inputimg_dir = config.styleimg_dir = str(tmp_path / "unused")
+    calls = []
+    real_micro_step = Trainer.micro_step
+    monkeypatch.setattr(Trainer, "micro_step", lambda self, batch, step_index, *rest: (
+        calls.append(step_index.tolist()), real_micro_step(self, batch, step_index, *rest))[1])
+    trainer = Trainer(config, dataset=dataset)
+    assert trainer.plan.trained_timesteps == trained  # 4 Euler steps: 3 trainable, the last is not
+    trainer.run()
+
+    assert dataset.calls == 1
+    assert len(calls) == 4 * trained  # 4 inputs per epoch, train batch 1
+    per_input = [sorted(sum(calls[i:i + trained], [])) for i in range(0, len(calls), trained)]
+    assert all(len(set(steps)) == trained and max(steps) <= 2 for steps in per_input)
+
+
+@pytest.mark.slow
+def test_a_window_of_skipped_micro_steps_takes_no_optimizer_step(tiny_ip2p_path, tmp_path, monkeypatch):
+    from editspecialists.training import trainer as trainer_module
+
+    real_loss = trainer_module.micro_batch_loss
+
+    def never_finite(*args, **kwargs):
+        loss, stats, finite = real_loss(*args, **kwargs)
+        return loss, stats, finite & False
+
+    monkeypatch.setattr(trainer_module, "micro_batch_loss", never_finite)
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1,
+                                    **{"train.adam_weight_decay": 0.5})
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.unwrapped_policy.trainable_state_dict().items()}
+    run = trainer.run()
+
+    steps = [r for r in read_metrics(run) if "step" in r]
+    assert [r["skipped_micro_steps"] for r in steps] == [4, 4]  # 2 inputs x 2 trained steps each
+    assert not trainer.optimizer.state, "AdamW stepped on a window without a single update"
+    after = trainer.unwrapped_policy.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _fake_run(folder, config):
+    """A run folder with config.json and one checkpoint, enough to be resolved and checked."""
+    checkpoint = folder / ckpt.CHECKPOINTS / ckpt.checkpoint_name(1)
+    checkpoint.mkdir(parents=True)
+    (checkpoint / ckpt.WEIGHTS).write_bytes(b"")
+    (folder / "config.json").write_text(config.to_json_best_effort())
+    return checkpoint
+
+
+def test_resume_on_another_base_model_fails_before_models_load(tiny_ip2p_path, tmp_path):
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
+    checkpoint = _fake_run(tmp_path / "old", config)
+    config.pretrained.model = str(tmp_path / "another-model")
+    config.load_checkpoint = str(checkpoint / ckpt.WEIGHTS)  # the weights file works as well as its folder
+    with pytest.raises(ValueError, match=f"cannot resume .*checkpoint_0001 with another model "
+                                         f".*pretrained.model: run '{tiny_ip2p_path}' vs now "):
+        Trainer(config)
+    assert not (tmp_path / "logs").exists(), "a refused resume must not create a run folder"

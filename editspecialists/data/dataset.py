@@ -35,7 +35,8 @@ class EditBatch:
 class EditDataset:
     """Input and style images held in memory (users bring tens to hundreds of photos).
 
-    Swap this class for another with the same ``batches`` method to train on other data.
+    To train on other data, pass ``Trainer(config, dataset=...)`` any object with the same
+    ``epoch_batches`` method.
     """
 
     def __init__(self, input_dir: str | Path, style_dir: str | Path, input_name: str, style_name: str,

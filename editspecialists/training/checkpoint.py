@@ -51,8 +51,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the newest checkpoint of a run folder; clear error otherwise."""
+    """The checkpoint folder of ``path``: a checkpoint folder, its weights file, or a run folder
+    (its newest complete checkpoint); a clear error otherwise."""
     path = Path(path).expanduser()
+    if path.name == WEIGHTS and path.is_file():
+        return path.parent
     if (path / WEIGHTS).is_file():
         return path
     checkpoints = list_checkpoints(path)
@@ -66,7 +69,39 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+def saved_run_config(checkpoint: Path):
+    """The resolved config of the run that wrote ``checkpoint`` (``<run>/config.json``)."""
+    import ml_collections
+
+    path = Path(checkpoint).parent.parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: cannot tell how {checkpoint} was trained")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+# Settings a resumed run must share with the run that wrote its checkpoint.
+MODEL_KEYS = ("pretrained.model", "pretrained.revision") + ARCHITECTURE_KEYS
+
+
+def check_same_model(config, saved, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` on another base model or architecture than it was trained on."""
+    def value(cfg, key):
+        for part in key.split("."):
+            cfg = cfg[part]
+        return cfg
+
+    differing = [f"{key}: run {value(saved, key)!r} vs now {value(config, key)!r}"
+                 for key in MODEL_KEYS if value(saved, key) != value(config, key)]
+    if differing:
+        raise ValueError(f"cannot resume {checkpoint} with another model ({'; '.join(differing)}); "
+                         f"set these keys as in the run's config.json")
+
+
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, str]) -> None:
+    """Write the trainable weights to ``path`` (safetensors) with the architecture as metadata."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata={"format": "editspecialists-1", **architecture})
 
@@ -99,15 +134,31 @@ def load_weights(policy, checkpoint: str | Path, architecture: dict[str, str]) -
     policy.load_state_dict(saved, strict=False)
 
 
-def write_atomically(folder: Path, write) -> Path:
-    """Call ``write(tmp_folder)``, then rename the temporary folder to ``folder``."""
-    tmp = folder.with_name(folder.name + ".tmp")
+def temporary_path(folder: Path) -> Path:
+    """``<folder>.tmp``: where ``folder`` is written before :func:`commit_folder` renames it."""
+    return folder.with_name(folder.name + ".tmp")
+
+
+def temporary_folder(folder: Path) -> Path:
+    """An empty :func:`temporary_path` of ``folder`` (a leftover of an interrupted save is removed)."""
+    tmp = temporary_path(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
+    return tmp
+
+
+def commit_folder(tmp: Path, folder: Path) -> Path:
+    """Rename the complete ``tmp`` to ``folder``.
+
+    An existing ``folder`` is moved aside first and deleted only once the new one is in place,
+    so an interruption at any point leaves a complete checkpoint under ``folder`` or its ``.old``.
+    """
+    old = folder.with_name(folder.name + ".old")
     if folder.exists():
-        shutil.rmtree(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
     os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -120,4 +171,5 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def read_trainer_state(checkpoint: Path) -> dict:
+    """``{"epoch": next epoch to run, "global_step": optimizer steps so far}`` of a checkpoint."""
     return json.loads((Path(checkpoint) / TRAINER_STATE).read_text())

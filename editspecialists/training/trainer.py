@@ -24,6 +24,7 @@ from editspecialists.diffusion.logprob import step_is_stochastic
 from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, load_scheduler
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
+from editspecialists.precision import MIXED_PRECISION, mixed_precision_dtype
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.launch import process_state
 from editspecialists.training.overlap import BackgroundScoring
@@ -31,9 +32,6 @@ from editspecialists.training.ranking import RatioStats, combine_scores, prefere
 from editspecialists.training.tracking import RunLogger, edit_grid
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -89,7 +87,7 @@ def validate_config(config) -> None:
         (0 < config.train.eps < 1, "train.eps must lie in (0, 1)"),
         (config.train.beta > 0, "train.beta must be > 0"),
         (0 < config.train.timestep_fraction <= 1, "train.timestep_fraction must lie in (0, 1]"),
-        (config.mixed_precision in DTYPES, f"mixed_precision must be one of {sorted(DTYPES)}"),
+        (config.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {sorted(MIXED_PRECISION)}"),
         (config.pretrained.scheduler != "ddim" or config.sample.eta > 0,
          "sample.eta must be > 0 with the DDIM scheduler (eta 0 has no log-probability)"),
         (min(config.sample.batch_size, config.sample.num_batches_per_epoch, config.train.batch_size,
@@ -133,17 +131,22 @@ DATA, SAMPLING, TIMESTEPS = 0, 1, 2
 
 
 class Trainer:
-    """Builds everything from a config and runs the epochs; see :meth:`run`."""
+    """Builds everything from a config and runs the epochs; see :meth:`run`.
 
-    def __init__(self, config):
+    ``dataset`` replaces the image folders of the config: any object with the
+    ``epoch_batches`` method of :class:`~editspecialists.data.dataset.EditDataset`.
+    """
+
+    def __init__(self, config, dataset=None):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
         validate_config(config)
         self.config = config
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
-        self.dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
-                                   config.style_name, config.data_resize)
+        self.checkpoint = self._checkpoint_to_resume()
+        self.dataset = dataset or EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
+                                              config.style_name, config.data_resize)
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -167,11 +170,19 @@ class Trainer:
                                     wandb_project=config.wandb_project, config=config.to_dict(),
                                     run_name=self.run_dir.name)
         self.first_epoch, self.global_step = 0, 0
-        if config.load_checkpoint:
-            self.resume(config.load_checkpoint)
+        if self.checkpoint:
+            self.resume(self.checkpoint)
         acc.print(self.plan.describe())
 
     # ---------------------------------------------------------------- construction
+    def _checkpoint_to_resume(self) -> Path | None:
+        """The checkpoint of ``load_checkpoint``, checked against the config before any model loads."""
+        if not self.config.load_checkpoint:
+            return None
+        checkpoint = ckpt.resolve_checkpoint(self.config.load_checkpoint)
+        ckpt.check_same_model(self.config, ckpt.saved_run_config(checkpoint), checkpoint)
+        return checkpoint
+
     def _make_run_dir(self) -> Path:
         from accelerate.utils import broadcast_object_list
 
@@ -185,7 +196,7 @@ class Trainer:
 
     def _load_models(self) -> None:
         config, acc = self.config, self.accelerator
-        self.weight_dtype = DTYPES[config.mixed_precision]
+        self.weight_dtype = mixed_precision_dtype(config.mixed_precision)
         with acc.main_process_first():
             pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
                                  scheduler=config.pretrained.scheduler)
@@ -349,24 +360,23 @@ class Trainer:
             skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
             if skip:
                 loss = zero_loss(self.policy)
+                window.skipped += 1
             else:
                 window.add(loss.detach(), stats)
             acc.backward(loss)
-            if acc.sync_gradients:
+            if acc.sync_gradients and window.updated:
                 window.grad_norm = acc.clip_grad_norm_(self.policy.parameters(), train.max_grad_norm)
-            self.optimizer.step()
+                self.optimizer.step()
             self.optimizer.zero_grad()
-        window.skipped += int(skip)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, next_epoch: int) -> Path:
         """Write checkpoint_<next_epoch> atomically (weights, trainer state, accelerate state)."""
         acc = self.accelerator
         final = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(next_epoch)
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = ckpt.temporary_path(final)
         if acc.is_main_process:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            ckpt.write_atomically(tmp, lambda folder: None)
+            ckpt.temporary_folder(final)
         acc.wait_for_everyone()
         acc.save_state(str(tmp / ckpt.ACCELERATE_STATE))
         acc.wait_for_everyone()
@@ -375,18 +385,13 @@ class Trainer:
                               ckpt.architecture_of(self.config))
             (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(
                 {"epoch": next_epoch, "global_step": self.global_step}))
-            if final.exists():
-                import shutil
-
-                shutil.rmtree(final)
-            tmp.rename(final)
+            ckpt.commit_folder(tmp, final)
             ckpt.prune_checkpoints(self.run_dir, self.config.num_checkpoint_limit)
         acc.wait_for_everyone()
         return final
 
-    def resume(self, path: str) -> None:
-        """Restore weights, optimizer and counters from a checkpoint or run folder."""
-        checkpoint = ckpt.resolve_checkpoint(path)
+    def resume(self, checkpoint: Path) -> None:
+        """Restore weights, optimizer, RNG states and counters from a checkpoint folder."""
         ckpt.load_weights(self.unwrapped_policy, checkpoint, ckpt.architecture_of(self.config))
         self.accelerator.load_state(str(checkpoint / ckpt.ACCELERATE_STATE))
         state = ckpt.read_trainer_state(checkpoint)
@@ -419,7 +424,12 @@ def zero_loss(policy) -> torch.Tensor:
 
 
 class _WindowStats:
-    """Per-optimizer-step sums, kept on device to avoid host syncs between micro-steps."""
+    """Per-optimizer-step sums, kept on device to avoid host syncs between micro-steps.
+
+    ``skipped`` and ``updated`` are host counts (the skip decision is already on the host and
+    agreed by every process): a window whose micro-steps were all skipped takes no optimizer
+    step, so momentum and weight decay do not move the weights on zero gradients.
+    """
 
     def __init__(self, device):
         self.loss = torch.zeros((), device=device)
@@ -428,8 +438,10 @@ class _WindowStats:
         self.count = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
         self.skipped = 0
+        self.updated = 0
 
     def add(self, loss, stats: RatioStats) -> None:
+        self.updated += 1
         self.loss += loss
         self.ratio += stats.ratio_mean
         self.clipfrac += stats.clipfrac
