@@ -30,11 +30,15 @@ def test_two_processes_keep_identical_weights(tiny_ip2p_path, tmp_path, nan_call
     output = launch([os.path.join(REPO, "tests", "train_worker.py"), str(tiny_ip2p_path), str(tmp_path),
                      str(nan_call)], tmp_path)
     assert "num_processes = 2" in output
+    # 2 processes x 2 batches of 2 inputs; 1 input x 2 accumulation steps per process and step
+    assert "sample.num_batches_per_epoch) = 8" in output
+    assert "x gradient_accumulation_steps) = 4" in output
     rank0, rank1 = (load_file(str(tmp_path / f"rank{i}.safetensors")) for i in range(2))
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     steps = [r for r in read_metrics(tmp_path / "logs" / "run") if "step" in r]
+    assert [r["step"] for r in steps] == [1, 2], "8 inputs / effective train batch 4 = 2 optimizer steps"
     skipped = sum(r["skipped_micro_steps"] for r in steps)
     assert skipped == (1 if nan_call >= 0 else 0)
     assert all(isinstance(r["loss"], float) for r in steps), "a skipped micro-step never reaches the logged loss"
