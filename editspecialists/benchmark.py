@@ -647,6 +647,7 @@ def tiny_feedback_config(config, root: Path | None = None):
 
 # ---------------------------------------------------------------------------------- report
 def machine_info(settings: BenchSettings) -> dict:
+    """Device, library versions and thread count, recorded beside the figures."""
     import diffusers
 
     device = torch.device(settings.device)

@@ -85,8 +85,8 @@ def test_clip_direction_and_text_similarity():
     assert torch.allclose(metrics.clip_direction_similarity(a, a, b, a), torch.zeros(2))  # no change: 0
 
 
-def test_hps_and_pick_scale_the_cosine():
+def test_hps_is_the_cosine_and_pick_scales_it():
     a, b = F.normalize(torch.randn(3, 4), dim=-1), F.normalize(torch.randn(3, 4), dim=-1)
     cos = (a * b).sum(-1)
-    assert torch.allclose(metrics.hps_score(a, b), 100 * cos)
+    assert torch.allclose(metrics.hps_score(a, b), cos)
     assert torch.allclose(metrics.pick_score(a, b, 42.0), 42 * cos)

@@ -239,6 +239,7 @@ class StepTable:
 
     @classmethod
     def of(cls, scheduler, device, *, eta: float = 1.0) -> "StepTable":
+        """The table of ``scheduler``'s current timesteps (after ``set_timesteps``) on ``device``."""
         steps = len(scheduler.timesteps)
         if is_euler_ancestral(scheduler):
             _check_epsilon(scheduler)

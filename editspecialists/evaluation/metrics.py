@@ -51,8 +51,9 @@ def clip_direction_similarity(
 
 
 def hps_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-    """``hps_score`` (HPSv2.1): 100 · cosine of the normalised open_clip embeddings."""
-    return 100.0 * clip_text_similarity(image_embeds, text_embeds)
+    """``hps_score`` (HPSv2.1): cosine of the normalised open_clip embeddings, as the official
+    scorer returns it (about 0.2–0.35; HPSv2's published tables print it × 100)."""
+    return clip_text_similarity(image_embeds, text_embeds)
 
 
 def pick_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: float) -> torch.Tensor:

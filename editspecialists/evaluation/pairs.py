@@ -103,6 +103,8 @@ def pair_from_manifest(manifest: Path, input_dir: Path, style_dir: Path, styles:
 
 def pair_by_file_name(edit_dir: Path, inputs: list[Path], styles: list[Path],
                       rng: random.Random, prompt: str) -> list[EvalItem]:
+    """Items for the ``edit_*`` files of ``edit_dir`` without a manifest: inputs matched by name,
+    styles drawn with ``rng``."""
     edits = [p for p in list_images(edit_dir, "edits") if p.name.startswith(EDIT_PREFIX)]
     if not edits:
         raise PairingError(f"edits folder {edit_dir} holds no '{EDIT_PREFIX}<input file name>' image")

@@ -76,6 +76,7 @@ def byte_level_clip_tokenizer():
 
 
 def tiny_clip_text_config(vocab_size: int, hidden_size: int = 32):
+    """A 2-layer CLIP text encoder config for the tiny pipelines."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(

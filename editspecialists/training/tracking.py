@@ -60,6 +60,7 @@ class RunLogger:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"})
 
     def log_image(self, name: str, image: Image.Image, epoch: int) -> Path | None:
+        """Save ``images/<name>_<epoch>.png`` (and send it to wandb); the path, or None off the main process."""
         if not self.enabled:
             return None
         path = self.run_dir / "images" / f"{name}_{epoch:04d}.png"

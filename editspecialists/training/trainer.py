@@ -45,6 +45,7 @@ class BatchPlan:
     micro_steps_per_optimizer_step: int  # per process
 
     def describe(self) -> str:
+        """The lines printed at start, each naming the keys it derives from."""
         return "\n".join([
             f"num_processes = {self.num_processes}",
             f"images per epoch (sample.batch_size x processes x sample.num_batches_per_epoch) = "
@@ -284,6 +285,7 @@ class Trainer:
         return Trajectories.cat(parts), batches, merged
 
     def conditioning(self, batch) -> EditConditioning:
+        """VAE latents of the batch's inputs and styles and its prompt embeddings, in fp32."""
         device = self.accelerator.device
         return EditConditioning(
             encode_images(self.vae, batch.inputs.to(device)).float(),
@@ -315,6 +317,7 @@ class Trainer:
         return order[local], has_preference[local]
 
     def log_grid(self, epoch, trajectories, batches, scores, order) -> None:
+        """Log the first batch's inputs, styles and edits with their scores and ranks."""
         if not self.accelerator.is_main_process:
             return
         first = batches[0]
