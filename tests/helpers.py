@@ -39,3 +39,17 @@ def tiny_brightness_config(tiny_ip2p_path, data_dir: Path, logdir: Path, **overr
             target = target[parent]
         target[leaf] = value
     return config
+
+
+def perturb_style_path(policy, scale=0.1):
+    """Give the style path a real effect (the initial policy ignores it): non-zero conv_in style
+    channels, perturbed cross-attention module weights, non-zero LoRA B matrices."""
+    import torch
+
+    with torch.no_grad():
+        policy.unet.conv_in.weight[:, 8:].normal_(0, scale)
+        for param in policy.style_module.parameters():
+            param.add_(scale * torch.randn_like(param))
+        for name, param in policy.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, scale)

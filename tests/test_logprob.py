@@ -143,3 +143,29 @@ def test_unsupported_scheduler_is_refused():
     scheduler.set_timesteps(4)
     with pytest.raises(ValueError, match="PNDMScheduler"):
         step_with_logprob(scheduler, torch.zeros(1, 4, 2, 2), scheduler.timesteps[0], torch.zeros(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize("family", [EulerAncestralDiscreteScheduler, DDIMScheduler])
+def test_low_precision_model_output_gives_the_fp32_step_of_its_value(family):
+    """A bf16 ε is stepped and scored exactly as its fp32 value would be (not in bf16 arithmetic
+    and then cast), drawn or scored, for a batch of timesteps."""
+    scheduler = make(family, **({"clip_sample": False} if family is DDIMScheduler else {}))
+    step = euler_ancestral_step_with_logprob if family is EulerAncestralDiscreteScheduler else ddim_step_with_logprob
+    timesteps = scheduler.timesteps[torch.tensor([0, 3, 5])]
+    sample = torch.randn(3, 4, 8, 8) * 5
+    eps = torch.randn(3, 4, 8, 8).to(torch.bfloat16)
+    drawn, log_prob = step(scheduler, eps, timesteps, sample, generator=torch.Generator().manual_seed(0))
+    drawn_fp32, log_prob_fp32 = step(scheduler, eps.float(), timesteps, sample,
+                                     generator=torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, drawn_fp32) and torch.equal(log_prob, log_prob_fp32)
+    prev = drawn + 0.05 * torch.randn_like(drawn)  # off the mean: the score depends on ε
+    _, scored = step(scheduler, eps, timesteps, sample, prev_sample=prev)
+    _, scored_fp32 = step(scheduler, eps.float(), timesteps, sample, prev_sample=prev)
+    assert torch.equal(scored, scored_fp32) and scored.dtype == torch.float32
+    # not vacuous: rounding the operands to bf16 (as bf16 arithmetic would) moves the score visibly;
+    # and bf16 samples are upcast too, so they score as their fp32 values
+    _, in_bf16 = step(scheduler, eps, timesteps, sample.to(torch.bfloat16), prev_sample=prev.to(torch.bfloat16))
+    _, bf16_reference = step(scheduler, eps.float(), timesteps, sample.to(torch.bfloat16).float(),
+                             prev_sample=prev.to(torch.bfloat16).float())
+    assert torch.equal(in_bf16, bf16_reference)
+    assert (in_bf16 - scored_fp32).abs().max() > 1e-3

@@ -6,6 +6,7 @@ import torch
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.pipeline import load_pipeline
 from editspecialists.diffusion.policy import StylePromptAttention, build_policy, first_cross_attention
+from tests.helpers import perturb_style_path
 
 
 @pytest.fixture
@@ -112,3 +113,33 @@ def test_rejects_a_non_ip2p_unet(pipe):
     build_policy(pipe.unet, use_lora=True)
     with pytest.raises(ValueError, match="8 input channels"):
         build_policy(pipe.unet, use_lora=True)
+
+
+def test_four_branches_are_built_as_the_spec_table_says(pipe):
+    """Guided ε equals the SPEC §2 formula over four separate UNet calls, one per branch, on a
+    policy whose style channels matter; distinct scales so any mixed-up branch or term shows."""
+    policy = build_policy(pipe.unet, use_lora=True)
+    perturb_style_path(policy)
+    cond = random_cond(policy.unet)
+    latents, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([700.0, 150.0])
+    scales = GuidanceScales(text=5.0, image=2.0, style=0.7)
+    with torch.no_grad():
+        style = policy.style_module(cond.style_latents, cond.image_latents, cond.prompt_embeds)
+        zeros, empty = torch.zeros_like(style), cond.empty_embeds.expand_as(cond.prompt_embeds)
+
+        def branch(text, image, style_channels):
+            model_input = torch.cat([latents, image, style_channels], dim=1)
+            return policy.unet(model_input, timesteps, encoder_hidden_states=text).sample
+
+        eps_text = branch(cond.prompt_embeds, cond.image_latents, style)
+        eps_image = branch(empty, cond.image_latents, zeros)
+        eps_uncond = branch(empty, torch.zeros_like(cond.image_latents), zeros)
+        eps_image_style = branch(empty, cond.image_latents, style)
+        expected = (eps_uncond + 2.0 * (eps_image - eps_uncond) + 0.7 * (eps_image_style - eps_image)
+                    + 5.0 * (eps_text - eps_image_style))
+        got = policy(latents, timesteps, cond, scales)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    # not vacuous: every pair of branches the formula contrasts really differs
+    for a, b in ((eps_text, eps_image_style), (eps_image_style, eps_image), (eps_image, eps_uncond)):
+        assert (a - b).abs().max() > 1e-3
+    assert style.abs().max() > 1e-3

@@ -9,6 +9,7 @@ from editspecialists.training.ranking import (
     RatioStats,
     combine_scores,
     plackett_luce_loss,
+    preference_loss,
     rank_edits,
     standardize,
 )
@@ -76,3 +77,111 @@ def test_ratio_stats():
     stats = RatioStats.of(log_ratio, eps=0.1)
     assert stats.ratio_mean.item() == pytest.approx((1 + 1.05 + 1.2 + 0.85) / 4, rel=1e-5)
     assert stats.clipfrac.item() == pytest.approx(0.5)
+
+
+EPS, BETA = 0.1, 0.1
+LOW, HIGH = math.log(1 - EPS), math.log(1 + EPS)
+
+
+def log_sigmoid(x):
+    return -math.log1p(math.exp(-x))
+
+
+def hand_plackett_luce(rho_best_first):
+    """−Σ_i log(r_(i) / Σ_{j≥i} r_(j)), r = exp(β·clamp(ρ)), in plain Python floats."""
+    r = [math.exp(BETA * min(max(rho, LOW), HIGH)) for rho in rho_best_first]
+    return -sum(math.log(r[i] / sum(r[i:])) for i in range(len(r) - 1))
+
+
+def test_preference_loss_pairwise_is_the_logsigmoid_of_the_ranked_log_ratios():
+    log_prob = torch.tensor([[-1.00, -1.08], [-2.00, -1.95]], dtype=torch.float64)
+    reference = torch.tensor([[-1.03, -1.02], [-2.01, -2.02]], dtype=torch.float64)
+    order = torch.tensor([[0, 1], [1, 0]])  # input 0: edit 0 best; input 1: edit 1 best
+    loss, stats, log_ratio = preference_loss(log_prob, reference, order, torch.tensor([True, True]),
+                                             eps=EPS, beta=BETA)
+    rho = (log_prob - reference).tolist()  # all inside the clip band
+    assert all(LOW < value < HIGH for row in rho for value in row)
+    expected = [-log_sigmoid(BETA * (rho[0][0] - rho[0][1])), -log_sigmoid(BETA * (rho[1][1] - rho[1][0]))]
+    assert loss.item() == pytest.approx(sum(expected) / 2, rel=1e-9)
+    torch.testing.assert_close(log_ratio, torch.tensor([[rho[0][0], rho[0][1]], [rho[1][1], rho[1][0]]],
+                                                       dtype=torch.float64))
+    assert stats.clipfrac.item() == 0
+
+
+def test_preference_loss_of_three_edits_is_plackett_luce_by_hand():
+    log_prob = torch.tensor([[-0.50, -0.47, -0.58]], dtype=torch.float64)
+    reference = torch.tensor([[-0.52, -0.52, -0.52]], dtype=torch.float64)
+    order = torch.tensor([[1, 2, 0]])  # edit 1 best, then edit 2, edit 0 worst
+    loss, _, _ = preference_loss(log_prob, reference, order, torch.tensor([True]), eps=EPS, beta=BETA)
+    rho = (log_prob - reference)[0].tolist()
+    r1, r2, r0 = (math.exp(BETA * rho[k]) for k in (1, 2, 0))
+    expected = -math.log(r1 / (r1 + r2 + r0)) - math.log(r2 / (r2 + r0))
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    assert loss.item() == pytest.approx(hand_plackett_luce([rho[1], rho[2], rho[0]]), rel=1e-9)
+
+
+def test_preference_loss_follows_the_ranking_not_the_edit_positions():
+    generator = torch.Generator().manual_seed(0)
+    log_prob = -1 + 0.05 * torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    reference = -1 + 0.05 * torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    combined = torch.randn(4, 3, generator=generator)
+    order, has_preference = rank_edits(combined)
+    loss, _, log_ratio = preference_loss(log_prob, reference, order, has_preference, eps=EPS, beta=BETA)
+    permutation = torch.tensor([2, 0, 1])
+    order_p, preference_p = rank_edits(combined[:, permutation])
+    loss_p, _, log_ratio_p = preference_loss(log_prob[:, permutation], reference[:, permutation], order_p,
+                                             preference_p, eps=EPS, beta=BETA)
+    assert loss_p.item() == pytest.approx(loss.item(), rel=1e-12)
+    torch.testing.assert_close(log_ratio_p, log_ratio)
+    # reversing the ranking gives the Plackett–Luce loss of the reversed order, a different value
+    reversed_loss, _, _ = preference_loss(log_prob, reference, order.flip(1), has_preference, eps=EPS, beta=BETA)
+    rho = log_prob - reference
+    expected = sum(hand_plackett_luce([rho[i, k].item() for k in order[i].flip(0)]) for i in range(4)) / 4
+    assert reversed_loss.item() == pytest.approx(expected, rel=1e-9)
+    assert abs(reversed_loss.item() - loss.item()) > 1e-4
+
+
+def test_swapping_best_and_worst_of_a_pair():
+    log_prob, reference = torch.tensor([[-1.0, -1.06]]), torch.tensor([[-1.02, -1.01]])
+    rho_0, rho_1 = (log_prob - reference)[0].tolist()
+    for order, best, worst in (([[0, 1]], rho_0, rho_1), ([[1, 0]], rho_1, rho_0)):
+        loss, _, _ = preference_loss(log_prob, reference, torch.tensor(order), torch.tensor([True]),
+                                     eps=EPS, beta=BETA)
+        assert loss.item() == pytest.approx(-log_sigmoid(BETA * (best - worst)), rel=1e-5)
+    # the better-scoring edit 0 being ranked best gives the lower loss
+    assert rho_0 > rho_1 and -log_sigmoid(BETA * (rho_0 - rho_1)) < math.log(2) < -log_sigmoid(BETA * (rho_1 - rho_0))
+
+
+def test_tied_inputs_contribute_nothing_and_are_not_counted():
+    log_prob = torch.tensor([[-1.02, -0.97], [-1.5, -1.45], [-0.7, -0.73]], dtype=torch.float64, requires_grad=True)
+    reference = torch.tensor([[-1.0, -1.0], [-1.5, -1.5], [-0.71, -0.69]], dtype=torch.float64)
+    order = torch.tensor([[0, 1], [1, 0], [1, 0]])
+    has_preference = torch.tensor([True, False, True])
+    loss, _, _ = preference_loss(log_prob, reference, order, has_preference, eps=EPS, beta=BETA)
+    untied = torch.tensor([0, 2])
+    only_untied, _, _ = preference_loss(log_prob[untied].detach(), reference[untied], order[untied],
+                                        torch.tensor([True, True]), eps=EPS, beta=BETA)
+    assert loss.item() == pytest.approx(only_untied.item(), rel=1e-12)
+    loss.backward()
+    assert torch.equal(log_prob.grad[1], torch.zeros(2, dtype=torch.float64))
+    assert (log_prob.grad[[0, 2]].abs() > 0).all()
+    # a batch of ties only: loss exactly 0, no gradient, no division by zero
+    zero, _, _ = preference_loss(log_prob, reference, order, torch.zeros(3, dtype=torch.bool), eps=EPS, beta=BETA)
+    assert zero.item() == 0 and torch.isfinite(zero)
+
+
+def test_clipped_log_ratios_are_clamped_pass_no_gradient_and_are_counted():
+    reference = torch.zeros(3, 2, dtype=torch.float64)
+    inside = [0.03, -0.02]
+    log_prob = torch.tensor([inside, [0.5, -0.04], [-0.3, 0.4]], dtype=torch.float64, requires_grad=True)
+    order = torch.tensor([[0, 1], [0, 1], [0, 1]])
+    loss, stats, _ = preference_loss(log_prob, reference, order, torch.ones(3, dtype=torch.bool), eps=EPS, beta=BETA)
+    expected = (hand_plackett_luce(inside) + hand_plackett_luce([HIGH, -0.04]) + hand_plackett_luce([LOW, HIGH])) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    loss.backward()
+    grad = log_prob.grad
+    assert grad[1, 0] == 0 and grad[2, 0] == 0 and grad[2, 1] == 0  # the three clamped terms
+    assert grad[0, 0] < 0 < grad[0, 1] and grad[1, 1] != 0  # in-band terms still learn
+    assert stats.clipfrac.item() == pytest.approx(3 / 6)
+    assert stats.ratio_mean.item() == pytest.approx(
+        sum(math.exp(v) for v in [0.03, -0.02, 0.5, -0.04, -0.3, 0.4]) / 6, rel=1e-6)

@@ -273,3 +273,90 @@ def test_a_bad_batch_through_the_scorer_names_the_tensor(folders):
     with pytest.raises(ValueError, match="inputs has values outside"):
         scorer(edits, inputs * 255, styles)
     assert scorer(edits[:1, :1], inputs[:1], styles[:1])["brightness"].shape == (1, 1)
+
+
+def feedback_models(loaded: dict) -> dict[str, torch.nn.Module]:
+    """The torch models inside the registry's loaded feedback objects, by role."""
+    models = {}
+    for key, value in loaded.items():
+        if key[0] == "depth":
+            models["depth"] = value.model
+        elif key[0] == "patches":
+            models["semantic"] = value.model
+        elif key[0] == "masks":
+            models["detector"], models["segmenter"] = value.detector, value.segmenter
+    return models
+
+
+class CallRecorder:
+    """Records (batch size, dtype) of the pixels every feedback model receives."""
+
+    def __init__(self):
+        self.calls: dict[str, list[tuple[int, torch.dtype]]] = {}
+        self.handles = []
+
+    def record(self, role, pixels):
+        self.calls.setdefault(role, []).append((pixels.shape[0], pixels.dtype))
+
+    def attach(self, models, monkeypatch):
+        for role, model in models.items():
+            if role == "semantic":  # DreamSim is called through ``model.embed(pixels)``
+                def recording_embed(pixels, role=role, embed=model.embed):
+                    self.record(role, pixels)
+                    return embed(pixels)
+
+                monkeypatch.setattr(model, "embed", recording_embed)
+            else:
+                def hook(module, args, kwargs, role=role):
+                    self.record(role, kwargs["pixel_values"] if "pixel_values" in kwargs else args[0])
+
+                self.handles.append(model.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def detach(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_reward_batch_size_bounds_every_feedback_model_call(folders, monkeypatch, batch_size):
+    """Each feedback model sees at most ``reward.batch_size`` images per call, in exactly
+    ceil(count / batch_size) calls per image set (B inputs, B·G edits, B styles)."""
+    monkeypatch.setattr(registry, "_LOADED", {})
+    scorer = build_scorer(feedback_config(folders, batch_size=batch_size, box_threshold=0.8), "cpu")
+    recorder = CallRecorder()
+    recorder.attach(feedback_models(registry._LOADED), monkeypatch)
+    try:
+        scorer(*make_images(6))
+    finally:
+        recorder.detach()
+    calls = {role: [size for size, _ in sizes] for role, sizes in recorder.calls.items()}
+    assert set(calls) == {"depth", "semantic", "detector", "segmenter"}
+    chunks = lambda count: -(-count // batch_size)  # noqa: E731
+    assert len(calls["depth"]) == chunks(B) + chunks(B * G)  # inputs, then edits
+    assert len(calls["semantic"]) == chunks(B * G) + chunks(B)  # edits, then styles
+    assert len(calls["detector"]) == 2 * chunks(B)  # input images and style images
+    assert 1 <= len(calls["segmenter"]) <= 2 * chunks(B)  # only chunks where a box was found
+    for role, sizes in calls.items():
+        assert max(sizes) <= batch_size, role
+    assert sum(calls["depth"]) == B + B * G and sum(calls["semantic"]) == B * G + B
+    assert sum(calls["detector"]) == 2 * B
+
+
+@pytest.mark.parametrize("name, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_reward_dtype_loads_and_runs_the_feedback_models_in_that_dtype(folders, monkeypatch, name, dtype):
+    monkeypatch.setattr(registry, "_LOADED", {})
+    scorer = build_scorer(feedback_config(folders, dtype=name, box_threshold=0.8), "cpu")
+    models = feedback_models(registry._LOADED)
+    assert set(models) == {"depth", "semantic", "detector", "segmenter"}
+    for role, model in models.items():
+        tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        assert tensors and {t.dtype for t in tensors} == {dtype}, role
+    recorder = CallRecorder()
+    recorder.attach(models, monkeypatch)
+    try:
+        scores = scorer(*make_images(7))
+    finally:
+        recorder.detach()
+    for role, sizes in recorder.calls.items():
+        assert {d for _, d in sizes} == {dtype}, role  # pixels are fed in the model's dtype
+    assert all(value.dtype == torch.float32 and torch.isfinite(value).all() for value in scores.values())

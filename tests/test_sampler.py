@@ -7,6 +7,7 @@ from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import sample_edits, transition_log_probs
+from tests.helpers import perturb_style_path
 
 SCALES = GuidanceScales()
 
@@ -109,3 +110,88 @@ def test_low_precision_autocast_sampling_is_finite(tiny_ip2p_path, dtype):
     recomputed = transition_log_probs(policy, pipe.scheduler, traj, torch.tensor([1, 2]), empty,
                                       scales=SCALES, autocast=autocast)
     assert torch.isfinite(recomputed).all()
+
+
+def recompute_all(policy, scheduler, traj, empty, order, **kwargs):
+    """Log-probs (B, G, T) of every trainable stored transition, recomputed in batches where each
+    input sits at its own shuffled step (``order``: (B, K) step indices per input)."""
+    recomputed = torch.zeros_like(traj.log_probs)
+    rows = torch.arange(order.shape[0])
+    for k in range(order.shape[1]):
+        recomputed[rows, :, order[:, k]] = transition_log_probs(policy, scheduler, traj, order[:, k], empty,
+                                                                scales=SCALES, **kwargs).detach()
+    return recomputed
+
+
+def shuffled_trainable_steps(traj, batch, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    trainable = traj.trainable.nonzero().flatten()
+    return torch.stack([trainable[torch.randperm(len(trainable), generator=generator)] for _ in range(batch)])
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "ddim"])
+def test_round_trip_with_active_style_path(tiny_ip2p_path, scheduler, monkeypatch):
+    """With conv_in[:, 8:], the CA module and LoRA B all non-zero, the training path scores the
+    stored transitions (shuffled, batched timesteps) exactly as sampling did. A training forward
+    that fed the noisy latent to the CA module (SPEC §2's bug) would not."""
+    pipe, policy, cond, empty = setup(tiny_ip2p_path, scheduler, steps=4)
+    kwargs = dict(nb_gen=2, scales=SCALES, eta=1.0)
+    initial = sample_edits(policy, pipe.scheduler, pipe.vae, cond, generator=torch.Generator().manual_seed(3), **kwargs)
+    perturb_style_path(policy)
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, generator=torch.Generator().manual_seed(3), **kwargs)
+    order = shuffled_trainable_steps(traj, batch=2)
+    trained = traj.trainable
+    assert order.shape[1] == 3 and (order[0] != order[1]).any()
+
+    recomputed = recompute_all(policy, pipe.scheduler, traj, empty, order)
+    assert (recomputed - traj.log_probs)[..., trained].abs().max() < 1e-5
+
+    # the perturbation matters: other edits than the initial model's from the same noise, and the
+    # initial model (the reference) scores the perturbed policy's transitions differently
+    assert (traj.latents[:, :, -1] - initial.latents[:, :, -1]).abs().max() > 1e-2
+    under_initial = recompute_all(policy, pipe.scheduler, traj, empty, order, reference=True)
+    assert (under_initial - traj.log_probs)[..., trained].abs().max() > 1e-3
+    # ... and so does the style path in particular: other style latents change the scores
+    other_style = traj.select(torch.arange(2))
+    other_style.style_latents = torch.randn_like(traj.style_latents)
+    moved = recompute_all(policy, pipe.scheduler, other_style, empty, order)
+    assert (moved - traj.log_probs)[..., trained].abs().max() > 1e-3
+
+    # the original code's bug, simulated: the CA module attends from (style, noisy latent) in the
+    # training forward. It must be caught by the round-trip check above.
+    module = policy.style_module
+    real_forward = module.forward
+    calls = []
+
+    def noisy_latent_forward(style_latents, image_latents, text_states):
+        calls.append(1)
+        return real_forward(style_latents, torch.randn_like(image_latents), text_states)
+
+    monkeypatch.setattr(module, "forward", noisy_latent_forward)
+    buggy = recompute_all(policy, pipe.scheduler, traj, empty, order)
+    assert calls and (buggy - traj.log_probs)[..., trained].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "ddim"])
+def test_bf16_autocast_round_trip(tiny_ip2p_path, scheduler):
+    """Under bf16 autocast, recomputation with the same autocast reproduces the sampled log-probs.
+
+    Tolerance 1e-4: both paths run the same bf16 UNet on the same fp32 inputs (only the batch
+    composition differs) and step in fp32, so they agree up to fp32 reduction order (~1e-6 here;
+    bitwise on CPU). A bf16 rounding of ε alone moves these log-probs by ~1e-3–1e-1 (measured below
+    as the fp32 recompute's gap), so 1e-4 still catches a recompute that differs by any bf16 rounding.
+    """
+    pipe, policy, cond, empty = setup(tiny_ip2p_path, scheduler, steps=4)
+    perturb_style_path(policy)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES, eta=1.0,
+                        autocast=autocast, generator=torch.Generator().manual_seed(5))
+    assert traj.latents.dtype == torch.float32 and traj.log_probs.dtype == torch.float32
+    order, trained = shuffled_trainable_steps(traj, batch=2, seed=1), traj.trainable
+    recomputed = recompute_all(policy, pipe.scheduler, traj, empty, order, autocast=autocast)
+    assert (recomputed - traj.log_probs)[..., trained].abs().max() < 1e-4
+    in_fp32 = recompute_all(policy, pipe.scheduler, traj, empty, order)
+    assert (in_fp32 - traj.log_probs)[..., trained].abs().max() > 1e-3
