@@ -12,7 +12,8 @@ from tests.helpers import perturb_style_path
 SCALES = GuidanceScales()
 
 
-def setup(tiny_ip2p_path, scheduler="euler_ancestral", steps=6, batch=2):
+def sampling_setup(tiny_ip2p_path, scheduler="euler_ancestral", steps=6, batch=2):
+    """(pipeline, fresh LoRA policy, conditioning of random images and two prompts, empty embeds)."""
     pipe = load_pipeline(str(tiny_ip2p_path), scheduler=scheduler)
     policy = build_policy(pipe.unet, use_lora=True)
     pipe.scheduler.set_timesteps(steps)
@@ -26,7 +27,7 @@ def setup(tiny_ip2p_path, scheduler="euler_ancestral", steps=6, batch=2):
 
 @pytest.mark.parametrize("scheduler", ["euler_ancestral", "ddim"])
 def test_round_trip_log_probs_and_zero_ratio(tiny_ip2p_path, scheduler):
-    pipe, policy, cond, empty = setup(tiny_ip2p_path, scheduler)
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path, scheduler)
     traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=3, scales=SCALES, eta=1.0,
                         generator=torch.Generator().manual_seed(0))
     assert traj.images.shape == (2, 3, 3, 32, 32)
@@ -44,7 +45,7 @@ def test_round_trip_log_probs_and_zero_ratio(tiny_ip2p_path, scheduler):
 
 
 def test_edits_share_initial_noise_but_differ(tiny_ip2p_path):
-    pipe, policy, cond, _ = setup(tiny_ip2p_path)
+    pipe, policy, cond, _ = sampling_setup(tiny_ip2p_path)
     traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES,
                         generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(traj.latents[:, 0, 0], traj.latents[:, 1, 0])
@@ -53,14 +54,14 @@ def test_edits_share_initial_noise_but_differ(tiny_ip2p_path):
 
 
 def test_sampling_is_reproducible_from_the_generator(tiny_ip2p_path):
-    pipe, policy, cond, _ = setup(tiny_ip2p_path)
+    pipe, policy, cond, _ = sampling_setup(tiny_ip2p_path)
     runs = [sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES,
                          generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert torch.equal(runs[0].latents, runs[1].latents)
 
 
 def test_one_unet_call_per_step_for_all_edits_and_branches(tiny_ip2p_path):
-    pipe, policy, cond, _ = setup(tiny_ip2p_path, steps=4)
+    pipe, policy, cond, _ = sampling_setup(tiny_ip2p_path, steps=4)
     batches = []
     hook = policy.unet.register_forward_hook(lambda module, args, kwargs_out: batches.append(args[0].shape[0]))
     sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=3, scales=SCALES)
@@ -69,7 +70,7 @@ def test_one_unet_call_per_step_for_all_edits_and_branches(tiny_ip2p_path):
 
 
 def test_policy_gradient_reaches_lora_conv_in_and_style_module(tiny_ip2p_path):
-    pipe, policy, cond, empty = setup(tiny_ip2p_path)
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path)
     traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES)
     with torch.no_grad():
         policy.unet.conv_in.weight[:, 8:].normal_(0, 0.1)
@@ -83,7 +84,7 @@ def test_policy_gradient_reaches_lora_conv_in_and_style_module(tiny_ip2p_path):
 
 
 def test_perturbed_lora_moves_policy_not_reference(tiny_ip2p_path):
-    pipe, policy, cond, empty = setup(tiny_ip2p_path)
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path)
     traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES)
     index = torch.tensor([0, 3])
     with torch.no_grad():
@@ -99,7 +100,7 @@ def test_perturbed_lora_moves_policy_not_reference(tiny_ip2p_path):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_autocast_sampling_is_finite(tiny_ip2p_path, dtype):
-    pipe, policy, cond, empty = setup(tiny_ip2p_path)
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path)
 
     def autocast():
         return torch.autocast("cpu", dtype=dtype)
@@ -134,7 +135,7 @@ def test_round_trip_with_active_style_path(tiny_ip2p_path, scheduler, monkeypatc
     """With conv_in[:, 8:], the CA module and LoRA B all non-zero, the training path scores the
     stored transitions (shuffled, batched timesteps) exactly as sampling did. A training forward
     that fed the noisy latent to the CA module (SPEC §2's bug) would not."""
-    pipe, policy, cond, empty = setup(tiny_ip2p_path, scheduler, steps=4)
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path, scheduler, steps=4)
     kwargs = dict(nb_gen=2, scales=SCALES, eta=1.0)
     initial = sample_edits(policy, pipe.scheduler, pipe.vae, cond, generator=torch.Generator().manual_seed(3), **kwargs)
     perturb_style_path(policy)
@@ -181,7 +182,7 @@ def test_bf16_autocast_round_trip(tiny_ip2p_path, scheduler):
     bitwise on CPU). A bf16 rounding of ε alone moves these log-probs by ~1e-3–1e-1 (measured below
     as the fp32 recompute's gap), so 1e-4 still catches a recompute that differs by any bf16 rounding.
     """
-    pipe, policy, cond, empty = setup(tiny_ip2p_path, scheduler, steps=4)
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path, scheduler, steps=4)
     perturb_style_path(policy)
 
     def autocast():

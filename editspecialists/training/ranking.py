@@ -62,7 +62,9 @@ def plackett_luce_loss(log_ratio: torch.Tensor, *, eps: float, beta: float) -> t
 
 @dataclass
 class RatioStats:
-    """Diagnostics of the policy/reference ratio: mean of exp(ρ) and the clipped fraction."""
+    """Diagnostics of the policy/reference ratio: mean of exp(ρ) and the fraction outside the clip
+    band, over every edit of the micro-batch (tied inputs too: they measure the policy's drift
+    although they add nothing to the loss)."""
 
     ratio_mean: torch.Tensor
     clipfrac: torch.Tensor
