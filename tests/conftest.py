@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_root() -> Path:
-    """Cache folder for tiny models (``$EDITSPECIALISTS_CACHE`` or ``<repo>/.cache``)."""
-    root = Path(os.environ.get("EDITSPECIALISTS_CACHE", REPO / ".cache"))
+    """Cache folder for tiny models (``$EDITSPECIALISTS_CACHE`` or ``<repo>/.cache``), absolute:
+    subprocess tests run in other working folders."""
+    root = Path(os.environ.get("EDITSPECIALISTS_CACHE", REPO / ".cache")).resolve()
     return root / "tiny"
 
 
