@@ -34,7 +34,8 @@ import torch
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import is_euler_ancestral, step_is_stochastic
-from editspecialists.diffusion.pipeline import decode_latents, encode_images, encode_prompts, load_pipeline
+from editspecialists.diffusion.pipeline import (decode_latents, encode_images, encode_prompts, load_pipeline,
+                                                place_encoders)
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, initial_noise, sample_edits
 from editspecialists.precision import dtype_named
@@ -225,8 +226,7 @@ def load_models(settings: BenchSettings) -> BenchModels:
     trainer does (frozen weights in ``dtype``) and encode random input/style images."""
     device, dtype = torch.device(settings.device), dtype_named(settings.dtype, "dtype")
     pipe = load_pipeline(str(model_folder(settings)))
-    pipe.vae.to(device, dtype=dtype)
-    pipe.text_encoder.to(device, dtype=dtype)
+    place_encoders(pipe, device, dtype)
     pipe.unet.to(device)
     policy = build_policy(pipe.unet, use_lora=True, frozen_dtype=dtype).eval()
     if settings.channels_last:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import list_images, load_image, tensor_to_image
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline
+from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, place_encoders
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import sample_edits
 from editspecialists.training import checkpoint as ckpt
@@ -64,8 +64,7 @@ def load_editor(config, device):
     else:
         print("No load_checkpoint given: editing with the base InstructPix2Pix model "
               "(visual-prompt modules at their initial, identity state).")
-    pipe.vae.to(device)
-    pipe.text_encoder.to(device)
+    place_encoders(pipe, device)
     return pipe, policy.to(device).eval()
 
 

@@ -30,6 +30,21 @@ def load_pipeline(model_id: str, *, revision: str = "", scheduler: str = "euler_
     return pipe
 
 
+def cast_model(model: torch.nn.Module, device=None, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Move a frozen model to ``device`` and/or ``dtype`` (in place; returned for chaining).
+
+    Calls ``torch.nn.Module.to`` directly: diffusers' ``ModelMixin.to`` warns on every dtype cast
+    about modules to keep in fp32, even for the VAE and UNet, which keep none.
+    """
+    return torch.nn.Module.to(model, device=device, dtype=dtype)
+
+
+def place_encoders(pipe, device, dtype: torch.dtype = torch.float32) -> None:
+    """The frozen VAE and text encoder of ``pipe`` on ``device`` in ``dtype``."""
+    cast_model(pipe.vae, device, dtype)
+    cast_model(pipe.text_encoder, device, dtype)
+
+
 def _scheduler_class(name: str):
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
 

@@ -26,6 +26,7 @@ from editspecialists.diffusion.guidance import (
     branch_epsilon,
     branch_inputs,
 )
+from editspecialists.diffusion.pipeline import cast_model
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 VISUAL_PROMPT_CHANNELS = 4
@@ -225,7 +226,7 @@ def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 
 
         unet.requires_grad_(False)
         if frozen_dtype != unet.dtype:
-            unet.to(frozen_dtype)
+            cast_model(unet, dtype=frozen_dtype)
         unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha,
                                     init_lora_weights="gaussian", target_modules=LORA_TARGETS))
         for param in unet.parameters():

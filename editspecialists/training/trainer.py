@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from editspecialists.data.dataset import EditDataset
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
-from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, load_scheduler
+from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
+                                                place_encoders)
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.precision import MIXED_PRECISION, mixed_precision_dtype
@@ -201,8 +202,7 @@ class Trainer:
         with acc.main_process_first():
             pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
                                  scheduler=config.pretrained.scheduler)
-        pipe.vae.to(acc.device, dtype=self.weight_dtype)
-        pipe.text_encoder.to(acc.device, dtype=self.weight_dtype)
+        place_encoders(pipe, acc.device, self.weight_dtype)
         self.vae, self.tokenizer, self.text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
         self.scheduler = pipe.scheduler
         self.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
