@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForZeroShotObjectDetection, AutoProcessor
 
-from editspecialists.rewards.masks import MaskPredictor, detector_prompt, pad_boxes, per_image_names
+from editspecialists.rewards.masks import (MaskPredictor, detector_prompt, pad_boxes, per_image_names,
+                                          whole_frame_masks)
 from editspecialists.testing.tiny import cached_build
 from editspecialists.testing.tiny_feedback import build_detector, build_segmenter
 
@@ -62,9 +63,7 @@ def test_prompt_names_and_box_padding_helpers():
 
 
 def test_whole_frame_gives_all_ones_without_any_model():
-    predictor = MaskPredictor(None, None, None, None, device=torch.device("cpu"), dtype=torch.float32,
-                              box_threshold=0.4, text_threshold=0.3)
-    masks = predictor(torch.rand(2, 3, 10, 12), "car", whole_frame=True)
+    masks = whole_frame_masks(torch.rand(2, 3, 10, 12))
     assert masks.shape == (2, 10, 12) and masks.dtype == torch.bool and masks.all()
 
 

@@ -66,12 +66,10 @@ class MaskPredictor:
                    box_threshold=box_threshold, text_threshold=text_threshold)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, names: str | list[str], whole_frame: bool = False) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, names: str | list[str]) -> torch.Tensor:
         """Union of the SAM2 masks of every box found for the image's name; whole image if none."""
         check_images(images)
         masks = whole_frame_masks(images)
-        if whole_frame:
-            return masks
         boxes = self.detect(images, per_image_names(names, len(images)))
         found = [i for i, image_boxes in enumerate(boxes) if len(image_boxes)]
         if found:
