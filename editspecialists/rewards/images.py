@@ -26,7 +26,7 @@ def check_unit_range(images: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} is empty: {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"{name} must be a float tensor in [0, 1], got {images.dtype}")
-    low, high = images.min().item(), images.max().item()
+    low, high = torch.stack(torch.aminmax(images.detach())).float().tolist()  # one host sync
     if not (0.0 <= low and high <= 1.0):  # NaN fails both comparisons
         raise ValueError(f"{name} has values outside [0, 1] (min {low:.4g}, max {high:.4g})")
 
