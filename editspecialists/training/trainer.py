@@ -147,8 +147,10 @@ class Trainer:
         self.config = config
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
         self.checkpoint = self._checkpoint_to_resume()
-        self.dataset = dataset or EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
-                                              config.style_name, config.data_resize)
+        if dataset is None:
+            dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
+                                  config.style_name, config.data_resize)
+        self.dataset = dataset
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -429,16 +431,16 @@ def zero_loss(policy) -> torch.Tensor:
 class _WindowStats:
     """Per-optimizer-step sums, kept on device to avoid host syncs between micro-steps.
 
-    ``skipped`` and ``updated`` are host counts (the skip decision is already on the host and
-    agreed by every process): a window whose micro-steps were all skipped takes no optimizer
-    step, so momentum and weight decay do not move the weights on zero gradients.
+    ``skipped`` and ``updated`` count micro-steps on the host (the skip decision is already there
+    and agreed by every process, so the counts are equal everywhere): a window whose micro-steps
+    were all skipped takes no optimizer step, so momentum and weight decay do not move the
+    weights on zero gradients.
     """
 
     def __init__(self, device):
         self.loss = torch.zeros((), device=device)
         self.ratio = torch.zeros((), device=device)
         self.clipfrac = torch.zeros((), device=device)
-        self.count = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
         self.skipped = 0
         self.updated = 0
@@ -448,12 +450,10 @@ class _WindowStats:
         self.loss += loss
         self.ratio += stats.ratio_mean
         self.clipfrac += stats.clipfrac
-        self.count += 1
 
     def reduce(self, accelerator) -> dict:
-        totals = accelerator.reduce(torch.stack([self.loss, self.ratio, self.clipfrac, self.count]),
-                                    reduction="sum")
-        count = totals[3].clamp_min(1)
+        totals = accelerator.reduce(torch.stack([self.loss, self.ratio, self.clipfrac]), reduction="sum")
+        count = max(1, self.updated * accelerator.num_processes)
         return {"loss": totals[0] / count, "ratio_mean": totals[1] / count,
                 "clipfrac": totals[2] / count, "grad_norm": torch.as_tensor(self.grad_norm).float(),
                 "skipped_micro_steps": self.skipped}
