@@ -14,12 +14,17 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def is_image_file(path: Path) -> bool:
+    """A file with a .jpg/.jpeg/.png suffix (any case)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def list_images(folder: str | Path, role: str = "image") -> list[Path]:
     """Sorted .jpg/.jpeg/.png files of ``folder``; a clear error if it is missing or has none."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{role} folder {folder} does not exist (check the config key)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
         raise ValueError(f"{role} folder {folder} holds no .jpg/.jpeg/.png image")
     return files

@@ -12,16 +12,12 @@ from typing import Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from editspecialists.data.images import IMAGE_SUFFIXES, to_rgb
+from editspecialists.data.images import to_rgb
 from editspecialists.rewards.images import resize
 
 
 class ImageLoadError(ValueError):
     """An image file that cannot be decoded; the message names the file."""
-
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def load_rgb(path: str | Path) -> Image.Image:

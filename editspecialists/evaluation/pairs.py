@@ -16,8 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from editspecialists.data.images import list_images
-from editspecialists.evaluation.images import is_image_file
+from editspecialists.data.images import is_image_file, list_images
 
 EDIT_PREFIX = "edit_"
 MANIFEST = "manifest.jsonl"
