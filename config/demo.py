@@ -5,13 +5,13 @@
 ``--config config/demo.py:brightness``  brightness reward only, on the pretrained demo editor:
                                         shows learning within minutes.
 The assets are built on first use under ``./demo_assets`` (see
-editspecialists.testing.demo_assets); nothing is downloaded.
+editspecialists.demo.assets); nothing is downloaded.
 """
 
 import importlib.util
 from pathlib import Path
 
-from editspecialists.testing.demo_assets import demo_models_config, demo_paths
+from editspecialists.demo.assets import demo_models_config, demo_paths
 
 
 def _base():

@@ -68,8 +68,8 @@ def use_demo_assets(config, root="demo_assets"):
 
     Nothing is built here: scripts/evaluate.py builds what is missing on first use.
     """
-    from editspecialists.data.demo import INPUT_NAME, STYLE_NAME
-    from editspecialists.testing.demo_assets import demo_models_config, demo_paths
+    from editspecialists.demo.images import INPUT_NAME, STYLE_NAME
+    from editspecialists.demo.assets import demo_models_config, demo_paths
 
     config.demo_root = root
     paths = demo_paths(root)

@@ -39,12 +39,8 @@ from editspecialists.diffusion.pipeline import (decode_latents, encode_images, e
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, initial_noise, sample_edits
 from editspecialists.precision import dtype_named
-from editspecialists.testing.tiny import (
-    byte_level_clip_tokenizer,
-    cached_build,
-    default_cache_root,
-    tiny_ip2p,
-)
+from editspecialists.demo.cache import cached_build, default_cache_root
+from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_ip2p
 from editspecialists.training.trainer import micro_batch_loss, zero_loss
 
 PROMPTS = ("turn the car into lego", "replace the car with lego", "make the car out of lego")
@@ -636,12 +632,12 @@ def _inference(fn: Callable[[], object]) -> Callable[[], object]:
 
 def tiny_feedback_config(config, root: Path | None = None):
     """``config`` with every feedback model id pointed at the tiny random feedback models
-    (:mod:`editspecialists.testing.tiny_feedback`, built on first use): plumbing speed only."""
-    from editspecialists.testing import tiny_feedback
+    (:mod:`editspecialists.demo.feedback_standins`, built on first use): plumbing speed only."""
+    from editspecialists.demo import feedback_standins
 
-    tiny_feedback.build_all(root)
+    feedback_standins.build_all(root)
     config = config.copy_and_resolve_references()
-    config.models.update(tiny_feedback.models_config(root))
+    config.models.update(feedback_standins.models_config(root))
     return config
 
 

@@ -6,14 +6,17 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from editspecialists.training.launch import train
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "config/base.py", "Training configuration file.")
 
 
 def main(_):
-    train(FLAGS.config)
+    setup_logging()
+    prepare_demo_assets(FLAGS.config)
+    Trainer(FLAGS.config).run()
 
 
 if __name__ == "__main__":

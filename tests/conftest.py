@@ -23,7 +23,7 @@ def tiny_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_ip2p_path(tiny_root) -> Path:
-    from editspecialists.testing.tiny import tiny_ip2p
+    from editspecialists.demo.policy_standin import tiny_ip2p
 
     return tiny_ip2p(tiny_root)
 
@@ -32,7 +32,7 @@ def tiny_ip2p_path(tiny_root) -> Path:
 def demo_assets_root(tiny_root) -> Path:
     """The demo presets' assets (images, pretrained demo editor, tiny feedback and evaluation
     models), built once next to the tiny-model cache: a stand-in for ``./demo_assets``."""
-    from editspecialists.testing.demo_assets import ensure_demo_assets
+    from editspecialists.demo.assets import ensure_demo_assets
 
     root = tiny_root.parent / "demo_assets"
     ensure_demo_assets(root, evaluation=True)

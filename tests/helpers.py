@@ -16,7 +16,7 @@ def load_config(name: str, preset: str | None = None):
 
 def tiny_brightness_config(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides):
     """The demo brightness preset on the tiny random pipeline and given demo images: seconds per epoch."""
-    from editspecialists.data.demo import write_demo_images
+    from editspecialists.demo.images import write_demo_images
 
     inputs, styles = write_demo_images(data_dir, size=32)
     config = load_config("demo", "brightness")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES, EditDataset
-from editspecialists.data.demo import write_demo_images
+from editspecialists.demo.images import write_demo_images
 from editspecialists.data.images import load_image, load_image_folder
 
 

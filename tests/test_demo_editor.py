@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from editspecialists.data.demo import write_demo_images
-from editspecialists.testing.demo_assets import demo_paths
-from editspecialists.testing.demo_editor import (
+from editspecialists.demo.images import write_demo_images
+from editspecialists.demo.assets import demo_paths
+from editspecialists.demo.editor import (
     car_mask,
     demo_training_images,
     image_tensor,

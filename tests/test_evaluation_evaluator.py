@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editspecialists.data.demo import write_demo_images
+from editspecialists.demo.images import write_demo_images
 from editspecialists.evaluation.evaluator import evaluate
 from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, FamilySettings, parse_metrics
 from editspecialists.data.images import image_to_tensor
@@ -20,17 +20,17 @@ from editspecialists.evaluation.images import ImageLoadError
 from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
 from editspecialists.rewards.semantic import downsample_mask
-from editspecialists.testing import tiny_eval
+from editspecialists.demo import evaluation_standins
 from tests.helpers import load_config
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tiny_root):
-    from editspecialists.testing import tiny_feedback
+    from editspecialists.demo import feedback_standins
 
-    tiny_feedback.build_all(tiny_root)
-    tiny_eval.build_all(tiny_root)
-    return tiny_eval.tiny_models_config(tiny_root)
+    feedback_standins.build_all(tiny_root)
+    evaluation_standins.build_all(tiny_root)
+    return evaluation_standins.tiny_models_config(tiny_root)
 
 
 def perturb(path: Path, out: Path, seed: int) -> None:

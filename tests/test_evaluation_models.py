@@ -19,14 +19,14 @@ from editspecialists.evaluation.image_reward import (
     load_reward_state_dict,
     read_configs,
 )
-from editspecialists.testing import tiny_eval
+from editspecialists.demo import evaluation_standins
 
 PROMPTS = ["car made out of lego", "a photo of a dog"]
 
 
 @pytest.fixture(scope="module")
 def eval_models(tiny_root):
-    return tiny_eval.build_all(tiny_root)
+    return evaluation_standins.build_all(tiny_root)
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from editspecialists.rewards.depth import DepthEstimator, align_scale_shift, depth_input_size, structural_score
-from editspecialists.testing.tiny_feedback import IMAGENET_MEAN, build_depth
-from editspecialists.testing.tiny import cached_build
+from editspecialists.demo.feedback_standins import IMAGENET_MEAN, build_depth
+from editspecialists.demo.cache import cached_build
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from transformers import CLIPModel, Dinov2Model
 
 from editspecialists.rewards.features import DreamSimPatches, HFPatches, load_patch_embedder
-from editspecialists.testing.tiny import cached_build
-from editspecialists.testing.tiny_feedback import IMAGENET_MEAN, IMAGENET_STD, build_clip, build_dinov2, build_dreamsim
+from editspecialists.demo.cache import cached_build
+from editspecialists.demo.feedback_standins import IMAGENET_MEAN, IMAGENET_STD, build_clip, build_dinov2, build_dreamsim
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_clip_tokens_are_projected_like_clip_image_embeddings(folders, images):
 def test_unknown_kinds_and_architectures_are_refused(tiny_root, folders):
     with pytest.raises(ValueError, match="unknown patch embedder 'vgg'"):
         load_patch_embedder("vgg", folders["dinov2"])
-    from editspecialists.testing.tiny_feedback import build_depth
+    from editspecialists.demo.feedback_standins import build_depth
 
     depth = str(cached_build(tiny_root / "depth", build_depth))
     with pytest.raises(ValueError, match="dinov2 or clip"):

@@ -6,8 +6,8 @@ from transformers import AutoModel, AutoModelForZeroShotObjectDetection, AutoPro
 
 from editspecialists.rewards.masks import (MaskPredictor, detector_prompt, pad_boxes, per_image_names,
                                           whole_frame_masks)
-from editspecialists.testing.tiny import cached_build
-from editspecialists.testing.tiny_feedback import build_detector, build_segmenter
+from editspecialists.demo.cache import cached_build
+from editspecialists.demo.feedback_standins import build_detector, build_segmenter
 
 NAME = "red sports car"
 

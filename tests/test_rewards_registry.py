@@ -11,7 +11,7 @@ from editspecialists.rewards.depth import DepthEstimator
 from editspecialists.rewards.features import load_patch_embedder
 from editspecialists.rewards.masks import MaskPredictor
 from editspecialists.rewards.semantic import downsample_mask, patch_distance, reconstruction_outside
-from editspecialists.testing import tiny_feedback
+from editspecialists.demo import feedback_standins
 from tests.helpers import load_config
 
 B, G, H, W = 2, 3, 48, 64
@@ -19,7 +19,7 @@ B, G, H, W = 2, 3, 48, 64
 
 @pytest.fixture(scope="module")
 def folders(tiny_root):
-    return tiny_feedback.build_all(tiny_root)
+    return feedback_standins.build_all(tiny_root)
 
 
 def feedback_config(folders, **reward):

@@ -54,7 +54,7 @@ class DreamSimPatches:
         ``model_id`` is a DreamSim variant (``"dinov2_vitb14"``), whose weights are downloaded
         into ``cache_dir`` (default ``~/.cache/dreamsim``) on first use, or an existing DreamSim
         cache folder (then the ``dinov2_vitb14`` variant is read from it; see
-        :mod:`editspecialists.testing.tiny_feedback` for an offline tiny one). DreamSim resolves
+        :mod:`editspecialists.demo.feedback_standins` for an offline tiny one). DreamSim resolves
         its backbone through torch.hub inside the cache folder; the process's torch.hub directory
         is restored afterwards.
         """

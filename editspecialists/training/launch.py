@@ -1,4 +1,4 @@
-"""Entry points shared by the scripts: logging set-up, demo assets, then the trainer."""
+"""What the scripts share before their work starts: logging, the process state, demo assets."""
 
 from __future__ import annotations
 
@@ -26,18 +26,9 @@ def process_state():
 
 def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
     """Build the demo's images and tiny models when the config asks for them (demo presets);
-    see :func:`editspecialists.testing.demo_assets.ensure_demo_assets` for the flags."""
+    see :func:`editspecialists.demo.assets.ensure_demo_assets` for the flags."""
     if config.get("demo_root"):
-        from editspecialists.testing.demo_assets import ensure_demo_assets
+        from editspecialists.demo.assets import ensure_demo_assets
 
         with process_state().main_process_first():
             ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
-
-
-def train(config) -> Path:
-    """Run a training job described by ``config``; returns the run folder."""
-    from editspecialists.training.trainer import Trainer
-
-    setup_logging()
-    prepare_demo_assets(config)
-    return Trainer(config).run()

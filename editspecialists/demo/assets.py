@@ -2,11 +2,11 @@
 
 Layout::
 
-    <root>/data/inputs, <root>/data/styles   demo images (editspecialists.data.demo)
+    <root>/data/inputs, <root>/data/styles   demo images (editspecialists.demo.images)
     <root>/models/demo-editor-v<N>            tiny InstructPix2Pix pretrained on the demo task
     <root>/models/<role>                      tiny feedback and evaluation models
 
-Each piece is cached and file-locked (see :func:`editspecialists.testing.tiny.cached_build`), so
+Each piece is cached and file-locked (see :func:`editspecialists.demo.policy_standin.cached_build`), so
 concurrent processes of one launch build it once.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editspecialists.data.demo import write_demo_images
-from editspecialists.testing import tiny_eval, tiny_feedback
-from editspecialists.testing.demo_editor import demo_editor, demo_editor_folder
-from editspecialists.testing.tiny import cached_build
+from editspecialists.demo.images import write_demo_images
+from editspecialists.demo import evaluation_standins, feedback_standins
+from editspecialists.demo.editor import demo_editor, demo_editor_folder
+from editspecialists.demo.cache import cached_build
 
 
 def demo_paths(root: str | Path = "demo_assets") -> dict[str, str]:
@@ -31,7 +31,7 @@ def demo_paths(root: str | Path = "demo_assets") -> dict[str, str]:
 def demo_models_config(root: str | Path = "demo_assets") -> dict[str, str]:
     """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
     under ``root`` (nothing is built here)."""
-    return tiny_eval.tiny_models_config(Path(root) / "models")
+    return evaluation_standins.tiny_models_config(Path(root) / "models")
 
 
 def ensure_demo_assets(root: str | Path = "demo_assets", *, policy: bool = True,
@@ -41,8 +41,8 @@ def ensure_demo_assets(root: str | Path = "demo_assets", *, policy: bool = True,
     models (HPS, PickScore, ImageReward) when ``evaluation``."""
     root = Path(root)
     cached_build(root / "data", write_demo_images)
-    tiny_feedback.build_all(root / "models")
+    feedback_standins.build_all(root / "models")
     if policy:
         demo_editor(root / "models")
     if evaluation:
-        tiny_eval.build_all(root / "models")
+        evaluation_standins.build_all(root / "models")

@@ -31,12 +31,8 @@ import torch
 from torch import nn
 
 from editspecialists.rewards.features import DREAMSIM_VARIANT, torch_hub_dir
-from editspecialists.testing.tiny import (
-    byte_level_clip_tokenizer,
-    cached_build,
-    default_cache_root,
-    tiny_clip_text_config,
-)
+from editspecialists.demo.cache import cached_build, default_cache_root
+from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_clip_text_config
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -261,7 +257,7 @@ class TinyDinoViT(nn.Module):
         return self.norm(x)[:, 0]
 
 
-HUBCONF = '''"""Tiny stand-in for facebookresearch/dinov2 (written by editspecialists.testing.tiny_feedback)."""
+HUBCONF = '''"""Tiny stand-in for facebookresearch/dinov2 (written by editspecialists.demo.feedback_standins)."""
 import json
 import os
 
@@ -271,7 +267,7 @@ dependencies = ["torch"]
 
 
 def dinov2_vitb14(**kwargs):
-    from editspecialists.testing.tiny_feedback import TinyDinoViT
+    from editspecialists.demo.feedback_standins import TinyDinoViT
 
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "{config}")) as handle:

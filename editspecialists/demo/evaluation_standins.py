@@ -14,13 +14,9 @@ from pathlib import Path
 
 import torch
 
-from editspecialists.testing import tiny_feedback
-from editspecialists.testing.tiny import (
-    byte_level_clip_tokenizer,
-    cached_build,
-    default_cache_root,
-    tiny_clip_text_config,
-)
+from editspecialists.demo import feedback_standins
+from editspecialists.demo.cache import cached_build, default_cache_root
+from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_clip_text_config
 
 HPS_ARCHITECTURE = "tiny-hps-vit"
 HPS_CHECKPOINT = "HPS_tiny.pt"
@@ -152,8 +148,8 @@ def model_paths(root: Path | None = None) -> dict[str, str]:
 
 def tiny_models_config(root: Path) -> dict[str, str]:
     """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
-    under ``root`` (``tiny_feedback.build_all(root)`` and :func:`build_all` layout; nothing is built)."""
-    return {**tiny_feedback.models_config(root), **model_paths(root)}
+    under ``root`` (``feedback_standins.build_all(root)`` and :func:`build_all` layout; nothing is built)."""
+    return {**feedback_standins.models_config(root), **model_paths(root)}
 
 
 def build_all(root: Path | None = None) -> dict[str, str]:

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from editspecialists.testing import tiny_feedback
+from editspecialists.demo import feedback_standins
 
 
 @pytest.fixture(scope="module")
 def built(tiny_root):
-    return tiny_feedback.build_all(tiny_root)
+    return feedback_standins.build_all(tiny_root)
 
 
 def test_build_all_returns_every_role_folder_with_its_files(built, tiny_root):
@@ -31,17 +31,17 @@ def test_build_all_returns_every_role_folder_with_its_files(built, tiny_root):
 
 def test_build_all_reuses_the_cache(built, tiny_root):
     stamp = (Path(built["depth"]) / "model.safetensors").stat().st_mtime_ns
-    assert tiny_feedback.build_all(tiny_root) == built
+    assert feedback_standins.build_all(tiny_root) == built
     assert (Path(built["depth"]) / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_tiny_bert_vocab_keeps_grounding_dino_special_ids():
-    vocab = tiny_feedback.tiny_bert_vocab()
+    vocab = feedback_standins.tiny_bert_vocab()
     assert len(vocab) == 1030 and sorted(vocab.values()) == list(range(1030))
     assert [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", "?")] == [0, 100, 101, 102, 1012, 1029]
 
 
-@pytest.mark.parametrize("builder", [tiny_feedback.build_depth, tiny_feedback.build_detector])
+@pytest.mark.parametrize("builder", [feedback_standins.build_depth, feedback_standins.build_detector])
 def test_builds_are_seeded(builder, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         (tmp_path / name).mkdir()
@@ -54,7 +54,7 @@ def test_builds_are_seeded(builder, tmp_path):
 def test_dreamsim_build_is_seeded(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        tiny_feedback.build_dreamsim(tmp_path / name, seed=0)
+        feedback_standins.build_dreamsim(tmp_path / name, seed=0)
     backbone = [torch.load(tmp_path / n / "checkpoints" / "dinov2_vitb14_pretrain.pth") for n in "ab"]
     adapters = [load_file(tmp_path / n / "dinov2_vitb14_patch_lora" / "adapter_model.safetensors") for n in "ab"]
     for first, second in (backbone, adapters):
@@ -63,7 +63,7 @@ def test_dreamsim_build_is_seeded(tmp_path):
 
 
 def test_tiny_vit_refuses_a_grid_it_has_no_positions_for():
-    model = tiny_feedback.TinyDinoViT(grid=4)
+    model = feedback_standins.TinyDinoViT(grid=4)
     assert model(torch.rand(2, 3, 56, 56)).shape == (2, 16)
     with pytest.raises(ValueError, match="expects 16 patches, got 25"):
         model(torch.rand(1, 3, 70, 70))

@@ -2,7 +2,7 @@
 
 Randomly initialised tiny models cannot show the trainer learning: the random VAE decodes every
 latent to nearly the same image and the random UNet produces no edit. This module pretrains the
-tiny pipeline of :mod:`editspecialists.testing.tiny` on the demo images, in two supervised stages
+tiny pipeline of :mod:`editspecialists.demo.policy_standin` on the demo images, in two supervised stages
 that double as a small example of InstructPix2Pix training:
 
 1. the VAE as an autoencoder (demo cars, brick walls, edit targets and smooth random images), then
@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES
-from editspecialists.data.demo import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
+from editspecialists.demo.images import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
 from editspecialists.diffusion.pipeline import encode_images as encode_batch
 from editspecialists.diffusion.pipeline import encode_prompts
-from editspecialists.testing.tiny import build_tiny_ip2p, cached_build, default_cache_root
+from editspecialists.demo.cache import cached_build, default_cache_root
+from editspecialists.demo.policy_standin import build_tiny_ip2p
 
 DEMO_EDITOR_VERSION = "2"
 DEMO_RESOLUTION = 32
@@ -328,7 +329,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
                          instructions: Sequence[str] | None = None, num_threads: int = 2) -> DemoEditorReport:
     """Pretrain the tiny InstructPix2Pix pipeline in ``pipeline_folder`` on CPU; save it to ``out_folder``.
 
-    cars: demo car scenes (as drawn by :func:`editspecialists.data.demo.draw_car`: the car mask is
+    cars: demo car scenes (as drawn by :func:`editspecialists.demo.images.draw_car`: the car mask is
     recovered from the two-tone background); walls: brick "style" images. Both are resized to
     ``resolution`` px. Stage 1 trains the VAE (``vae_steps`` steps), stage 2 the UNet on
     ``num_pairs`` pre-encoded edit pairs (``unet_steps`` steps, loss weights capped at

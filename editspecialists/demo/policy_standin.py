@@ -1,56 +1,17 @@
-"""Tiny, randomly initialised models built from configs only (no hub, no download).
+"""The stand-in InstructPix2Pix pipeline: tiny, randomly initialised, built from configs only.
 
-Every builder writes a real ``save_pretrained`` folder, so tests and the demo load the models back
-through exactly the ``from_pretrained`` code that production uses with hub ids. Builds are seeded
-and cached on disk: a folder holding a ``.complete`` marker for the current ``TINY_VERSION`` is
-reused as is.
+It is saved with ``save_pretrained``, so tests and the demo load it back through exactly the
+``from_pretrained`` code that production uses with hub ids. Builds are seeded and cached (see
+:mod:`editspecialists.demo.cache`).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-TINY_VERSION = "2"
-_MARKER = ".complete"
-
-
-def default_cache_root() -> Path:
-    """Folder for cached tiny models: ``$EDITSPECIALISTS_CACHE`` or ``~/.cache/editspecialists``."""
-    root = os.environ.get("EDITSPECIALISTS_CACHE") or Path.home() / ".cache" / "editspecialists"
-    return Path(root) / f"tiny-v{TINY_VERSION}"
-
-
-def cached_build(folder: Path, build: Callable[[Path], None]) -> Path:
-    """Return ``folder``, first running ``build(tmp)`` and renaming ``tmp`` to it if needed.
-
-    A file lock serialises concurrent builders (test workers, launched processes): the first
-    builds, the others wait and reuse its result. The rename means an interrupted build never
-    leaves a half-written folder behind.
-    """
-    from filelock import FileLock
-
-    folder = Path(folder)
-    if (folder / _MARKER).exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if (folder / _MARKER).exists():
-            return folder
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
-        try:
-            build(tmp)
-            (tmp / _MARKER).write_text(TINY_VERSION)
-            os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+from editspecialists.demo.cache import cached_build, default_cache_root
 
 
 def byte_level_clip_tokenizer():
@@ -147,13 +108,3 @@ def tiny_ip2p(root: Path | None = None) -> Path:
     """Folder of the cached tiny InstructPix2Pix pipeline (built on first use)."""
     root = Path(root) if root else default_cache_root()
     return cached_build(root / "instruct-pix2pix", build_tiny_ip2p)
-
-
-def build_all(root: Path | None = None) -> dict[str, str]:
-    """Build (or reuse) every tiny model; returns ``{role: folder}`` as strings for configs."""
-    from editspecialists.testing import tiny_feedback
-
-    root = Path(root) if root else default_cache_root()
-    paths = {"policy": str(tiny_ip2p(root))}
-    paths.update(tiny_feedback.build_all(root))
-    return paths
