@@ -1,60 +1,101 @@
 #!/usr/bin/env bash
-# Pre-download every model EditSpecialists uses, so later runs work with HF_HUB_OFFLINE=1.
+# Pre-download every model a config uses, so later runs work with HF_HUB_OFFLINE=1.
 #
-# Nothing is cloned: every model loads through diffusers / transformers / open_clip / dreamsim.
-# Usage: bash download_repos.sh [--eval] [--dreamsim-cache DIR]
-#   --eval  also fetch the evaluation-only models (CLIP, DINOv2, HPSv2.1, PickScore, ImageReward)
-# Depth-Anything-V2-Large is CC-BY-NC-4.0; set DEPTH_MODEL=depth-anything/Depth-Anything-V2-Small-hf
-# for the Apache-2.0 Small model.
+# The model ids are read from the config (config.pretrained.model and config.models); ids that
+# are local folders or files are skipped. Nothing is cloned: every model loads through
+# diffusers / transformers / open_clip / dreamsim, and only the files those loaders read are
+# fetched (configs, tokenizer files, safetensors weights; no duplicate .bin / .pt weights).
+# Usage: bash download_repos.sh [--config config/base.py] [--eval] [--dreamsim-cache DIR]
+#   --eval  also fetch the evaluation-only models (CLIP, DINOv2, HPSv2.1, PickScore + its
+#           LAION processor, ImageReward + the BERT tokenizer)
+# Depth-Anything-V2-Large is CC-BY-NC-4.0; set models.depth to
+# depth-anything/Depth-Anything-V2-Small-hf in the config for the Apache-2.0 Small model.
 set -euo pipefail
 
 WITH_EVAL=0
-DREAMSIM_CACHE="${HOME}/.cache/dreamsim"
+CONFIG="$(dirname "$0")/config/base.py"
+DREAMSIM_CACHE=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --eval) WITH_EVAL=1; shift ;;
+    --config) CONFIG="$2"; shift 2 ;;
     --dreamsim-cache) DREAMSIM_CACHE="$2"; shift 2 ;;
-    *) echo "unknown argument: $1 (use --eval, --dreamsim-cache DIR)" >&2; exit 2 ;;
+    *) echo "unknown argument: $1 (use --config FILE, --eval, --dreamsim-cache DIR)" >&2; exit 2 ;;
   esac
 done
-DEPTH_MODEL="${DEPTH_MODEL:-depth-anything/Depth-Anything-V2-Large-hf}"
+if [[ ! -f "$CONFIG" ]]; then
+  echo "ERROR: config file $CONFIG not found (--config FILE)" >&2
+  exit 2
+fi
 
-if ! python -c "import huggingface_hub, dreamsim" 2>/dev/null; then
-  echo "ERROR: install the project first (pip install -e .): huggingface_hub/dreamsim are missing" >&2
+if ! python -c "import huggingface_hub, dreamsim, ml_collections" 2>/dev/null; then
+  echo "ERROR: install the project first (pip install -e .): huggingface_hub/dreamsim/ml_collections are missing" >&2
   exit 1
 fi
 
-python - "$WITH_EVAL" "$DREAMSIM_CACHE" "$DEPTH_MODEL" <<'PY'
+python - "$WITH_EVAL" "$CONFIG" "$DREAMSIM_CACHE" <<'PY'
+import importlib.util
 import sys
+from pathlib import Path
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
-with_eval, dreamsim_cache, depth_model = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+with_eval, config_path, dreamsim_cache = sys.argv[1] == "1", sys.argv[2], sys.argv[3]
+spec = importlib.util.spec_from_file_location("download_config", config_path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = module.get_config()
+models = config.models
+
+WEIGHTS = ["*.json", "*.txt", "*.safetensors"]  # configs, tokenizer files (vocab/merges), weights
+PROCESSOR_ONLY = ["*.json", "*.txt"]
+
+
+def is_local(model_id: str) -> bool:
+    return Path(model_id).expanduser().exists()
+
 
 try:
-    HfApi().model_info("timbrooks/instruct-pix2pix", timeout=20)
+    HfApi().model_info(config.pretrained.model if not is_local(config.pretrained.model)
+                       else "timbrooks/instruct-pix2pix", timeout=20)
 except Exception as error:  # any failure here means the hub cannot be reached
     sys.exit(f"ERROR: cannot reach the Hugging Face hub ({type(error).__name__}: {error}).\n"
              "download_repos.sh needs network access; run it on a machine online, then copy "
              "~/.cache/huggingface (and the DreamSim cache) over, or point the config at local folders.")
 
-training = ["timbrooks/instruct-pix2pix", "IDEA-Research/grounding-dino-tiny",
-            "facebook/sam2.1-hiera-large", depth_model]
-evaluation = ["openai/clip-vit-large-patch14", "facebook/dinov2-large", "yuvalkirstain/PickScore_v1",
-              "google-bert/bert-base-uncased"]
-for repo in training + (evaluation if with_eval else []):
+repos = [(config.pretrained.model, WEIGHTS, config.pretrained.get("revision") or None),
+         (models.detector, WEIGHTS, None), (models.segmenter, WEIGHTS, None), (models.depth, WEIGHTS, None)]
+if config.get("reward", {}).get("semantic_backbone") == "dinov2":
+    repos.append((models.semantic_dinov2, WEIGHTS, None))
+if with_eval:
+    repos += [(models.clip, WEIGHTS, None), (models.dino, WEIGHTS, None), (models.pickscore, WEIGHTS, None),
+              (models.pickscore_processor, PROCESSOR_ONLY, None), (models.imagereward_tokenizer, PROCESSOR_ONLY, None)]
+for repo, patterns, revision in repos:
+    if is_local(repo):
+        print(f"skipping {repo} (a local folder)", flush=True)
+        continue
     print(f"downloading {repo}", flush=True)
-    snapshot_download(repo, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
+    snapshot_download(repo, allow_patterns=patterns, revision=revision)
 
 if with_eval:
-    snapshot_download("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", allow_patterns=["*.json", "*.txt"])
-    hf_hub_download("xswu/HPSv2", "HPS_v2.1_compressed.pt")
-    for name in ("ImageReward.pt", "med_config.json"):
-        hf_hub_download("THUDM/ImageReward", name)
+    if not is_local(models.hps_checkpoint):
+        repo, filename = models.hps_checkpoint.split(":", 1)
+        print(f"downloading {repo}/{filename}", flush=True)
+        hf_hub_download(repo, filename)
+    if not is_local(models.imagereward):
+        print(f"downloading {models.imagereward}", flush=True)
+        for name in ("ImageReward.pt", "med_config.json"):
+            hf_hub_download(models.imagereward, name)
 
-print(f"downloading DreamSim (dinov2_vitb14) into {dreamsim_cache}", flush=True)
-from dreamsim import dreamsim
+# DreamSim fetches its LoRA zip from GitHub and its dinov2 backbone through torch.hub, both into
+# the cache folder (dreamsim points torch.hub there); offline, torch.hub reuses that copy.
+cache = Path(dreamsim_cache or models.dreamsim_cache).expanduser()
+if is_local(models.dreamsim):
+    print(f"skipping DreamSim {models.dreamsim} (a local folder)", flush=True)
+else:
+    print(f"downloading DreamSim ({models.dreamsim}) into {cache}", flush=True)
+    from dreamsim import dreamsim
 
-dreamsim(pretrained=True, device="cpu", cache_dir=dreamsim_cache, dreamsim_type="dinov2_vitb14", use_patch_model=True)
+    dreamsim(pretrained=True, device="cpu", cache_dir=str(cache), dreamsim_type=models.dreamsim, use_patch_model=True)
 print("done: set HF_HUB_OFFLINE=1 to run without network")
 PY

@@ -32,6 +32,9 @@ from typing import Callable
 
 import torch
 
+from editspecialists.demo.cache import cached_build, default_cache_root
+from editspecialists.demo.policy_standin import (IP2P_SCHEDULER_CONFIG, byte_level_clip_tokenizer, tiny_ip2p,
+                                                 write_ip2p_scheduler_config)
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import is_euler_ancestral, step_is_stochastic
 from editspecialists.diffusion.pipeline import (decode_latents, encode_images, encode_prompts, load_pipeline,
@@ -39,8 +42,6 @@ from editspecialists.diffusion.pipeline import (decode_latents, encode_images, e
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import Trajectories, initial_noise, sample_edits
 from editspecialists.precision import dtype_named
-from editspecialists.demo.cache import cached_build, default_cache_root
-from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_ip2p
 from editspecialists.training.trainer import micro_batch_loss, zero_loss
 
 PROMPTS = ("turn the car into lego", "replace the car with lego", "make the car out of lego")
@@ -65,14 +66,13 @@ def _save_ip2p_pipeline(folder: Path, unet, vae, text_encoder) -> None:
     """Save an InstructPix2Pix pipeline around the given modules with IP2P's scheduler."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
 
-    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                                beta_schedule="scaled_linear", num_train_timesteps=1000,
-                                                steps_offset=1)
+    scheduler = EulerAncestralDiscreteScheduler.from_config(IP2P_SCHEDULER_CONFIG)
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=byte_level_clip_tokenizer(), unet=unet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
+    write_ip2p_scheduler_config(folder)
 
 
 def _sd_layout_unet(block_out_channels, cross_attention_dim: int, sample_size: int):

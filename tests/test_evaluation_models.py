@@ -130,3 +130,42 @@ def test_image_reward_loading_fails_loudly_on_a_missing_key(eval_models, tmp_pat
     model = ImageRewardModel(*read_configs(folder / MED_CONFIG_FILE))
     with pytest.raises(RuntimeError, match="mlp.layers.7.bias"):
         load_reward_state_dict(model, tmp_path / CHECKPOINT_FILE)
+
+
+def test_pickscore_reads_its_processor_from_the_separate_laion_repo(eval_models):
+    assert eval_models["pickscore_processor"] != eval_models["pickscore"]
+    assert not (Path(eval_models["pickscore_processor"]) / "model_index.json").exists()
+    pick = ClipEmbedder.from_pretrained(eval_models["pickscore"], eval_models["pickscore_processor"])
+    assert type(pick.processor).__name__ == "CLIPProcessor"
+    assert type(pick.processor.tokenizer).__name__ == "CLIPTokenizer" and pick.processor.tokenizer.model_max_length == 77
+
+
+def test_clip_loads_the_published_legacy_feature_extractor_file(tiny_root, tmp_path):
+    """openai/clip-vit-large-patch14's ``preprocessor_config.json`` is a ``CLIPFeatureExtractor``
+    file (integer sizes, no ``do_rescale``): it must load as the 224 px bicubic CLIP processor."""
+    import shutil
+
+    from editspecialists.demo.feedback_standins import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_clip
+    from editspecialists.demo.cache import cached_build
+
+    folder = tmp_path / "clip"
+    shutil.copytree(cached_build(tiny_root / "clip", build_clip), folder)
+    shutil.copy(Path(__file__).parent / "fixtures" / "hub" / "openai__clip-vit-large-patch14" /
+                "preprocessor_config.json", folder)
+    processor = ClipEmbedder.from_pretrained(str(folder)).processor.image_processor
+    assert type(processor).__name__ == "CLIPImageProcessor"
+    assert (processor.size["shortest_edge"], processor.crop_size["height"], processor.crop_size["width"]) == (224, 224, 224)
+    assert (int(processor.resample), processor.do_rescale, processor.do_center_crop) == (3, True, True)
+    assert (list(processor.image_mean), list(processor.image_std)) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    pixels = processor(images=[torch.rand(3, 48, 64)], do_rescale=False, return_tensors="pt").pixel_values
+    assert pixels.shape == (1, 3, 224, 224)
+
+
+def test_image_reward_tokenizer_resolves_like_bert_base_uncased(eval_models):
+    """bert-base-uncased's tokenizer_config.json names no class: AutoTokenizer takes it from
+    config.json. The scorer gets a lower-casing BERT WordPiece tokenizer of length 512."""
+    scorer = ImageRewardScorer.from_pretrained(eval_models["imagereward"], eval_models["imagereward_tokenizer"])
+    tokenizer = scorer.tokenizer
+    assert type(tokenizer).__name__ == "BertTokenizer" and tokenizer.model_max_length == 512
+    assert tokenizer("A Car").input_ids == evaluation_standins.tiny_bert_tokenizer()("a car").input_ids
+    assert not (Path(eval_models["imagereward"]) / "tokenizer_config.json").exists()  # as THUDM/ImageReward

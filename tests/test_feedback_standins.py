@@ -67,3 +67,40 @@ def test_tiny_vit_refuses_a_grid_it_has_no_positions_for():
     assert model(torch.rand(2, 3, 56, 56)).shape == (2, 16)
     with pytest.raises(ValueError, match="expects 16 patches, got 25"):
         model(torch.rand(1, 3, 70, 70))
+
+
+def test_segmenter_is_saved_as_published_and_masks_load_its_image_model(built):
+    """The stand-in is a ``sam2_video`` repo like ``facebook/sam2.1-hiera-large``; ``AutoModel``
+    would load its video model, whose forward needs a video session. The mask predictor loads
+    the image model and processor and segments boxes."""
+    from editspecialists.rewards.masks import MaskPredictor
+
+    folder = Path(built["segmenter"])
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "sam2_video"
+    assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "Sam2VideoProcessor"
+    predictor = MaskPredictor.from_pretrained(built["detector"], built["segmenter"], box_threshold=0.0)
+    assert type(predictor.segmenter).__name__ == "Sam2Model"
+    assert type(predictor.segmenter_processor).__name__ == "Sam2Processor"
+    assert predictor.segmenter_processor.target_size == feedback_standins.SEGMENTER_IMAGE_SIZE
+    torch.manual_seed(0)
+    result = predictor(torch.rand(2, 3, 48, 80), "car")
+    assert result.masks.shape == (2, 48, 80) and result.masks.dtype == torch.bool
+    assert not result.fallback.any()
+    assert 0 < result.masks.float().mean() < 1  # SAM's masks, not a whole-frame fallback
+
+
+def test_detector_with_the_real_preprocessor_file_resizes_to_800_and_at_most_1333(built, tmp_path):
+    """Grounding DINO's published preprocessing (short side 800, long side at most 1333, padded)."""
+    import shutil
+
+    from editspecialists.rewards.masks import MaskPredictor
+
+    folder = tmp_path / "detector"
+    shutil.copytree(built["detector"], folder)
+    shutil.copy(Path(__file__).parent / "fixtures" / "hub" / "IDEA-Research__grounding-dino-tiny" /
+                "preprocessor_config.json", folder)
+    predictor = MaskPredictor.from_pretrained(str(folder), built["segmenter"], box_threshold=0.0)
+    images = [torch.rand(3, 40, 100), torch.rand(3, 60, 60)]
+    inputs = predictor.detector_processor(images=images, text=["car.", "car."], do_rescale=False, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 3, 800, 1333)  # 40×100 → 533×1333, 60×60 → 800×800, padded
+    assert inputs["input_ids"].shape[0] == 2

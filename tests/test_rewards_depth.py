@@ -85,3 +85,21 @@ def test_identical_images_score_zero_and_different_ones_do_not(depth):
 def test_depth_rejects_images_outside_the_unit_range(depth):
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         depth(torch.full((1, 3, 28, 28), 255.0))
+
+
+@pytest.mark.parametrize("repo", ["depth-anything__Depth-Anything-V2-Large-hf", "depth-anything__Depth-Anything-V2-Small-hf"])
+def test_the_real_dpt_preprocessor_file_gives_518_px_in_multiples_of_14(tiny_root, tmp_path, repo):
+    """The stand-in with the published ``preprocessor_config.json`` (DPT, 518 px, keep_aspect_ratio,
+    ensure_multiple_of 14, ImageNet statistics) in place of its shrunk one."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "depth"
+    shutil.copytree(cached_build(tiny_root / "depth", build_depth), folder)
+    shutil.copy(Path(__file__).parent / "fixtures" / "hub" / repo / "preprocessor_config.json", folder)
+    depth = DepthEstimator.from_pretrained(str(folder))
+    assert (depth.short_side, depth.multiple) == (518, 14)
+    assert (list(depth.mean), list(depth.std)) == (IMAGENET_MEAN, [0.229, 0.224, 0.225])
+    images = torch.rand(1, 3, 64, 96)
+    assert depth.preprocess(images).shape == (1, 3, 518, 784)  # 96·518/64 = 777 → 56·14
+    assert depth(images).shape == (1, 64, 96)

@@ -2,8 +2,10 @@
 
 Each is written in the file layout of its real counterpart, so the evaluator loads it through the
 production loading code: an open_clip model config (JSON, registered by path) plus a checkpoint for
-HPSv2; a ``save_pretrained`` CLIPModel and processor for PickScore; ``ImageReward.pt`` +
-``med_config.json`` (+ a BERT tokenizer) for ImageReward.
+HPSv2 (``HPS_v2.1_compressed.pt`` holding ``{"state_dict": ...}``); for PickScore a ``CLIPModel``
+and, as the real setup reads it from ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, a second CLIP
+repo whose processor is used; ``ImageReward.pt`` + ``med_config.json`` (+ a BERT tokenizer) for
+ImageReward.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import torch
 
 from editspecialists.demo import feedback_standins
 from editspecialists.demo.cache import cached_build, default_cache_root
-from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_clip_text_config
+from editspecialists.demo.policy_standin import byte_level_clip_tokenizer
 
 HPS_ARCHITECTURE = "tiny-hps-vit"
-HPS_CHECKPOINT = "HPS_tiny.pt"
+HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"  # the file name in xswu/HPSv2
 IMAGE_SIZE = 32
+PICKSCORE_PROCESSOR_FOLDER = "laion-clip-h"
+IMAGE_REWARD_TOKENIZER_FOLDER = "bert-base-uncased"
+# google-bert/bert-base-uncased's tokenizer_config.json, verbatim (no tokenizer_class: the class
+# comes from config.json's model_type).
+BERT_BASE_UNCASED_TOKENIZER_CONFIG = {"do_lower_case": True, "model_max_length": 512}
 
 
 def tiny_hps_model_config() -> dict:
@@ -33,7 +40,7 @@ def tiny_hps_model_config() -> dict:
 
 
 def build_tiny_hps(folder: Path, seed: int = 0) -> None:
-    """Write ``tiny-hps-vit.json`` (open_clip model config) and its checkpoint ``HPS_tiny.pt``."""
+    """Write ``tiny-hps-vit.json`` (open_clip model config) and its checkpoint :data:`HPS_CHECKPOINT`."""
     import open_clip
 
     config_path = folder / f"{HPS_ARCHITECTURE}.json"
@@ -44,26 +51,20 @@ def build_tiny_hps(folder: Path, seed: int = 0) -> None:
     torch.save({"state_dict": model.state_dict()}, folder / HPS_CHECKPOINT)
 
 
-def build_tiny_pickscore(folder: Path, seed: int = 0) -> None:
-    """Save a tiny ``CLIPModel`` and its ``CLIPProcessor`` (32 px) in one folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
-
+def build_tiny_clip_repo(folder: Path, seed: int = 0) -> None:
+    """A CLIP repo as PickScore's and LAION's CLIP-H are published: ``CLIPModel`` (32 px images)
+    with its tokenizer and legacy feature-extractor ``preprocessor_config.json``. The LAION
+    repo's preprocessor file was not seen; its sister repo ``laion/CLIP-ViT-g-14-laion2B-s12B-b42K``
+    holds the OpenAI CLIP file, whose mean/std ``open_clip_config.json`` of CLIP-H confirms."""
     torch.manual_seed(seed)
     tokenizer = byte_level_clip_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=8,
-    )
-    config = CLIPConfig(
-        text_config=tiny_clip_text_config(len(tokenizer.get_vocab())).to_dict(),
-        vision_config=vision.to_dict(),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    feedback_standins.tiny_clip_model(len(tokenizer.get_vocab()), IMAGE_SIZE).save_pretrained(folder)
+    feedback_standins.write_clip_processor(folder, IMAGE_SIZE)
+
+
+def build_tiny_pickscore_processor(folder: Path) -> None:
+    """The stand-in of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, where PickScore's processor lives."""
+    build_tiny_clip_repo(folder, seed=1)
 
 
 def tiny_bert_tokenizer():
@@ -76,19 +77,42 @@ def tiny_bert_tokenizer():
     return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
 
 
+def build_tiny_bert_base_uncased(folder: Path) -> None:
+    """The tokenizer repo ImageReward reads, laid out as ``google-bert/bert-base-uncased``:
+    ``vocab.txt``, ``tokenizer.json``, its 2-key ``tokenizer_config.json`` and a ``config.json``
+    (``bert``, ``BertForMaskedLM``; sizes shrunk) from which ``AutoTokenizer`` takes the class."""
+    from transformers import BertConfig
+
+    tokenizer = tiny_bert_tokenizer()
+    tokenizer.save_pretrained(folder)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    (folder / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
+    (folder / "tokenizer_config.json").write_text(json.dumps(BERT_BASE_UNCASED_TOKENIZER_CONFIG) + "\n")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, architectures=["BertForMaskedLM"])
+    config.save_pretrained(folder)
+
+
 def tiny_image_reward_med_config(vocab_size: int) -> dict:
-    """``med_config.json`` of a tiny ImageReward: BERT sizes plus the ``"vision"`` override."""
+    """``med_config.json`` of a tiny ImageReward: every key of the real file (BLIP's MED BERT
+    config) with widths, depths and the vocabulary shrunk, plus the ``"vision"`` override."""
     return {
         "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
         "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
         "hidden_size": 32,
+        "initializer_range": 0.02,
         "intermediate_size": 64,
         "layer_norm_eps": 1e-12,
         "max_position_embeddings": 64,
+        "model_type": "bert",
         "num_attention_heads": 2,
         "num_hidden_layers": 2,
         "pad_token_id": 0,
+        "type_vocab_size": 2,
         "vocab_size": vocab_size,
+        "encoder_width": 32,
         "add_cross_attention": True,
         "vision": {"image_size": IMAGE_SIZE, "patch_size": 8, "width": 32, "depth": 2, "num_heads": 2},
     }
@@ -109,7 +133,8 @@ def official_layout_extras(model, embed_dim: int = 16) -> dict[str, torch.Tensor
 
 
 def build_tiny_image_reward(folder: Path, seed: int = 0) -> None:
-    """Write ``ImageReward.pt``, ``med_config.json`` and a BERT tokenizer into ``folder``."""
+    """Write ``ImageReward.pt`` and ``med_config.json`` into ``folder`` (the files of
+    ``THUDM/ImageReward``; its tokenizer is :func:`build_tiny_bert_base_uncased`'s)."""
     from editspecialists.evaluation.image_reward import (
         CHECKPOINT_FILE,
         MED_CONFIG_FILE,
@@ -119,7 +144,6 @@ def build_tiny_image_reward(folder: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     tokenizer = tiny_bert_tokenizer()
-    tokenizer.save_pretrained(folder)
     (folder / MED_CONFIG_FILE).write_text(json.dumps(tiny_image_reward_med_config(len(tokenizer)), indent=2))
     model = ImageRewardModel(*read_configs(folder / MED_CONFIG_FILE))
     with torch.no_grad():
@@ -136,13 +160,14 @@ def model_paths(root: Path | None = None) -> dict[str, str]:
     """Config ``models`` entries of the tiny evaluation models under ``root`` (nothing is built)."""
     root = Path(root) if root else default_cache_root()
     hps, pickscore, image_reward = root / "hps", root / "pickscore", root / "imagereward"
+    laion_clip = root / PICKSCORE_PROCESSOR_FOLDER
     return {
         "hps_architecture": str(hps / f"{HPS_ARCHITECTURE}.json"),
         "hps_checkpoint": str(hps / HPS_CHECKPOINT),
         "pickscore": str(pickscore),
-        "pickscore_processor": str(pickscore),
+        "pickscore_processor": str(laion_clip),
         "imagereward": str(image_reward),
-        "imagereward_tokenizer": str(image_reward),
+        "imagereward_tokenizer": str(root / IMAGE_REWARD_TOKENIZER_FOLDER),
     }
 
 
@@ -156,6 +181,8 @@ def build_all(root: Path | None = None) -> dict[str, str]:
     """Build (or reuse) the tiny evaluation models; returns :func:`model_paths`."""
     root = Path(root) if root else default_cache_root()
     cached_build(root / "hps", build_tiny_hps)
-    cached_build(root / "pickscore", build_tiny_pickscore)
+    cached_build(root / "pickscore", build_tiny_clip_repo)
+    cached_build(root / PICKSCORE_PROCESSOR_FOLDER, build_tiny_pickscore_processor)
     cached_build(root / "imagereward", build_tiny_image_reward)
+    cached_build(root / IMAGE_REWARD_TOKENIZER_FOLDER, build_tiny_bert_base_uncased)
     return model_paths(root)

@@ -3,11 +3,14 @@
 Each ``build_<role>(folder)`` writes what production loads by id, so tests and the demo go
 through exactly the production loading code:
 
-- ``detector``: Grounding DINO + processor (``save_pretrained``).
-- ``segmenter``: SAM2 + processor (``save_pretrained``).
-- ``depth``: Depth Anything + DPT image processor (``save_pretrained``).
-- ``dinov2``: ``Dinov2Model`` + image processor (``save_pretrained``).
-- ``clip``: ``CLIPModel`` + processor with the byte-level tokenizer (``save_pretrained``).
+- ``detector``: Grounding DINO, ``preprocessor_config.json`` and BERT tokenizer files, as
+  ``IDEA-Research/grounding-dino-tiny``.
+- ``segmenter``: SAM2 as ``facebook/sam2(.1)-hiera-large`` publish it: a ``sam2_video`` model
+  with ``Sam2VideoProcessor`` files.
+- ``depth``: Depth Anything + DPT image processor, as ``depth-anything/Depth-Anything-V2-*-hf``.
+- ``dinov2``: ``Dinov2Model`` + ``BitImageProcessor``, as ``facebook/dinov2-*``.
+- ``clip``: ``CLIPModel`` + byte-level CLIP tokenizer + legacy feature-extractor file, as
+  ``openai/clip-vit-large-patch14``.
 - ``dreamsim``: a DreamSim cache folder that the real ``dreamsim`` package loads offline. DreamSim
   checks its cache for ``dinov2_vitb14_pretrain.pth`` and ``dinov2_vitb14_patch_lora/`` (a PEFT
   adapter), then builds its backbone with ``torch.hub.load("facebookresearch/dinov2",
@@ -18,6 +21,8 @@ through exactly the production loading code:
   the real weights. The LoRA adapter is made by the dreamsim package itself (its
   ``PerceptualModel`` on the tiny backbone) with non-zero random LoRA weights.
 
+Each keeps the real repo's classes and preprocessing settings (the constants below; the files
+and their sources are in ``tests/fixtures/hub``); only widths, depths and image sizes shrink.
 Builds are seeded (identical files for identical seeds) and take seconds.
 """
 
@@ -36,6 +41,56 @@ from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+RESCALE_1_255 = 0.00392156862745098
+
+# The real repos' preprocessing (tests/fixtures/hub holds the files and their sources). Only the
+# image sizes of the stand-ins shrink; tests/test_standin_identity.py checks the rest.
+GROUNDING_DINO_PREPROCESSING = {  # IDEA-Research/grounding-dino-tiny, size 800/1333
+    "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True, "format": "coco_detection",
+    "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "resample": 2, "rescale_factor": RESCALE_1_255,
+}
+GROUNDING_DINO_TOKENIZER = {
+    "do_lower_case": True, "model_max_length": 512, "strip_accents": None, "tokenize_chinese_chars": True,
+    "clean_up_tokenization_spaces": True,
+}
+# facebook/sam2(.1)-hiera-large: its preprocessor_config.json was not seen; these are the
+# settings it shares with transformers' Sam2ImageProcessor defaults and the reference conversion
+# (1024 px images, 256 px masks: library defaults).
+SAM2_PREPROCESSING = {
+    "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+    "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "resample": 2, "rescale_factor": RESCALE_1_255,
+}
+SAM2_PROCESSOR = {"point_pad_value": -10, "processor_class": "Sam2VideoProcessor"}  # target_size 1024
+SAM2_LARGE_SWITCHES = {"enable_occlusion_spatial_embedding": False, "enable_temporal_pos_encoding_for_object_pointers": False}
+SEGMENTER_IMAGE_SIZE = 64
+CLIP_IMAGE_SIZE = 32
+DEPTH_ANYTHING_PREPROCESSING = {  # depth-anything/Depth-Anything-V2-{Large,Small}-hf, size 518 x 518
+    "do_normalize": True, "do_pad": False, "do_rescale": True, "do_resize": True, "ensure_multiple_of": 14,
+    "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "keep_aspect_ratio": True, "resample": 3,
+    "rescale_factor": RESCALE_1_255, "size_divisor": None,
+}
+DINOV2_PREPROCESSING = {  # facebook/dinov2-{base,large}, unchanged (the patch embedder resizes itself)
+    "crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "do_convert_rgb": True,
+    "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD, "resample": 3, "rescale_factor": RESCALE_1_255, "size": {"shortest_edge": 256},
+}
+
+
+def legacy_clip_feature_extractor(size: int) -> dict:
+    """``preprocessor_config.json`` of ``openai/clip-vit-large-patch14`` (legacy feature-extractor
+    format: integer sizes, no ``do_rescale``), with ``size`` and ``crop_size`` (224 there) set to ``size``."""
+    return {
+        "crop_size": size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": OPENAI_CLIP_MEAN,
+        "image_std": OPENAI_CLIP_STD, "resample": 3, "size": size,
+    }
+
+
+def write_json(path: Path, settings: dict) -> None:
+    """``settings`` as indented JSON with sorted keys (the hub files' style)."""
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 DREAMSIM_BACKBONE_FILE = f"{DREAMSIM_VARIANT}_pretrain.pth"
 DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
 TINY_VIT_CONFIG = "tiny_vit.json"
@@ -59,8 +114,17 @@ def tiny_bert_vocab() -> dict[str, int]:
     return vocab
 
 
+def mark_processor_class(folder: Path, file_name: str, processor_class: str) -> None:
+    """Add ``processor_class`` to a saved sub-processor config, as the real repos' files carry it
+    (transformers 5 writes it only inside a combined ``processor_config.json``)."""
+    path = folder / file_name
+    write_json(path, {**json.loads(path.read_text()), "processor_class": processor_class})
+
+
 def build_detector(folder: Path, seed: int = 0) -> None:
-    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor (128 px images).
+    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor, laid out as
+    ``IDEA-Research/grounding-dino-tiny``: ``preprocessor_config.json`` and the tokenizer files,
+    both naming ``GroundingDinoProcessor``; only the image size shrinks (800/1333 → 128).
 
     At 128 px the coarsest feature level keeps more than one pixel, which GroupNorm needs for a
     batch of one image.
@@ -74,12 +138,11 @@ def build_detector(folder: Path, seed: int = 0) -> None:
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
         SwinConfig,
     )
 
     torch.manual_seed(seed)
-    tokenizer = BertTokenizer(vocab=tiny_bert_vocab())
+    tokenizer = BertTokenizer(vocab=tiny_bert_vocab(), **GROUNDING_DINO_TOKENIZER)
     backbone = SwinConfig(
         image_size=128, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=7, out_indices=[2, 3, 4]
     )
@@ -97,46 +160,63 @@ def build_detector(folder: Path, seed: int = 0) -> None:
         model.model.decoder.layer_norm.weight.mul_(DETECTOR_FEATURE_SCALE)
         model.model.decoder.layer_norm.bias.mul_(DETECTOR_FEATURE_SCALE)
     model.save_pretrained(folder)
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 128})
-    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    GroundingDinoImageProcessor(
+        **GROUNDING_DINO_PREPROCESSING, size={"shortest_edge": 128, "longest_edge": 128}
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for file_name in ("preprocessor_config.json", "tokenizer_config.json"):
+        mark_processor_class(folder, file_name, "GroundingDinoProcessor")
 
 
-def build_segmenter(folder: Path, seed: int = 0) -> None:
-    """SAM2 (Hiera 8→64 channels, 64 px, 16 px low-resolution masks) and its processor."""
-    from transformers import (
-        Sam2Config,
-        Sam2HieraDetConfig,
-        Sam2ImageProcessor,
-        Sam2MaskDecoderConfig,
-        Sam2Model,
-        Sam2Processor,
-        Sam2PromptEncoderConfig,
-        Sam2VisionConfig,
-    )
+def tiny_sam2_video_config():
+    """A ``sam2_video`` config (as ``facebook/sam2.1-hiera-large`` is published): Hiera 8→64
+    channels, 64 px images, 16-wide prompt encoder, mask decoder and memory modules."""
+    from transformers import Sam2HieraDetConfig, Sam2VideoConfig, Sam2VisionConfig
+    from transformers.models.sam2_video import Sam2VideoMaskDecoderConfig, Sam2VideoPromptEncoderConfig
 
-    torch.manual_seed(seed)
     hiera = Sam2HieraDetConfig(
-        hidden_size=8, image_size=64, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
-        num_attention_heads_per_stage=[1] * 4, global_attention_blocks=[3], window_size_per_stage=[4, 4, 4, 2],
+        hidden_size=8, image_size=SEGMENTER_IMAGE_SIZE, blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1] * 4, global_attention_blocks=[3],
+        window_size_per_stage=[4, 4, 4, 2],
     )
     vision = Sam2VisionConfig(
         backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
         backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=16,
     )
-    config = Sam2Config(
+    return Sam2VideoConfig(
         vision_config=vision,
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16),
-        mask_decoder_config=Sam2MaskDecoderConfig(
-            hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16
-        ),
+        # config objects, not dicts: transformers 5.17 mixes up the two sub-configs given as dicts
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=16, image_size=SEGMENTER_IMAGE_SIZE, patch_size=16),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=16, mlp_dim=32, num_attention_heads=2,
+                                                       iou_head_hidden_dim=16),
+        image_size=SEGMENTER_IMAGE_SIZE,
+        memory_attention_hidden_size=16, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=32,
+        memory_attention_rope_feat_sizes=[4, 4], memory_encoder_hidden_size=16, memory_encoder_output_channels=8,
+        mask_downsampler_embed_dim=16, memory_fuser_embed_dim=16, memory_fuser_intermediate_dim=32,
+        **SAM2_LARGE_SWITCHES,
     )
-    Sam2Model(config).save_pretrained(folder)
-    image_processor = Sam2ImageProcessor(size={"height": 64, "width": 64}, mask_size={"height": 16, "width": 16})
-    Sam2Processor(image_processor=image_processor).save_pretrained(folder)
+
+
+def build_segmenter(folder: Path, seed: int = 0) -> None:
+    """SAM2 saved as published on the hub: a ``sam2_video`` model (``Sam2VideoModel``), with
+    ``preprocessor_config.json`` (``Sam2ImageProcessor``), ``video_preprocessor_config.json`` and
+    the 3-key ``processor_config.json`` naming ``Sam2VideoProcessor``. Images shrink to 64 px
+    (``target_size`` too), low-resolution masks to 16 px.
+    """
+    from transformers import Sam2ImageProcessor, Sam2VideoModel, Sam2VideoVideoProcessor
+
+    torch.manual_seed(seed)
+    Sam2VideoModel(tiny_sam2_video_config()).save_pretrained(folder)
+    size = {"height": SEGMENTER_IMAGE_SIZE, "width": SEGMENTER_IMAGE_SIZE}
+    mask_size = {"height": SEGMENTER_IMAGE_SIZE // 4, "width": SEGMENTER_IMAGE_SIZE // 4}
+    Sam2ImageProcessor(**SAM2_PREPROCESSING, size=size, mask_size=mask_size).save_pretrained(folder)
+    Sam2VideoVideoProcessor(**SAM2_PREPROCESSING, size=size, mask_size=mask_size).save_pretrained(folder)
+    write_json(folder / "processor_config.json", {**SAM2_PROCESSOR, "target_size": SEGMENTER_IMAGE_SIZE})
 
 
 def build_depth(folder: Path, seed: int = 0) -> None:
-    """Depth Anything (4-layer DINOv2 backbone, patch 14) and a DPT processor (short side 56)."""
+    """Depth Anything (4-layer DINOv2 backbone, patch 14) and the real DPT image processor with
+    its size shrunk from 518 to 56."""
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
     torch.manual_seed(seed)
@@ -149,14 +229,11 @@ def build_depth(folder: Path, seed: int = 0) -> None:
         fusion_hidden_size=16, head_hidden_size=8, initializer_range=0.15,  # depth of order 1, not 1e-8
     )
     DepthAnythingForDepthEstimation(config).save_pretrained(folder)
-    DPTImageProcessor(
-        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
-        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-    ).save_pretrained(folder)
+    DPTImageProcessor(**DEPTH_ANYTHING_PREPROCESSING, size={"height": 56, "width": 56}).save_pretrained(folder)
 
 
 def build_dinov2(folder: Path, seed: int = 0) -> None:
-    """``Dinov2Model`` (hidden 32, 2 layers, patch 8) and its image processor."""
+    """``Dinov2Model`` (hidden 32, 2 layers, patch 8) and the real ``BitImageProcessor`` settings."""
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
@@ -164,29 +241,35 @@ def build_dinov2(folder: Path, seed: int = 0) -> None:
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8, image_size=64
     )
     Dinov2Model(config).save_pretrained(folder)
-    BitImageProcessor(
-        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    ).save_pretrained(folder)
+    BitImageProcessor(**DINOV2_PREPROCESSING).save_pretrained(folder)
+
+
+def tiny_clip_model(vocab_size: int, image_size: int):
+    """A ``CLIPModel`` with a 2-layer text and vision tower (width 32, patch 8), projection 16."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+        patch_size=8,
+    )
+    config = CLIPConfig(
+        text_config=tiny_clip_text_config(vocab_size).to_dict(), vision_config=vision.to_dict(), projection_dim=16
+    )
+    return CLIPModel(config)
+
+
+def write_clip_processor(folder: Path, image_size: int) -> None:
+    """The CLIP processor files as the hub repos hold them: tokenizer files and a legacy
+    feature-extractor ``preprocessor_config.json``."""
+    byte_level_clip_tokenizer().save_pretrained(folder)
+    write_json(folder / "preprocessor_config.json", legacy_clip_feature_extractor(image_size))
 
 
 def build_clip(folder: Path, seed: int = 0) -> None:
-    """``CLIPModel`` (vision 32 px, patch 8, projection 16) and its processor."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
-
+    """``CLIPModel`` (32 px images) laid out as ``openai/clip-vit-large-patch14``."""
     torch.manual_seed(seed)
-    tokenizer = byte_level_clip_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    config = CLIPConfig(
-        text_config=tiny_clip_text_config(len(tokenizer.get_vocab())).to_dict(),
-        vision_config=vision.to_dict(),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(folder)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    tiny_clip_model(len(byte_level_clip_tokenizer().get_vocab()), CLIP_IMAGE_SIZE).save_pretrained(folder)
+    write_clip_processor(folder, CLIP_IMAGE_SIZE)
 
 
 class TinyPatchEmbed(nn.Module):

@@ -7,6 +7,7 @@ It is saved with ``save_pretrained``, so tests and the demo load it back through
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -53,8 +54,50 @@ def tiny_clip_text_config(vocab_size: int, hidden_size: int = 32):
     )
 
 
+# scheduler/scheduler_config.json of timbrooks/instruct-pix2pix, verbatim (tests/fixtures/hub):
+# no timestep_spacing key (diffusers' default applies), steps_offset 1, and keys of other
+# schedulers left over from its conversion.
+IP2P_SCHEDULER_CONFIG = {
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "_diffusers_version": "0.12.0.dev0",
+    "algorithm_type": "dpmsolver++",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "lower_order_final": True,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "solver_order": 2,
+    "solver_type": "midpoint",
+    "steps_offset": 1,
+    "thresholding": False,
+    "trained_betas": None,
+}
+
+
+def ip2p_feature_extractor():
+    """The pipeline's ``feature_extractor`` (a ``CLIPImageProcessor``, unused without a safety
+    checker); its settings in the real repo were not seen: transformers' defaults."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor()
+
+
+def write_ip2p_scheduler_config(folder: Path) -> None:
+    """Replace the saved scheduler config by the real repo's file (:data:`IP2P_SCHEDULER_CONFIG`)."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps(IP2P_SCHEDULER_CONFIG, indent=2) + "\n")
+
+
 def build_tiny_ip2p(folder: Path, seed: int = 0) -> None:
-    """Save a tiny ``StableDiffusionInstructPix2PixPipeline`` (8-channel UNet, 2-block VAE)."""
+    """Save a tiny ``StableDiffusionInstructPix2PixPipeline`` (8-channel UNet, 2-block VAE) with
+    the components of ``timbrooks/instruct-pix2pix`` (``model_index.json`` classes) and its
+    scheduler config verbatim."""
     from diffusers import (
         AutoencoderKL,
         EulerAncestralDiscreteScheduler,
@@ -88,9 +131,7 @@ def build_tiny_ip2p(folder: Path, seed: int = 0) -> None:
         norm_num_groups=8,
         sample_size=32,
     )
-    scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
-    )
+    scheduler = EulerAncestralDiscreteScheduler.from_config(IP2P_SCHEDULER_CONFIG)
     pipe = StableDiffusionInstructPix2PixPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -98,10 +139,11 @@ def build_tiny_ip2p(folder: Path, seed: int = 0) -> None:
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
-        feature_extractor=None,
+        feature_extractor=ip2p_feature_extractor(),
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
+    write_ip2p_scheduler_config(folder)
 
 
 def tiny_ip2p(root: Path | None = None) -> Path:

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import torch
 
+from editspecialists.model_ids import explain_loading
+
+
 def load_pipeline(model_id: str, *, revision: str = "", scheduler: str = "euler_ancestral"):
     """Load ``StableDiffusionInstructPix2PixPipeline`` (fp32, CPU) with the chosen scheduler.
 
     The VAE and text encoder are frozen; the UNet is returned untouched for
-    :func:`editspecialists.diffusion.policy.build_policy`.
+    :func:`editspecialists.diffusion.policy.build_policy`. A failure raises
+    :class:`~editspecialists.model_ids.ModelIdError` naming the role ``pretrained.model``, the id
+    and what to do.
     """
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        model_id,
-        revision=revision or None,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    with explain_loading({"pretrained.model": model_id}, {"pretrained.model": revision}):
+        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            model_id,
+            revision=revision or None,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.scheduler = _scheduler_class(scheduler).from_config(pipe.scheduler.config)
     pipe.vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)

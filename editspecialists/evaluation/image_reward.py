@@ -8,6 +8,10 @@ state-dict layout (``blip.visual_encoder.*``, ``blip.text_encoder.*``, ``mlp.lay
 checkpoint loads with no key translation; ``med_config.json`` gives the text encoder's sizes. The
 vision sizes are not in that file (the original hard-codes ViT-L); an optional ``"vision"`` entry in
 it overrides them, which is how tiny test configurations describe their encoder.
+
+``tests/test_image_reward_parity.py`` checks the scores against the official ``image-reward``
+package at real size: within 1e-4 on identical tensors, within 1e-2 from PIL images (the official
+resizes uint8 images with PIL, we resize float tensors).
 """
 
 from __future__ import annotations
@@ -21,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editspecialists.evaluation.images import resize_center_crop
-from editspecialists.rewards.images import normalise
+from editspecialists.rewards.images import normalise, resize
 
 CHECKPOINT_FILE = "ImageReward.pt"
 MED_CONFIG_FILE = "med_config.json"
@@ -299,6 +302,28 @@ def resolve_model_files(model_id: str) -> tuple[Path, Path]:
     return Path(hf_hub_download(model_id, CHECKPOINT_FILE)), Path(hf_hub_download(model_id, MED_CONFIG_FILE))
 
 
+def torchvision_resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The geometry of torchvision's ``Resize(size)`` + ``CenterCrop(size)``, which the official
+    preprocessing applies to PIL images, on ``(B, 3, H, W)`` in [0, 1]: the short side becomes
+    ``size`` and the long side ``int(size * long / short)`` (truncated), then the crop starts at
+    ``round((side - size) / 2)`` (Python's round). Antialiased bicubic, as PIL's. (A rounded long
+    side or a floored crop start shifts the crop by a pixel: 0.015 of reward in the parity test.)"""
+    height, width = images.shape[-2:]
+    long_side = int(size * max(height, width) / min(height, width))
+    new_h, new_w = (size, long_side) if height <= width else (long_side, size)
+    images = resize(images, (new_h, new_w))
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return images[..., top : top + size, left : left + size]
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]):
+    """The official prompt encoding: ``input_ids`` and ``attention_mask`` ``(B, 35)``, each prompt
+    padded or truncated to :data:`MAX_PROMPT_TOKENS` (``[CLS]`` and ``[SEP]`` included)."""
+    return tokenizer(
+        list(prompts), padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt"
+    )
+
+
 class ImageRewardScorer:
     """Score ``(image, prompt)`` pairs with ImageReward; every image has its own prompt."""
 
@@ -317,17 +342,15 @@ class ImageRewardScorer:
         return cls(model, AutoTokenizer.from_pretrained(tokenizer_id), torch.device(device), dtype)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] → resized (short side, bicubic), centre-cropped, normalised."""
+        """``(B, 3, H, W)`` in [0, 1] → resized and centre-cropped as the official code, normalised."""
         size = self.model.vision_config.image_size
-        return normalise(resize_center_crop(images, size), CLIP_MEAN, CLIP_STD)
+        return normalise(torchvision_resize_center_crop(images, size), CLIP_MEAN, CLIP_STD)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Rewards ``(B,)`` (float32, higher is better) for images ``(B, 3, H, W)`` in [0, 1]."""
         if len(prompts) != images.shape[0]:
             raise ValueError(f"ImageReward: {images.shape[0]} images but {len(prompts)} prompts")
-        tokens = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt"
-        ).to(self.device)
+        tokens = tokenize_prompts(self.tokenizer, prompts).to(self.device)
         pixels = self.preprocess(images.to(self.device, torch.float32)).to(self.dtype)
         return self.model(pixels, tokens.input_ids, tokens.attention_mask).float()

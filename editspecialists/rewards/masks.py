@@ -1,11 +1,15 @@
 """Object masks by name (Grounded-SAM2, SPEC §4): Grounding DINO boxes → SAM2 masks → union.
 
 Names are data: ``"red sports car"`` is sent to the detector as the phrase ``"red sports car."``.
-An image where nothing scores above the box threshold gets the whole image as its mask;
-``whole_frame=True`` gives all-ones masks without running any model.
+An image where nothing scores above the box threshold *falls back* (``reward.mask_fallback``):
+``"whole_box"`` (the original) prompts SAM2 with the whole-image box ``[0, 0, W, H]``; ``"ones"``
+takes the whole image as the mask without calling SAM2. Either way the image is reported in
+:attr:`Masks.fallback`. ``whole_frame=True`` gives all-ones masks without running any model.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -43,8 +47,27 @@ def pad_boxes(boxes: list[torch.Tensor]) -> list[list[list[float]]]:
     return [image_boxes.tolist() + [image_boxes[0].tolist()] * (most - len(image_boxes)) for image_boxes in boxes]
 
 
+def whole_image_box_where_none(boxes: list[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
+    """Each image's boxes ``(N_i, 4)``; an image without any gets the whole-image box ``[0, 0, W, H]``."""
+    whole = torch.tensor([[0.0, 0.0, width, height]])
+    return [image_boxes if len(image_boxes) else whole for image_boxes in boxes]
+
+
+MASK_FALLBACKS = ("whole_box", "ones")
+MASK_KEYS = ("models.detector", "models.segmenter")  # config keys of the detector and segmenter
+
+
+@dataclass
+class Masks:
+    """Masks ``(B, H, W)`` bool on the images' device, and ``fallback`` ``(B,)`` bool on the CPU:
+    True where the detector found nothing and the mask is the fallback's."""
+
+    masks: torch.Tensor
+    fallback: torch.Tensor
+
+
 class MaskPredictor:
-    """Masks ``(B, H, W)`` bool of a named object in images ``(B, 3, H, W)`` in [0, 1]."""
+    """:class:`Masks` of a named object in images ``(B, 3, H, W)`` in [0, 1]."""
 
     def __init__(self, detector, detector_processor, segmenter, segmenter_processor, *, device: torch.device,
                  dtype: torch.dtype, box_threshold: float, text_threshold: float):
@@ -56,25 +79,40 @@ class MaskPredictor:
     @classmethod
     def from_pretrained(cls, detector_id: str, segmenter_id: str, *, device="cpu", dtype: torch.dtype = torch.float32,
                         box_threshold: float = 0.4, text_threshold: float = 0.3) -> "MaskPredictor":
-        """Grounding DINO (``detector_id``) and SAM2 (``segmenter_id``) with their processors."""
-        from transformers import AutoModel, AutoModelForZeroShotObjectDetection, AutoProcessor
+        """Grounding DINO (``detector_id``) and SAM2 (``segmenter_id``) with their processors.
+
+        The SAM2 repos (``facebook/sam2-hiera-large``, ``facebook/sam2.1-hiera-large``) are
+        published as video models (``model_type: "sam2_video"``, ``Sam2VideoProcessor``), which
+        ``AutoModel``/``AutoProcessor`` would load as such; box prompting on single images needs
+        the image model ``Sam2Model`` (mask-generation mapping; the memory weights are skipped) and
+        ``Sam2Processor`` (the repo's image processor and ``target_size``).
+        """
+        from transformers import AutoModelForMaskGeneration, AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import Sam2Processor
 
         detector = AutoModelForZeroShotObjectDetection.from_pretrained(detector_id, dtype=dtype).to(device).eval()
-        segmenter = AutoModel.from_pretrained(segmenter_id, dtype=dtype).to(device).eval()
+        segmenter = AutoModelForMaskGeneration.from_pretrained(segmenter_id, dtype=dtype).to(device).eval()
         return cls(detector, AutoProcessor.from_pretrained(detector_id), segmenter,
-                   AutoProcessor.from_pretrained(segmenter_id), device=torch.device(device), dtype=dtype,
+                   Sam2Processor.from_pretrained(segmenter_id), device=torch.device(device), dtype=dtype,
                    box_threshold=box_threshold, text_threshold=text_threshold)
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor, names: str | list[str]) -> torch.Tensor:
-        """Union of the SAM2 masks of every box found for the image's name; whole image if none."""
+    def __call__(self, images: torch.Tensor, names: str | list[str], fallback: str = "whole_box") -> Masks:
+        """Union of the SAM2 masks of every box found for the image's name; where none is found,
+        ``fallback``: SAM2 on the whole-image box (``"whole_box"``) or the whole image (``"ones"``)."""
+        if fallback not in MASK_FALLBACKS:
+            raise ValueError(f"mask fallback must be one of {MASK_FALLBACKS}, got {fallback!r}")
         check_images(images)
-        masks = whole_frame_masks(images)
         boxes = self.detect(images, per_image_names(names, len(images)))
-        found = [i for i, image_boxes in enumerate(boxes) if len(image_boxes)]
+        missed = torch.tensor([len(image_boxes) == 0 for image_boxes in boxes])
+        if fallback == "whole_box":
+            masks = self.segment(images, whole_image_box_where_none(boxes, *images.shape[-2:]))
+            return Masks(masks.to(images.device), missed)
+        masks = whole_frame_masks(images)
+        found = (~missed).nonzero().flatten().tolist()
         if found:
             masks[found] = self.segment(images[found], [boxes[i] for i in found]).to(masks.device)
-        return masks
+        return Masks(masks, missed)
 
     def detect(self, images: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
         """Boxes ``(N_i, 4)`` xyxy in pixels (clamped to the image) per image, one detector call."""
