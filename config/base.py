@@ -12,19 +12,24 @@ def get_config():
 
     # ---- run ----
     config.run_name = ""  # empty: a timestamp; the run folder is <logdir>/<run_name>
-    config.seed = 42
-    config.logdir = "logs"
-    config.num_epochs = 20
+    config.seed = 0  # seeds data order, sampling noise, timestep choice and LoRA init
+    config.logdir = "logs"  # parent folder of the run folders
+    config.num_epochs = 20  # sample -> score -> train rounds
     config.save_freq = 1  # epochs between checkpoints
-    config.num_checkpoint_limit = 5  # newest checkpoints kept; 0 keeps all
-    config.mixed_precision = "bf16"  # "no", "fp16" or "bf16"
-    config.allow_tf32 = True
+    config.num_checkpoint_limit = 0  # newest checkpoints kept; 0 keeps all
+    # "no" (fp32, the original), "fp16" or "bf16": faster, changes the log-ratios (README, Differences)
+    config.mixed_precision = "no"
+    config.allow_tf32 = True  # TF32 matmuls on Ampere+ GPUs (no effect on CPU)
     config.load_checkpoint = ""  # a checkpoint folder or a run folder (newest checkpoint) to resume
-    config.use_lora = True
-    config.lora_rank = 8
-    config.lora_alpha = 8
+    config.use_lora = True  # LoRA on the UNet attention (False: full fine-tuning, a reference UNet copy)
+    config.lora_rank = 8  # LoRA rank r
+    config.lora_alpha = 8  # LoRA scaling alpha (the update is scaled by alpha / r)
+    # "default": peft's (A Kaiming-uniform, B zero); "gaussian": A ~ N(0, std 1/lora_rank), several
+    # times larger updates at the same learning rate
+    config.lora_init = "default"
     config.wandb_project = ""  # empty: no wandb; offline automatically without credentials
-    config.gradient_checkpointing = False  # recommended with use_lora=False
+    # "without_lora" (on for full fine-tuning only), "always" or "never"
+    config.gradient_checkpointing = "without_lora"
     config.demo_root = ""  # set by config/demo.py: scripts build the demo assets there first
     config.overwrite = False  # generate.py: redo edits that already exist (else they are skipped)
 
@@ -38,34 +43,37 @@ def get_config():
 
     # ---- base model ----
     config.pretrained = pretrained = ml_collections.ConfigDict()
-    pretrained.model = "timbrooks/instruct-pix2pix"
-    pretrained.revision = ""  # empty: the hub default
+    pretrained.model = "timbrooks/instruct-pix2pix"  # InstructPix2Pix hub id or local folder
+    pretrained.revision = "main"  # hub branch, tag or commit of pretrained.model
     pretrained.scheduler = "euler_ancestral"  # or "ddim"
 
     # ---- sampling ----
     config.sample = sample = ml_collections.ConfigDict()
-    sample.num_steps = 100
+    sample.num_steps = 100  # denoising steps per edit
     sample.eta = 1.0  # DDIM only; must be > 0 for log-probabilities
     sample.guidance_scale = 7.5  # text
-    sample.image_guidance_scale = 1.5
-    sample.style_image_guidance_scale = 3.0
+    sample.image_guidance_scale = 1.5  # input image
+    sample.style_image_guidance_scale = 3.0  # style (visual prompt) image
     sample.batch_size = 4  # inputs per process per sampling batch
-    sample.num_batches_per_epoch = 2
+    sample.num_batches_per_epoch = 2  # sampling batches per process per epoch
     sample.nb_gen = 2  # edits per input, ranked against each other
     sample.sample_savedir = "outputs/edits"  # generate.py writes here
+    # generate.py's instruction: "per_image" draws a template from each image's seed; "first" is
+    # always "turn the {input} into {style}"
+    sample.generation_prompt = "per_image"
 
     # ---- training ----
     config.train = train = ml_collections.ConfigDict()
     train.batch_size = 1  # inputs (each with its nb_gen edits) per micro-step
-    train.use_8bit_adam = False
-    train.learning_rate = 3e-5
-    train.adam_beta1 = 0.9
-    train.adam_beta2 = 0.999
-    train.adam_weight_decay = 1e-4
-    train.adam_epsilon = 1e-8
-    train.gradient_accumulation_steps = 8
-    train.max_grad_norm = 1.0
-    train.num_inner_epochs = 1
+    train.use_8bit_adam = False  # bitsandbytes 8-bit AdamW (pip install -e '.[8bit]')
+    train.learning_rate = 3e-5  # AdamW learning rate
+    train.adam_beta1 = 0.9  # AdamW first-moment decay
+    train.adam_beta2 = 0.999  # AdamW second-moment decay
+    train.adam_weight_decay = 1e-4  # AdamW decoupled weight decay
+    train.adam_epsilon = 1e-8  # AdamW denominator epsilon
+    train.gradient_accumulation_steps = 8  # micro-batches (x trained timesteps) per optimizer step
+    train.max_grad_norm = 1.0  # gradient clipping norm
+    train.num_inner_epochs = 1  # training passes over each epoch's samples
     train.timestep_fraction = 1.0  # share of each trajectory's trainable steps used for training
     train.eps = 0.1  # clip band of the ratio: [1 - eps, 1 + eps]
     train.beta = 0.1  # temperature of the preference loss
@@ -74,20 +82,23 @@ def get_config():
 
     # ---- AI feedback ----
     config.reward = reward = ml_collections.ConfigDict()
-    # Scores combined into the ranking: name -> weight. Each score is standardised over the epoch
-    # batch, signed by its direction (see editspecialists.rewards.registry) and weighted.
+    # Scores combined into the ranking: name -> weight. Each score is standardised (see
+    # reward.standardize), signed by its direction (see editspecialists.rewards.registry) and weighted.
     reward.weights = ml_collections.ConfigDict(
         {"structural": 1.0, "semantic": train.get_ref("score_alpha")}
     )
-    reward.rec_lambda = train.get_ref("rec_lambda")  # rec_lambda > 0 with whole_frame penalises
-    # any change of the image (its "outside" is empty, so the whole image is used): consider 0.
-    reward.box_threshold = 0.4
-    reward.text_threshold = 0.3
+    # With whole_frame, rec_lambda > 0 penalises any change of the image (its "outside" is empty,
+    # so the whole image is used): consider 0.
+    reward.rec_lambda = train.get_ref("rec_lambda")  # weight of reconstruction (follows train.rec_lambda)
+    reward.box_threshold = 0.4  # Grounding DINO box score threshold
+    reward.text_threshold = 0.3  # Grounding DINO text score threshold
     reward.structural_align = "none"  # or "scale_shift": least-squares align the edit's depth first
     reward.semantic_backbone = "dreamsim"  # or "dinov2" / "clip": transformers patch embedder
     reward.batch_size = 8  # images per feedback-model call
     reward.dtype = "fp32"  # "fp32", "fp16" or "bf16" for the frozen feedback models
     reward.overlap = True  # on CUDA, score batch k while batch k+1 samples (no effect on CPU)
+    reward.standardize = "batch"  # scores standardised over each sampling batch, or "epoch"
+    reward.mask_fallback = "whole_box"  # no detection: SAM on the whole-image box, or "ones"
 
     # ---- model ids (hub ids or local folders) ----
     config.models = models_config()
@@ -97,19 +108,19 @@ def get_config():
 def models_config():
     """Feedback and evaluation model ids (SPEC §9); each may be a hub id or a local folder."""
     models = ml_collections.ConfigDict()
-    models.detector = "IDEA-Research/grounding-dino-tiny"
-    models.segmenter = "facebook/sam2.1-hiera-large"
+    models.detector = "IDEA-Research/grounding-dino-tiny"  # open-vocabulary detector (masks)
+    models.segmenter = "facebook/sam2-hiera-large"  # SAM 2 (masks from boxes), as the original
     # CC-BY-NC-4.0; "depth-anything/Depth-Anything-V2-Small-hf" is Apache-2.0.
     models.depth = "depth-anything/Depth-Anything-V2-Large-hf"
     models.dreamsim = "dinov2_vitb14"  # DreamSim variant; weights cached in models.dreamsim_cache
-    models.dreamsim_cache = "~/.cache/dreamsim"
+    models.dreamsim_cache = "~/.cache/dreamsim"  # DreamSim weights and torch.hub backbone folder
     models.semantic_dinov2 = "facebook/dinov2-base"  # used when reward.semantic_backbone="dinov2"
-    models.clip = "openai/clip-vit-large-patch14"
-    models.dino = "facebook/dinov2-large"
-    models.hps_architecture = "ViT-H-14"
-    models.hps_checkpoint = "xswu/HPSv2:HPS_v2.1_compressed.pt"
-    models.pickscore = "yuvalkirstain/PickScore_v1"
-    models.pickscore_processor = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-    models.imagereward = "THUDM/ImageReward"
-    models.imagereward_tokenizer = "google-bert/bert-base-uncased"
+    models.clip = "openai/clip-vit-large-patch14"  # evaluation CLIP (clip_*, clipSim_*)
+    models.dino = "facebook/dinov2-large"  # evaluation DINOv2 (dinoSim_*)
+    models.hps_architecture = "ViT-H-14"  # open_clip architecture of HPSv2
+    models.hps_checkpoint = "xswu/HPSv2:HPS_v2.1_compressed.pt"  # <repo>:<file> or a local file
+    models.pickscore = "yuvalkirstain/PickScore_v1"  # pick_score model
+    models.pickscore_processor = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PickScore's processor
+    models.imagereward = "THUDM/ImageReward"  # ImageReward.pt + med_config.json
+    models.imagereward_tokenizer = "google-bert/bert-base-uncased"  # ImageReward's BERT tokenizer
     return models

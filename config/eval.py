@@ -33,15 +33,18 @@ def get_config(preset=""):
     config.input_name = "car"
     config.style_name = "lego"
     # All-ones masks: the *_gen_input metrics then compare the whole image and l2_out becomes the
-    # whole-image MSE (there is no "outside" to preserve).
+    # whole-image MSE (there is no "outside" to preserve), which semantic_score then includes.
     config.whole_frame = False
     # "none" compares raw relative depths (faithful); "scale_shift" least-squares aligns the edit's first.
     config.structural_align = "none"
 
     # ---- metrics ----
-    # "all", or a comma-separated string of: semantic_score, structural_score, l2_out,
-    # clip_txt, clip_dir, clipSim_gen_sty, clipSim_gen_input, dinoSim_gen_sty, dinoSim_gen_input,
-    # dreamsimSim_gen_sty, dreamsimSim_gen_input, hps_score, imgrew_score, pick_score.
+    # "all", or a comma-separated string of (README "Generate and evaluate" defines each):
+    #   paper's definitions: semantic_score, structural_score, l2_out, clip_txt, clip_dir,
+    #     clipSim_gen_sty, clipSim_gen_input, dinoSim_gen_sty, dinoSim_gen_input,
+    #     dreamsimSim_gen_sty, dreamsimSim_gen_input, hps_score, imgrew_score, pick_score;
+    #   our variants: semantic_score_norec, clip_dir_normalized, clipSim_gen_input_aligned,
+    #     dinoSim_gen_input_aligned, dreamsimSim_gen_input_aligned.
     config.metrics = "all"
     config.batch_size = 8  # edits per model call
     config.seed = 42  # style image choice when the edits folder has no manifest.jsonl
@@ -63,14 +66,17 @@ def get_config(preset=""):
     return config
 
 
-def use_demo_assets(config, root="demo_assets"):
-    """Point folders at the demo images and every model at a tiny local one under ``root``.
+def use_demo_assets(config, root=None):
+    """Point folders at the demo images and every model at a tiny local one under ``root``
+    (default: the cache of editspecialists.demo.cache).
 
     Nothing is built here: scripts/evaluate.py builds what is missing on first use.
     """
     from editspecialists.demo.images import INPUT_NAME, STYLE_NAME
     from editspecialists.demo.assets import demo_models_config, demo_paths
+    from editspecialists.demo.cache import default_cache_root
 
+    root = str(root or default_cache_root())
     config.demo_root = root
     paths = demo_paths(root)
     config.inputimg_dir, config.styleimg_dir = paths["inputs"], paths["styles"]

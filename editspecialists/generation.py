@@ -1,8 +1,10 @@
 """Editing a folder of images with a trained specialist (or the base model): generate.py.
 
 Each input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input stem>.png``,
-and a line in ``manifest.jsonl`` (input file, style file, prompt, seed, edit file) from which
-the edit can be reproduced exactly: every image has its own seed, independent of batching.
+and a line in ``manifest.jsonl`` (input file, style file, prompt template index and prompt, seed,
+edit file) from which the edit can be reproduced exactly: every image has its own seed,
+independent of batching, which draws its style image and (``sample.generation_prompt``
+"per_image") its prompt template.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import list_images, load_image, tensor_to_image
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, place_encoders
-from editspecialists.diffusion.policy import build_policy
+from editspecialists.diffusion.policy import policy_from_config
 from editspecialists.diffusion.sampler import sample_edits
 from editspecialists.training import checkpoint as ckpt
 
@@ -55,8 +57,7 @@ def load_editor(config, device):
     trained = model_config(config)
     pipe = load_pipeline(trained.pretrained.model, revision=trained.pretrained.revision,
                          scheduler=config.pretrained.scheduler)
-    policy = build_policy(pipe.unet, use_lora=trained.use_lora, lora_rank=trained.lora_rank,
-                          lora_alpha=trained.lora_alpha)
+    policy = policy_from_config(pipe.unet, trained)
     if config.load_checkpoint:
         checkpoint = ckpt.resolve_checkpoint(config.load_checkpoint)
         ckpt.load_weights(policy, checkpoint, ckpt.architecture_of(trained))
@@ -82,16 +83,28 @@ def plan_edits(config, folder: Path) -> list[dict]:
     inputs = list_images(config.inputimg_dir, "input image")
     check_distinct_edit_names(inputs)
     styles = list_images(config.styleimg_dir, "style image")
-    prompt = PROMPT_TEMPLATES[0].format(input=config.input_name, style=config.style_name)
     entries = []
     for path in inputs:
         seed = image_seed(config.seed, path.name)
-        style = styles[np.random.default_rng(seed).integers(len(styles))]
-        entry = {"input": path.name, "style": style.name, "prompt": prompt, "seed": seed,
-                 "edit": edit_name(path.name)}
+        rng = np.random.default_rng(seed)
+        style = styles[rng.integers(len(styles))]
+        template = prompt_template(config.sample.generation_prompt, rng)
+        prompt = PROMPT_TEMPLATES[template].format(input=config.input_name, style=config.style_name)
+        entry = {"input": path.name, "style": style.name, "template": template, "prompt": prompt,
+                 "seed": seed, "edit": edit_name(path.name)}
         if config.overwrite or not (folder / entry["edit"]).is_file():
             entries.append(entry)
     return entries
+
+
+def prompt_template(choice: str, rng: np.random.Generator) -> int:
+    """Index into ``PROMPT_TEMPLATES`` of one image's instruction: drawn from the image's ``rng``
+    (``"per_image"``, the original's way) or always 0 (``"first"``)."""
+    if choice == "per_image":
+        return int(rng.integers(len(PROMPT_TEMPLATES)))
+    if choice == "first":
+        return 0
+    raise ValueError(f"sample.generation_prompt must be 'per_image' or 'first', got {choice!r}")
 
 
 def check_distinct_edit_names(inputs: list[Path]) -> None:

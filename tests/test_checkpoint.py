@@ -1,4 +1,7 @@
-"""Checkpoint files: atomic layout, loud mismatches, loading that provably changes the model."""
+"""Checkpoint files: atomic layout, loud mismatches, loading that provably changes the model;
+old runs resumed with the behaviour they were trained with."""
+
+import json
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ from editspecialists.diffusion.pipeline import load_pipeline
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import sample_edits
 from editspecialists.training import checkpoint as ckpt
+from tests.helpers import load_config
 
 
 def architecture(use_lora=True, rank=8, alpha=8):
@@ -136,3 +140,80 @@ def test_a_checkpoint_is_replaced_only_once_its_successor_is_complete(tmp_path):
     assert (final / ckpt.WEIGHTS).read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
     assert ckpt.resolve_checkpoint(final / ckpt.WEIGHTS) == final
+
+
+def old_run(folder, **values):
+    """A run folder as main wrote it before issue 14: no lora_init, reward.standardize or
+    reward.mask_fallback in its config.json, bf16 and seed 42 by default, revision "", a bool
+    gradient_checkpointing; ``values`` (dotted keys) set further saved values."""
+    saved = load_config("base").to_dict()
+    del saved["lora_init"], saved["reward"]["standardize"], saved["reward"]["mask_fallback"]
+    saved.update(seed=42, mixed_precision="bf16", gradient_checkpointing=False, num_epochs=20)
+    saved["pretrained"]["revision"] = ""
+    saved["models"]["segmenter"] = "facebook/sam2.1-hiera-large"
+    saved["reward"]["weights"] = {"brightness": 1.0}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        section = saved
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = value
+    checkpoint = folder / ckpt.CHECKPOINTS / ckpt.checkpoint_name(3)
+    checkpoint.mkdir(parents=True)
+    (checkpoint / ckpt.WEIGHTS).write_bytes(b"")
+    (folder / "config.json").write_text(json.dumps(saved))
+    return checkpoint
+
+
+def test_an_old_run_config_reads_missing_keys_as_their_old_values(tmp_path):
+    saved = ckpt.saved_run_config(old_run(tmp_path / "run"))
+    assert saved.lora_init == "gaussian"
+    assert saved.reward.standardize == "epoch"
+    assert saved.reward.mask_fallback == "ones"
+    assert saved.pretrained.revision == "main" and saved.gradient_checkpointing == "never"
+    assert saved.mixed_precision == "bf16", "a saved value is kept"
+
+    newer = ckpt.saved_run_config(old_run(tmp_path / "newer", **{
+        "lora_init": "default", "reward.standardize": "batch", "reward.mask_fallback": "whole_box"}))
+    assert (newer.lora_init, newer.reward.standardize, newer.reward.mask_fallback) == (
+        "default", "batch", "whole_box")
+
+
+def test_resuming_an_old_run_keeps_the_behaviour_it_was_trained_with(tmp_path, caplog):
+    """Today's defaults on the command line; the resumed config has the run's LoRA init,
+    standardisation, mask fallback, seed, precision, segmenter and scores, and the command
+    line's resume settings (epochs, log folder)."""
+    checkpoint = old_run(tmp_path / "run")
+    config = load_config("base")
+    config.load_checkpoint, config.num_epochs, config.logdir = str(tmp_path / "run"), 30, str(tmp_path / "logs")
+    with caplog.at_level("WARNING"):
+        resumed = ckpt.resumed_config(config, checkpoint)
+    assert resumed.lora_init == "gaussian"
+    assert resumed.reward.standardize == "epoch"
+    assert resumed.reward.mask_fallback == "ones"
+    assert (resumed.seed, resumed.mixed_precision) == (42, "bf16")
+    assert resumed.models.segmenter == "facebook/sam2.1-hiera-large"
+    assert resumed.reward.weights.to_dict() == {"brightness": 1.0}
+    assert (resumed.num_epochs, resumed.logdir) == (30, str(tmp_path / "logs"))
+    assert resumed.gradient_checkpointing == "without_lora", "a resume setting comes from the command line"
+    assert config.lora_init == "default" and config.seed == 0, "the given config is left as it was"
+    assert "the run's reward.standardize = 'epoch' (this config: 'batch')" in caplog.text
+    assert "num_epochs" not in caplog.text
+
+
+def test_resuming_warns_about_keys_the_run_never_had(tmp_path, caplog):
+    checkpoint = old_run(tmp_path / "run")
+    saved = tmp_path / "run" / "config.json"
+    tree = json.loads(saved.read_text())
+    del tree["train"]["max_grad_norm"]
+    saved.write_text(json.dumps(tree))
+    with caplog.at_level("WARNING"):
+        resumed = ckpt.resumed_config(load_config("base"), checkpoint)
+    assert resumed.train.max_grad_norm == 1.0
+    assert "config.json has no train.max_grad_norm; using 1.0" in caplog.text
+
+
+def test_resuming_on_another_base_model_is_still_refused(tmp_path):
+    checkpoint = old_run(tmp_path / "run", **{"pretrained.revision": "fp16"})
+    with pytest.raises(ValueError, match="pretrained.revision: run 'fp16' vs now 'main'"):
+        ckpt.resumed_config(load_config("base"), checkpoint)

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -14,14 +15,21 @@ from PIL import Image
 
 from editspecialists.demo.images import write_demo_images
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.evaluation.families import ALL_METRICS, FAMILIES, EvalBatch, FamilySettings, parse_metrics
+from editspecialists.evaluation.families import (
+    ALL_METRICS,
+    FAMILIES,
+    METRIC_DEFINITIONS,
+    EvalBatch,
+    FamilySettings,
+    parse_metrics,
+)
 from editspecialists.data.images import image_to_tensor
 from editspecialists.evaluation.images import ImageLoadError
 from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
 from editspecialists.rewards.semantic import downsample_mask
 from editspecialists.demo import evaluation_standins
-from tests.helpers import load_config
+from tests.helpers import REPO, load_config
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +78,7 @@ def test_every_metric_is_written_finite_and_unchanged_edits_score_the_maximum(ev
     result = evaluate(eval_config)
     out = Path(eval_config.eval_savedir)
     summary = json.loads((out / "car_lego.json").read_text())
+    assert summary["metric_definitions"] == METRIC_DEFINITIONS == 2
     assert summary["skipped"] == {}
     assert set(summary["metrics"]) == set(ALL_METRICS)
     for name, stats in summary["metrics"].items():
@@ -82,14 +91,18 @@ def test_every_metric_is_written_finite_and_unchanged_edits_score_the_maximum(ev
     for row in rows:
         unchanged = row["edit"] in ("edit_car_00.png", "edit_car_02.png")
         values = {name: float(row[name]) for name in ALL_METRICS}
+        assert values["semantic_score"] == pytest.approx(values["semantic_score_norec"] + 0.5 * values["l2_out"], abs=1e-6)
         if unchanged:
             assert values["l2_out"] == 0 and values["structural_score"] == 0
+            assert values["clip_dir"] == values["clip_dir_normalized"] == 0
             for prefix in ("clipSim", "dinoSim", "dreamsimSim"):
-                assert values[f"{prefix}_gen_input"] == pytest.approx(1.0, abs=1e-5)
+                assert values[f"{prefix}_gen_input_aligned"] == pytest.approx(1.0, abs=1e-5)
+                assert values[f"{prefix}_gen_input"] < 1 - 1e-4  # all pairs: below 1 even unchanged
         else:
             assert values["l2_out"] > 0 and values["structural_score"] > 0
+            assert values["clip_dir"] != pytest.approx(values["clip_dir_normalized"], abs=1e-4)
             for prefix in ("clipSim", "dinoSim", "dreamsimSim"):
-                assert values[f"{prefix}_gen_input"] < 1 - 1e-4
+                assert values[f"{prefix}_gen_input_aligned"] < 1 - 1e-4
     means = {name: np.mean([float(r[name]) for r in rows]) for name in ALL_METRICS}
     assert means == pytest.approx({k: v["mean"] for k, v in summary["metrics"].items()})
 
@@ -127,11 +140,25 @@ def test_whole_frame_needs_no_mask_models_and_compares_whole_images(eval_config)
     assert float(perturbed["l2_out"]) == pytest.approx((edit - source).pow(2).mean().item(), rel=1e-5)
 
 
+def test_selecting_our_variants_by_name(eval_config):
+    eval_config.metrics = "clip_dir_normalized,dinoSim_gen_input_aligned,semantic_score_norec"
+    result = evaluate(eval_config)
+    assert set(result["metrics"]) == {"clip_dir_normalized", "dinoSim_gen_input_aligned", "semantic_score_norec"}
+    columns = set(read_rows(eval_config)[0]) - {"edit", "input", "style", "prompt"}
+    assert columns == set(result["metrics"])
+
+
 def test_metric_selection_parsing():
     assert parse_metrics(["pick_score", " l2_out", "pick_score"]) == ["pick_score", "l2_out"]
-    assert parse_metrics("all") == list(ALL_METRICS) and len(ALL_METRICS) == 14
+    assert parse_metrics("all") == list(ALL_METRICS) and len(ALL_METRICS) == 19
+    assert parse_metrics("clip_dir,clip_dir_normalized") == ["clip_dir", "clip_dir_normalized"]
     with pytest.raises(ValueError, match="selects no metric"):
         parse_metrics(" , ")
+
+
+def test_config_lists_every_metric_name():
+    words = set(re.findall(r"\w+", (REPO / "config" / "eval.py").read_text()))
+    assert [m for m in ALL_METRICS if m not in words] == []
 
 
 def test_unknown_metric_is_rejected(eval_config):
@@ -184,10 +211,13 @@ def test_gen_sty_through_a_real_patch_embedder_follows_the_formula(tiny_models, 
 
 
 def test_demo_preset_points_every_model_at_local_tiny_folders():
+    from editspecialists.demo.cache import default_cache_root
+
     config = load_config("eval", "demo")
     assert config.demo_root and config.sample_savedir == "outputs/demo_edits"
+    cache = str(default_cache_root())
     for key, value in config.models.items():
-        assert value.startswith("demo_assets/models/"), key
+        assert value.startswith(cache + "/"), key
     assert config.models.hps_architecture.endswith(".json")
     with pytest.raises(ValueError, match="unknown preset"):
         load_config("eval", "nope")

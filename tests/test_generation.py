@@ -1,10 +1,12 @@
 """generate.py's library: edits on disk, manifest, resuming, checkpoints that change the edits."""
 
+import numpy as np
 import pytest
 import torch
 
-from editspecialists.data.images import load_image
-from editspecialists.generation import generate_edits, read_manifest
+from editspecialists.data.dataset import PROMPT_TEMPLATES
+from editspecialists.data.images import list_images, load_image
+from editspecialists.generation import generate_edits, image_seed, plan_edits, read_manifest
 from editspecialists.training.trainer import Trainer
 from tests.helpers import tiny_brightness_config
 
@@ -24,7 +26,8 @@ def test_generate_writes_edits_and_manifest_then_resumes(tiny_ip2p_path, tmp_pat
     manifest = read_manifest(folder)
     assert sorted(manifest) == [f"edit_car_{i:02d}.png" for i in range(8)]
     entry = manifest["edit_car_03.png"]
-    assert entry["input"] == "car_03.png" and entry["prompt"] == "turn the car into lego"
+    assert entry["input"] == "car_03.png"
+    assert entry["prompt"] == PROMPT_TEMPLATES[entry["template"]].format(input="car", style="lego")
     assert entry["style"].startswith("lego_") and isinstance(entry["seed"], int)
     assert load_image(folder / "edit_car_03.png").shape == (3, 32, 32)
 
@@ -73,3 +76,30 @@ def test_inputs_that_would_share_an_edit_file_are_refused(tiny_ip2p_path, tmp_pa
     with pytest.raises(ValueError, match=r"car_03.jpg and car_03.png in .*inputs would be written to the same"):
         generate_edits(config)
     assert not (tmp_path / "edits" / "car_lego" / "manifest.jsonl").exists()
+
+
+def test_each_image_draws_its_prompt_template_from_its_seed(tiny_ip2p_path, tmp_path):
+    """As the original: the image's seed draws its style image, then its template (0..7)."""
+    config = generation_config(tiny_ip2p_path, tmp_path)
+    entries = plan_edits(config, tmp_path / "edits")
+    styles = list_images(config.styleimg_dir, "style image")
+    for entry in entries:
+        rng = np.random.default_rng(image_seed(config.seed, entry["input"]))
+        assert entry["style"] == styles[rng.integers(len(styles))].name
+        assert entry["template"] == rng.integers(len(PROMPT_TEMPLATES))
+        assert entry["prompt"] == PROMPT_TEMPLATES[entry["template"]].format(input="car", style="lego")
+    assert len({entry["template"] for entry in entries}) > 2
+
+
+def test_first_template_option_keeps_one_prompt(tiny_ip2p_path, tmp_path):
+    config = generation_config(tiny_ip2p_path, tmp_path, **{"sample.generation_prompt": "first"})
+    entries = plan_edits(config, tmp_path / "edits")
+    assert {(entry["template"], entry["prompt"]) for entry in entries} == {(0, "turn the car into lego")}
+    per_image = plan_edits(generation_config(tiny_ip2p_path, tmp_path), tmp_path / "edits")
+    assert [entry["style"] for entry in entries] == [entry["style"] for entry in per_image]
+
+
+def test_unknown_generation_prompt_names_the_key(tiny_ip2p_path, tmp_path):
+    config = generation_config(tiny_ip2p_path, tmp_path, **{"sample.generation_prompt": "random"})
+    with pytest.raises(ValueError, match="sample.generation_prompt must be 'per_image' or 'first', got 'random'"):
+        plan_edits(config, tmp_path / "edits")

@@ -143,3 +143,63 @@ def test_four_branches_are_built_as_the_spec_table_says(pipe):
     for a, b in ((eps_text, eps_image_style), (eps_image_style, eps_image), (eps_image, eps_uncond)):
         assert (a - b).abs().max() > 1e-3
     assert style.abs().max() > 1e-3
+
+
+def lora_a_values_by_fan_in(policy) -> dict[int, torch.Tensor]:
+    """Every initial LoRA A entry, pooled by the fan-in of its matrix (r × fan_in)."""
+    pooled: dict[int, list[torch.Tensor]] = {}
+    for name, param in policy.unet.named_parameters():
+        if "lora_A" in name:
+            pooled.setdefault(param.shape[1], []).append(param.detach().flatten())
+    return {fan_in: torch.cat(values) for fan_in, values in pooled.items()}
+
+
+@pytest.mark.parametrize("rank", [4, 8])
+def test_default_lora_init_is_peft_kaiming_uniform(tiny_ip2p_path, rank):
+    """peft's default: A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (Kaiming-uniform, a = sqrt 5), so
+    std 1/sqrt(3 fan_in) for each fan-in; B zero (the policy starts as the base model)."""
+    torch.manual_seed(0)
+    policy = build_policy(load_pipeline(str(tiny_ip2p_path)).unet, use_lora=True, lora_rank=rank, lora_alpha=rank)
+    by_fan_in = lora_a_values_by_fan_in(policy)
+    assert len(by_fan_in) >= 2, "the tiny UNet has attention projections of several fan-ins"
+    for fan_in, values in by_fan_in.items():
+        assert values.abs().max() <= fan_in ** -0.5, fan_in
+        assert values.std().item() == pytest.approx((3 * fan_in) ** -0.5, rel=0.1), fan_in
+    assert all(p.abs().sum() == 0 for n, p in policy.unet.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("rank", [4, 8])
+def test_gaussian_lora_init_has_std_one_over_rank(tiny_ip2p_path, rank):
+    """peft's "gaussian": A ~ N(0, std 1/r) whatever the fan-in."""
+    torch.manual_seed(0)
+    policy = build_policy(load_pipeline(str(tiny_ip2p_path)).unet, use_lora=True, lora_rank=rank,
+                          lora_alpha=rank, lora_init="gaussian")
+    for fan_in, values in lora_a_values_by_fan_in(policy).items():
+        assert values.std().item() == pytest.approx(1 / rank, rel=0.1), fan_in
+        assert values.mean().abs().item() < 0.2 / rank, fan_in
+
+
+def test_unknown_lora_init_names_the_key(pipe):
+    with pytest.raises(ValueError, match="lora_init must be one of .*'default'.*got 'kaiming'"):
+        build_policy(pipe.unet, use_lora=True, lora_init="kaiming")
+
+
+@pytest.mark.parametrize("setting, use_lora, expected", [
+    ("without_lora", False, True), ("without_lora", True, False),
+    ("always", True, True), ("never", False, False)])
+def test_gradient_checkpointing_follows_the_setting(tiny_ip2p_path, setting, use_lora, expected):
+    from ml_collections import ConfigDict
+
+    from editspecialists.diffusion.policy import policy_from_config
+
+    config = ConfigDict({"use_lora": use_lora, "lora_rank": 4, "lora_alpha": 4, "lora_init": "default",
+                         "gradient_checkpointing": setting})
+    policy = policy_from_config(load_pipeline(str(tiny_ip2p_path)).unet, config)
+    assert policy.unet.is_gradient_checkpointing == expected
+
+
+def test_unknown_gradient_checkpointing_names_the_key(pipe):
+    from editspecialists.diffusion.policy import uses_gradient_checkpointing
+
+    with pytest.raises(ValueError, match="gradient_checkpointing must be one of .*got True"):
+        uses_gradient_checkpointing(True, use_lora=False)

@@ -11,14 +11,38 @@ from editspecialists.training.ranking import (
     plackett_luce_loss,
     preference_loss,
     rank_edits,
+    sampling_batch_of_rows,
+    standardization_groups,
     standardize,
+    standardize_per_group,
 )
 
 
-def test_standardize_uses_the_whole_batch():
+def test_standardize_uses_every_element():
     scores = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
     expected = (scores - 4.0) / (math.sqrt(5.0) + 1e-8)
     torch.testing.assert_close(standardize(scores), expected)
+
+
+def test_gathered_rows_belong_to_the_sampling_batch_of_their_process():
+    # 2 processes, each sampling a batch of 2 inputs then one of 1: rows p0b0 p0b0 p0b1 p1b0 p1b0 p1b1
+    assert sampling_batch_of_rows([2, 1], num_processes=2).tolist() == [0, 0, 1, 0, 0, 1]
+    assert standardization_groups("batch", [2, 1], 2).tolist() == [0, 0, 1, 0, 0, 1]
+    assert standardization_groups("epoch", [2, 1], 2).tolist() == [0] * 6
+    with pytest.raises(ValueError, match="reward.standardize must be one of .*'batch', 'epoch'.* got 'input'"):
+        standardization_groups("input", [2, 1], 2)
+
+
+def test_standardize_per_group_uses_each_groups_rows_only():
+    scores = torch.tensor([[1.0, 3.0], [10.0, 30.0], [5.0, 7.0], [50.0, 70.0]])
+    groups = torch.tensor([0, 1, 0, 1])
+    # group 0: {1, 3, 5, 7}, mean 4, std √5; group 1: {10, 30, 50, 70}, mean 40, std 10√5
+    low, high = [-3.0 / math.sqrt(5), -1.0 / math.sqrt(5)], [1.0 / math.sqrt(5), 3.0 / math.sqrt(5)]
+    expected = torch.tensor([low, low, high, high])
+    torch.testing.assert_close(standardize_per_group(scores, groups), expected)
+    # one group: mean 22, std √(Σ(s − 22)² / 8) = √576.5
+    torch.testing.assert_close(standardize_per_group(scores, torch.zeros(4, dtype=torch.long)),
+                               (scores - 22.0) / math.sqrt(576.5))
 
 
 def test_combine_signs_higher_is_better_scores():
@@ -26,9 +50,36 @@ def test_combine_signs_higher_is_better_scores():
     brightness = torch.tensor([[0.2, 0.8]])
     combined = combine_scores({"structural": structural, "brightness": brightness},
                               {"structural": 1.0, "brightness": 2.0},
-                              {"structural": True, "brightness": False})
+                              {"structural": True, "brightness": False}, torch.zeros(1, dtype=torch.long))
     expected = standardize(structural) - 2.0 * standardize(brightness)
     torch.testing.assert_close(combined, expected)
+
+
+# Two sampling batches of 2 inputs x 2 edits; score "a" spreads 100 times wider in the second.
+TWO_BATCHES = {
+    "a": torch.tensor([[0.0, 4.0], [2.0, 2.0], [0.0, 400.0], [200.0, 200.0]]),
+    "b": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]),
+}
+
+
+@pytest.mark.parametrize("mode", ["batch", "epoch"])
+def test_batch_and_epoch_standardisation_by_hand(mode):
+    groups = standardization_groups(mode, [2, 2], num_processes=1)
+    combined = combine_scores(TWO_BATCHES, {"a": 1.0, "b": 1.0}, {"a": True, "b": True}, groups)
+    root2 = math.sqrt(2)
+    if mode == "batch":
+        # a per batch: mean 2 (200), std √2 (100√2) → [−√2, √2], [0, 0]
+        # b per batch: mean ½, std ½ → [1, −1], [−1, 1]
+        expected = [[1 - root2, root2 - 1], [-1, 1], [1 - root2, root2 - 1], [-1, 1]]
+    else:
+        # a over the epoch: mean 101, std √19802 (Σ(a − 101)² = 158416 over 8 values); b as per batch
+        std = math.sqrt(19802)
+        expected = [[-101 / std + 1, -97 / std - 1], [-99 / std - 1, -99 / std + 1],
+                    [-101 / std + 1, 299 / std - 1], [99 / std - 1, 99 / std + 1]]
+    torch.testing.assert_close(combined, torch.tensor(expected))
+    order, _ = rank_edits(combined)
+    first_input_best = 0 if mode == "batch" else 1  # over the epoch, batch 0's spread of a drowns
+    assert order[0, 0].item() == first_input_best
 
 
 def test_rank_best_first_and_ties_carry_no_preference():
@@ -185,3 +236,18 @@ def test_clipped_log_ratios_are_clamped_pass_no_gradient_and_are_counted():
     assert stats.clipfrac.item() == pytest.approx(3 / 6)
     assert stats.ratio_mean.item() == pytest.approx(
         sum(math.exp(v) for v in [0.03, -0.02, 0.5, -0.04, -0.3, 0.4]) / 6, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_standardise_each_sampling_batch_across_processes(tmp_path):
+    import json
+    import os
+
+    from tests.test_multiprocess import REPO, launch
+
+    launch([os.path.join(REPO, "tests", "ranking_worker.py"), str(tmp_path)], tmp_path)
+    # gathered rows: process 0's batches 0, 1, then process 1's: rows 0, 2, 1, 3 of TWO_BATCHES
+    for process in (0, 1):
+        orders = json.loads((tmp_path / f"order{process}.json").read_text())
+        assert orders["batch"] == [[0, 1]] * 4, "sampling batch 0 is rows 0 and 1 of TWO_BATCHES"
+        assert orders["epoch"] == [[1, 0], [0, 1], [0, 1], [0, 1]]

@@ -146,8 +146,8 @@ def reference_semantic(config, edits, inputs, styles):
                                               box_threshold=reward.box_threshold, text_threshold=reward.text_threshold)
     scores = torch.zeros(B, G)
     for b in range(B):
-        input_mask = predictor(inputs[b : b + 1], config.input_name)
-        style_mask = predictor(styles[b : b + 1], config.style_name)
+        input_mask = predictor(inputs[b : b + 1], config.input_name).masks
+        style_mask = predictor(styles[b : b + 1], config.style_name).masks
         style_tokens, style_grid = embedder(styles[b : b + 1])
         for g in range(G):
             tokens, grid = embedder(edits[b, g][None])
@@ -259,10 +259,38 @@ def test_low_precision_feedback_models_give_finite_scores(folders):
     ("weights", {"structural": 1.0, "aesthetics": 1.0}, r"unknown score\(s\) \['aesthetics'\]"),
     ("dtype", "fp8", "reward.dtype must be one of"),
     ("semantic_backbone", "resnet", "semantic_backbone must be dreamsim, dinov2 or clip"),
+    ("mask_fallback", "zeros", r"reward.mask_fallback must be one of \('whole_box', 'ones'\), got 'zeros'"),
 ])
 def test_configuration_mistakes_are_named(folders, key, value, message):
     with pytest.raises(ValueError, match=message):
         build_scorer(feedback_config(folders, **{key: value}), "cpu")
+
+
+@pytest.mark.parametrize("fallback", ["whole_box", "ones"])
+def test_the_scorer_reports_which_images_fell_back(folders, fallback):
+    config = feedback_config(folders, box_threshold=1.0, batch_size=1, mask_fallback=fallback)  # finds nothing
+    config.reward.weights = {"semantic": 1.0}
+    scorer = build_scorer(config, "cpu")
+    edits, inputs, styles = make_images(6)
+    batch = scorer.make_batch(edits, inputs, styles)
+    scorer.score(batch)
+
+    assert scorer.predicts_masks
+    fell_back = scorer.take_mask_fallbacks()
+    assert {name: flags.tolist() for name, flags in fell_back.items()} == {"red sports car": [True] * B,
+                                                                           "lego": [True] * B}
+    assert scorer.take_mask_fallbacks() == {}, "each image is reported once"
+    expected = scorer.mask_fn.predictor(inputs, "red sports car", fallback).masks
+    assert torch.equal(batch.input_masks, expected)
+    assert batch.input_masks.all() == (fallback == "ones")
+
+
+def test_whole_frame_scorers_predict_no_masks(folders):
+    config = feedback_config(folders)
+    config.whole_frame = True
+    scorer = build_scorer(config, "cpu")
+    scorer(*make_images())
+    assert not scorer.predicts_masks and scorer.take_mask_fallbacks() == {}
 
 
 def test_a_bad_batch_through_the_scorer_names_the_tensor(folders):

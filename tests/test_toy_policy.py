@@ -13,7 +13,7 @@ from torch import nn
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.sampler import sample_edits, transition_log_probs
-from editspecialists.training.ranking import combine_scores, preference_loss, rank_edits
+from editspecialists.training.ranking import combine_scores, preference_loss, rank_edits, standardization_groups
 
 
 class ToyPolicy(nn.Module):
@@ -66,7 +66,8 @@ def test_toy_policy_reward_rises():
                                     generator=generator)
         reward = trajectories.latents[:, :, -1].mean(dim=(2, 3, 4))
         rewards.append(reward.mean().item())
-        order, has_preference = rank_edits(combine_scores({"r": reward}, {"r": 1.0}, {"r": False}))
+        groups = standardization_groups("batch", [batch], num_processes=1)
+        order, has_preference = rank_edits(combine_scores({"r": reward}, {"r": 1.0}, {"r": False}, groups))
         for step in trajectories.trainable.nonzero().flatten():
             index = step.repeat(batch)
             log_prob = transition_log_probs(policy, scheduler, trajectories, index, empty, scales=scales)

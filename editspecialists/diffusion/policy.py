@@ -208,14 +208,41 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
     return clone.eval()
 
 
-def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 8,
+# ``lora_init`` names -> peft's ``init_lora_weights``. Both start B at zero (the policy starts as
+# the base model); A is Kaiming-uniform (std 1/sqrt(3 fan_in)) or N(0, (1/r)^2).
+LORA_INITS = {"default": True, "gaussian": "gaussian"}
+GRADIENT_CHECKPOINTING = ("without_lora", "always", "never")
+
+
+def policy_from_config(unet, config, frozen_dtype: torch.dtype = torch.float32) -> VisualPromptPolicy:
+    """:func:`build_policy` with the config's ``use_lora``, ``lora_rank``, ``lora_alpha`` and
+    ``lora_init``, activations checkpointed as ``gradient_checkpointing`` says."""
+    checkpointing = uses_gradient_checkpointing(config.gradient_checkpointing, config.use_lora)
+    policy = build_policy(unet, use_lora=config.use_lora, lora_rank=config.lora_rank,
+                          lora_alpha=config.lora_alpha, lora_init=config.lora_init, frozen_dtype=frozen_dtype)
+    if checkpointing:
+        policy.unet.enable_gradient_checkpointing()
+    return policy
+
+
+def uses_gradient_checkpointing(setting: str, use_lora: bool) -> bool:
+    """Whether the UNet checkpoints activations: ``"without_lora"`` (the original's rule: full
+    fine-tuning only), ``"always"`` or ``"never"``."""
+    if setting not in GRADIENT_CHECKPOINTING:
+        raise ValueError(f"gradient_checkpointing must be one of {list(GRADIENT_CHECKPOINTING)}, got {setting!r}")
+    return setting == "always" or (setting == "without_lora" and not use_lora)
+
+
+def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 8, lora_init: str = "default",
                  num_heads: int = 8, frozen_dtype: torch.dtype = torch.float32) -> VisualPromptPolicy:
     """Turn a pretrained 8-channel IP2P UNet into the visual-prompt policy (in place).
 
     Trainable (fp32): LoRA adapters (or every UNet weight when ``use_lora`` is False), the
     widened conv_in and the style module. With LoRA the frozen base weights are cast to
-    ``frozen_dtype`` to save memory.
+    ``frozen_dtype`` to save memory; ``lora_init`` is a key of :data:`LORA_INITS`.
     """
+    if lora_init not in LORA_INITS:
+        raise ValueError(f"lora_init must be one of {sorted(LORA_INITS)}, got {lora_init!r}")
     if unet.config.in_channels != 8:
         raise ValueError(
             f"expected an InstructPix2Pix UNet with 8 input channels, got {unet.config.in_channels}"
@@ -228,7 +255,7 @@ def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 
         if frozen_dtype != unet.dtype:
             cast_model(unet, dtype=frozen_dtype)
         unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha,
-                                    init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+                                    init_lora_weights=LORA_INITS[lora_init], target_modules=LORA_TARGETS))
         for param in unet.parameters():
             if param.requires_grad:
                 param.data = param.data.float()

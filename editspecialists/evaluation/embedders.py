@@ -4,7 +4,8 @@
   clip_dir) and PickScore.
 - :class:`OpenClipEmbedder` (open_clip model + checkpoint file): HPSv2.1.
 
-Both take images ``(B, 3, H, W)`` float in [0, 1] and return L2-normalised float32 embeddings.
+Both take images ``(B, 3, H, W)`` float in [0, 1]; ``embed_*`` return L2-normalised float32
+embeddings, :meth:`ClipEmbedder.image_features` / ``text_features`` the raw ones (``clip_dir``).
 """
 
 from __future__ import annotations
@@ -48,24 +49,31 @@ class ClipEmbedder:
         return cls(model, processor, torch.device(device), dtype)
 
     @torch.no_grad()
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [0, 1] → ``(B, D)``. Images are already scaled: no second /255."""
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [0, 1] → raw ``get_image_features`` output ``(B, D)`` float32.
+        Images are already scaled: no second /255."""
         pixels = self.processor.image_processor(
             images=list(images.float().cpu()), do_rescale=False, return_tensors="pt"
         ).pixel_values
-        features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)).pooler_output
-        return F.normalize(features.float(), dim=-1)
+        return self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)).pooler_output.float()
 
     @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """``B`` strings → ``(B, D)`` (truncated to the model's context length)."""
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        """``B`` strings → raw ``get_text_features`` output ``(B, D)`` float32 (truncated to the
+        model's context length)."""
         tokens = self.processor.tokenizer(
             list(texts), padding=True, truncation=True, return_tensors="pt"
         ).to(self.device)
-        features = self.model.get_text_features(
-            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
-        ).pooler_output
-        return F.normalize(features.float(), dim=-1)
+        features = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+        return features.pooler_output.float()
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`image_features`, L2-normalised."""
+        return F.normalize(self.image_features(images), dim=-1)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """:meth:`text_features`, L2-normalised."""
+        return F.normalize(self.text_features(texts), dim=-1)
 
 
 def register_open_clip_architecture(architecture: str) -> str:

@@ -18,12 +18,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from editspecialists.data.images import image_to_tensor
-from editspecialists.evaluation.families import FAMILIES, EvalBatch, FamilySettings, parse_metrics
+from editspecialists.evaluation.families import FAMILIES, METRIC_DEFINITIONS, EvalBatch, FamilySettings, parse_metrics
 from editspecialists.evaluation.images import load_rgb, resize_center_crop
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
 from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png
+from editspecialists.model_ids import explain_loading, model_ids_of
 from editspecialists.precision import dtype_named
-from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
+from editspecialists.rewards.masks import MASK_KEYS, MaskPredictor, whole_frame_masks
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def load_families(selected: Sequence[str], settings: FamilySettings) -> tuple[li
         if not wanted:
             continue
         try:
-            loaded.append((spec, spec.build(settings)))
+            with explain_loading(model_ids_of({"models": settings.models}, spec.model_keys)):
+                loaded.append((spec, spec.build(settings)))
         except Exception as err:  # any load failure only skips this family
             reason = _first_line(err)
             logger.warning("skipping %s (%s): %s", ", ".join(wanted), name, reason)
@@ -80,7 +82,7 @@ class MaskSource:
         missing = [i for i, f in enumerate(files) if (f, size) not in self.cache]
         unique = list({files[i]: i for i in missing}.values())
         if unique:
-            predicted = self.predictor(images[unique], [name] * len(unique))
+            predicted = self.predictor(images[unique], [name] * len(unique)).masks
             self.cache.update({(files[i], size): mask for i, mask in zip(unique, predicted)})
         return torch.stack([self.cache[f, size] for f in files]).to(images.device)
 
@@ -89,14 +91,15 @@ def load_mask_source(config, settings: FamilySettings) -> MaskSource:
     """Grounded-SAM2 masks (detector + segmenter of ``config.models``), unless ``whole_frame``."""
     if config.whole_frame:
         return MaskSource(None, whole_frame=True)
-    predictor = MaskPredictor.from_pretrained(
-        config.models.detector,
-        config.models.segmenter,
-        device=settings.device,
-        dtype=settings.dtype,
-        box_threshold=config.box_threshold,
-        text_threshold=config.text_threshold,
-    )
+    with explain_loading(model_ids_of(config, MASK_KEYS)):
+        predictor = MaskPredictor.from_pretrained(
+            config.models.detector,
+            config.models.segmenter,
+            device=settings.device,
+            dtype=settings.dtype,
+            box_threshold=config.box_threshold,
+            text_threshold=config.text_threshold,
+        )
     return MaskSource(predictor, whole_frame=False)
 
 
@@ -191,6 +194,7 @@ def evaluate(config) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(per_image)
     header = {
+        "metric_definitions": METRIC_DEFINITIONS,
         "input_name": config.input_name,
         "style_name": config.style_name,
         "prompt": items[0].prompt,

@@ -1,6 +1,6 @@
 """Metric families: each loads its frozen model(s) once and scores a batch of edits.
 
-A family computes one or more metrics of SPEC §8 from an :class:`EvalBatch` and returns
+A family computes one or more metrics of SPEC §8 / §11 from an :class:`EvalBatch` and returns
 ``{metric name: (B,) float32 tensor}``. :data:`FAMILIES` registers them with their metric names
 and whether they read masks; the evaluator then fills ``batch.input_masks`` / ``batch.style_masks``
 first.
@@ -14,6 +14,16 @@ from typing import Callable, Sequence
 import torch
 
 from editspecialists.evaluation import metrics
+from editspecialists.rewards.masks import MASK_KEYS
+
+# Version of the metric definitions, written into every evaluation JSON: numbers of different
+# versions are not comparable. 1 (no field in the JSON): `*_gen_input` location-wise, `clip_dir`
+# of normalised features, `semantic_score` without reconstruction. 2: the paper's definitions
+# (SPEC §11) under the paper's names, ours under `*_gen_input_aligned`, `clip_dir_normalized`,
+# `semantic_score_norec`.
+METRIC_DEFINITIONS = 2
+# The weight of `l2_out` in `semantic_score`: the original's (and training's default) rec_lambda.
+PAPER_REC_LAMBDA = 0.5
 
 
 @dataclass
@@ -80,7 +90,9 @@ class StructuralFamily:
 
 
 class SemanticFamily:
-    """``semantic_score``: DreamSim patch distance of the edit's input region to the style region."""
+    """``semantic_score`` (paper): the training semantic score, DreamSim patch distance of the edit's
+    input region to the style region + ``PAPER_REC_LAMBDA`` · ``l2_out``; ``semantic_score_norec``
+    (ours): the patch distance alone."""
 
     def __init__(self, settings: FamilySettings):
         from editspecialists.rewards import semantic
@@ -91,23 +103,32 @@ class SemanticFamily:
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         edit_tokens, grid = self.embedder(batch.edits)
         style_tokens, style_grid = self.embedder(batch.styles)
-        score = self.semantic.semantic_score(
+        patches = (
             edit_tokens,
             style_tokens,
             self.semantic.downsample_mask(batch.input_masks, grid),
             self.semantic.downsample_mask(batch.style_masks, style_grid),
         )
-        return {"semantic_score": score}
+        reconstruction = self.semantic.reconstruction_outside(batch.edits, batch.inputs, batch.input_masks)
+        return {
+            "semantic_score": self.semantic.semantic_score(*patches, reconstruction, PAPER_REC_LAMBDA),
+            "semantic_score_norec": self.semantic.semantic_score(*patches),
+        }
+
+
+def patch_metric_names(prefix: str) -> tuple[str, str, str]:
+    """``<prefix>_gen_sty``, ``<prefix>_gen_input`` (paper, all pairs), ``<prefix>_gen_input_aligned`` (ours)."""
+    return f"{prefix}_gen_sty", f"{prefix}_gen_input", f"{prefix}_gen_input_aligned"
 
 
 class PatchSimilarityFamily:
-    """``<prefix>_gen_sty`` and ``<prefix>_gen_input`` from one patch embedder (CLIP, DINOv2, DreamSim)."""
+    """The :func:`patch_metric_names` metrics from one patch embedder (CLIP, DINOv2, DreamSim)."""
 
     def __init__(self, settings: FamilySettings, prefix: str, kind: str, model_id: str):
         from editspecialists.rewards.semantic import downsample_mask
 
         self.downsample_mask = downsample_mask
-        self.metrics = (f"{prefix}_gen_sty", f"{prefix}_gen_input")
+        self.metrics = patch_metric_names(prefix)
         self.embedder = settings.patch_embedder(kind, model_id)
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
@@ -117,15 +138,17 @@ class PatchSimilarityFamily:
         edit_region = self.downsample_mask(batch.input_masks, grid)
         style_region = self.downsample_mask(batch.style_masks, style_grid)
         background = self.downsample_mask(~batch.input_masks, grid)
-        gen_sty, gen_input = self.metrics
+        gen_sty, gen_input, gen_input_aligned = self.metrics
         return {
             gen_sty: metrics.patch_similarity_to_style(edit_tokens, style_tokens, edit_region, style_region),
-            gen_input: metrics.patch_similarity_locationwise(edit_tokens, input_tokens, background),
+            gen_input: metrics.patch_similarity_to_background(edit_tokens, input_tokens, background),
+            gen_input_aligned: metrics.patch_similarity_locationwise(edit_tokens, input_tokens, background),
         }
 
 
 class ClipFamily:
-    """``clip_txt`` and ``clip_dir`` with the eval CLIP (ViT-L/14)."""
+    """``clip_txt``, ``clip_dir`` (paper: raw features) and ``clip_dir_normalized`` (ours) with the
+    eval CLIP (ViT-L/14)."""
 
     def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.embedders import ClipEmbedder
@@ -133,13 +156,14 @@ class ClipFamily:
         self.clip = ClipEmbedder.from_pretrained(settings.models.clip, device=settings.device, dtype=settings.dtype)
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        edit = self.clip.embed_images(batch.edits)
-        source = self.clip.embed_images(batch.inputs)
-        prompt = self.clip.embed_texts(batch.prompts)
-        name = self.clip.embed_texts(batch.input_names)
+        edit = self.clip.image_features(batch.edits)
+        source = self.clip.image_features(batch.inputs)
+        prompt = self.clip.text_features(batch.prompts)
+        name = self.clip.text_features(batch.input_names)
         return {
             "clip_txt": metrics.clip_text_similarity(edit, prompt),
             "clip_dir": metrics.clip_direction_similarity(edit, source, prompt, name),
+            "clip_dir_normalized": metrics.clip_direction_similarity_normalized(edit, source, prompt, name),
         }
 
 
@@ -191,34 +215,49 @@ class ImageRewardFamily:
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """A family's metric names, whether it reads masks, and its constructor."""
+    """A family's metric names, whether it reads masks, its constructor and the config keys of the
+    models it loads (``models.clip``)."""
 
     metrics: tuple[str, ...]
     needs_masks: bool
     build: Callable[[FamilySettings], Callable[[EvalBatch], dict[str, torch.Tensor]]]
+    model_keys: tuple[str, ...] = ()
 
 
 def _patch_family(prefix: str, kind: str, model_key: str) -> FamilySpec:
     def build(settings: FamilySettings) -> PatchSimilarityFamily:
         return PatchSimilarityFamily(settings, prefix, kind, getattr(settings.models, model_key))
 
-    return FamilySpec((f"{prefix}_gen_sty", f"{prefix}_gen_input"), True, build)
+    return FamilySpec(patch_metric_names(prefix), True, build, (f"models.{model_key}",))
 
 
 # The run order is this order.
 FAMILIES: dict[str, FamilySpec] = {
-    "semantic": FamilySpec(("semantic_score",), True, SemanticFamily),
-    "structural": FamilySpec(("structural_score",), False, StructuralFamily),
+    "semantic": FamilySpec(("semantic_score", "semantic_score_norec"), True, SemanticFamily, ("models.dreamsim",)),
+    "structural": FamilySpec(("structural_score",), False, StructuralFamily, ("models.depth",)),
     "reconstruction": FamilySpec(("l2_out",), True, ReconstructionFamily),
-    "clip": FamilySpec(("clip_txt", "clip_dir"), False, ClipFamily),
+    "clip": FamilySpec(("clip_txt", "clip_dir", "clip_dir_normalized"), False, ClipFamily, ("models.clip",)),
     "clip_patches": _patch_family("clipSim", "clip", "clip"),
     "dino_patches": _patch_family("dinoSim", "dinov2", "dino"),
     "dreamsim_patches": _patch_family("dreamsimSim", "dreamsim", "dreamsim"),
-    "hps": FamilySpec(("hps_score",), False, HpsFamily),
-    "pickscore": FamilySpec(("pick_score",), False, PickScoreFamily),
-    "imagereward": FamilySpec(("imgrew_score",), False, ImageRewardFamily),
+    "hps": FamilySpec(("hps_score",), False, HpsFamily, ("models.hps_architecture", "models.hps_checkpoint")),
+    "pickscore": FamilySpec(("pick_score",), False, PickScoreFamily,
+                            ("models.pickscore", "models.pickscore_processor")),
+    "imagereward": FamilySpec(("imgrew_score",), False, ImageRewardFamily,
+                              ("models.imagereward", "models.imagereward_tokenizer")),
 }
 ALL_METRICS: tuple[str, ...] = tuple(m for spec in FAMILIES.values() for m in spec.metrics)
+
+
+def evaluation_model_keys(metrics: Sequence[str], whole_frame: bool) -> list[str]:
+    """Config keys of the models an evaluation of ``metrics`` loads (the families holding them,
+    and the mask models when one of them reads masks), in order, without repeats."""
+    selected = set(metrics)
+    families = [spec for spec in FAMILIES.values() if selected.intersection(spec.metrics)]
+    keys = [key for spec in families for key in spec.model_keys]
+    if not whole_frame and any(spec.needs_masks for spec in families):
+        keys.extend(MASK_KEYS)
+    return list(dict.fromkeys(keys))
 
 
 def parse_metrics(selection: str | Sequence[str]) -> list[str]:

@@ -29,7 +29,7 @@ from editspecialists.rewards import semantic
 from editspecialists.rewards.depth import DepthEstimator, structural_score
 from editspecialists.rewards.features import load_patch_embedder
 from editspecialists.rewards.images import check_images
-from editspecialists.rewards.masks import MaskPredictor, whole_frame_masks
+from editspecialists.rewards.masks import MASK_FALLBACKS, MASK_KEYS, MaskPredictor, whole_frame_masks
 
 MaskFn = Callable[[torch.Tensor, str], torch.Tensor]  # images (B, 3, H, W), name → bool (B, H, W)
 
@@ -159,16 +159,37 @@ def make_structural(config, device: torch.device) -> ScoreFn:
     return score
 
 
+# The config key of each reward.semantic_backbone's model.
+SEMANTIC_BACKBONE_KEYS = {"dreamsim": "models.dreamsim", "dinov2": "models.semantic_dinov2", "clip": "models.clip"}
+
+
+def semantic_model_key(config) -> str:
+    """Config key (``models.dreamsim``) of the model of ``config.reward.semantic_backbone``."""
+    backbone = config.reward.semantic_backbone
+    if backbone not in SEMANTIC_BACKBONE_KEYS:
+        raise ValueError(f"reward.semantic_backbone must be one of {sorted(SEMANTIC_BACKBONE_KEYS)}, got {backbone!r}")
+    return SEMANTIC_BACKBONE_KEYS[backbone]
+
+
 def semantic_model_id(config) -> tuple[str, dict]:
     """Model id and loading keywords of ``config.reward.semantic_backbone``."""
-    backbone = config.reward.semantic_backbone
-    if backbone == "dreamsim":
-        return config.models.dreamsim, {"cache_dir": config.models.dreamsim_cache}
-    if backbone == "dinov2":
-        return config.models.semantic_dinov2, {}
-    if backbone == "clip":
-        return config.models.clip, {}
-    raise ValueError(f"reward.semantic_backbone must be dreamsim, dinov2 or clip, got {backbone!r}")
+    key = semantic_model_key(config)
+    kwargs = {"cache_dir": config.models.dreamsim_cache} if key == "models.dreamsim" else {}
+    return config.models[key.split(".")[1]], kwargs
+
+
+def feedback_model_keys(config) -> list[str]:
+    """Config keys of the feedback models the scores of ``reward.weights`` load (structural →
+    depth, semantic → its backbone, a score reading masks → detector and segmenter)."""
+    names = list(config.reward.weights.keys())
+    keys = []
+    if "structural" in names:
+        keys.append("models.depth")
+    if "semantic" in names:
+        keys.append(semantic_model_key(config))
+    if not config.whole_frame and any(name in SCORES and SCORES[name].needs_masks for name in names):
+        keys.extend(MASK_KEYS)
+    return keys
 
 
 @register_score("semantic", lower_is_better=True, needs_masks=True)
@@ -212,7 +233,8 @@ class Scorer:
     """``scorer(edits (B, G, 3, H, W), inputs (B, 3, H, W), styles (B, 3, H, W)) -> {name: (B, G)}``.
 
     Everything runs in inference mode on ``device``; the returned float32 tensors are ordinary
-    (non-inference) tensors, safe to gather and combine.
+    (non-inference) tensors, safe to gather and combine. Which masked images fell back (the
+    detector found nothing) is kept until :meth:`take_mask_fallbacks`.
     """
 
     def __init__(self, scores: dict[str, ScoreFn], mask_fn: MaskFn, input_name: str, style_name: str,
@@ -233,21 +255,47 @@ class Scorer:
     def __call__(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.score(self.make_batch(edits, inputs, styles))
 
+    @property
+    def predicts_masks(self) -> bool:
+        """Whether masks come from the detector (else: whole frame, or no score reads masks)."""
+        return isinstance(self.mask_fn, PredictedMasks)
+
+    def take_mask_fallbacks(self) -> dict[str, torch.Tensor]:
+        """``{name: (n,) bool}``: which images masked since the last call fell back (no detection)."""
+        return self.mask_fn.take_fallbacks() if self.predicts_masks else {}
+
+
+class PredictedMasks:
+    """A :data:`MaskFn` over a :class:`MaskPredictor`, chunked by ``batch_size``, that records per
+    image whether the detector found nothing (the image's mask is then ``fallback``'s)."""
+
+    def __init__(self, predictor: MaskPredictor, batch_size: int, fallback: str):
+        self.predictor, self.batch_size, self.fallback = predictor, batch_size, fallback
+        self.fell_back: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, images: torch.Tensor, name: str) -> torch.Tensor:
+        results = [self.predictor(chunk, name, self.fallback) for chunk in images.split(self.batch_size)]
+        self.fell_back.setdefault(name, []).extend(result.fallback for result in results)
+        return torch.cat([result.masks for result in results])
+
+    def take_fallbacks(self) -> dict[str, torch.Tensor]:
+        """``{name: (n,) bool}`` over the n images masked for ``name`` since the last call (CPU)."""
+        taken, self.fell_back = self.fell_back, {}
+        return {name: torch.cat(flags) for name, flags in taken.items()}
+
 
 def mask_function(config, device: torch.device) -> MaskFn:
-    """Grounded-SAM2 masks chunked by the reward batch size (loaded once), or whole-frame masks."""
+    """Grounded-SAM2 masks (:class:`PredictedMasks`, models loaded once), or whole-frame masks."""
     if config.whole_frame:
         return whole_frame_mask_fn
     dtype, models, reward = reward_dtype(config), config.models, config.reward
+    if reward.mask_fallback not in MASK_FALLBACKS:
+        raise ValueError(f"reward.mask_fallback must be one of {MASK_FALLBACKS}, got {reward.mask_fallback!r}")
     key = ("masks", models.detector, models.segmenter, str(device), dtype, reward.box_threshold, reward.text_threshold)
     predictor = load_once(key, lambda: MaskPredictor.from_pretrained(
         models.detector, models.segmenter, device=device, dtype=dtype,
         box_threshold=reward.box_threshold, text_threshold=reward.text_threshold))
-
-    def masks(images: torch.Tensor, name: str) -> torch.Tensor:
-        return in_chunks(lambda chunk: predictor(chunk, name), images, reward.batch_size)
-
-    return masks
+    return PredictedMasks(predictor, reward.batch_size, reward.mask_fallback)
 
 
 def build_scorer(config, device, accelerator=None) -> Scorer:

@@ -14,7 +14,9 @@ never leaves a checkpoint that looks valid.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS = "weights.safetensors"
 TRAINER_STATE = "trainer.json"
@@ -69,17 +73,49 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+# Keys added to the config after runs had been saved without them -> the value those runs were
+# trained with. A saved config.json read without one of these keys reads this value, never the
+# key's current default.
+VALUES_BEFORE_KEYS_EXISTED = {
+    "lora_init": "gaussian",
+    "reward.standardize": "epoch",
+    "reward.mask_fallback": "ones",
+}
+# Saved values whose spelling changed, behaviour unchanged -> today's spelling.
+RESPELLED_VALUES = {
+    "pretrained.revision": {"": "main"},  # "" asked the hub for its default revision, "main"
+    "gradient_checkpointing": {False: "never", True: "always"},  # was a bool
+}
+
+
 def saved_run_config(checkpoint: Path):
-    """The resolved config of the run that wrote ``checkpoint`` (``<run>/config.json``)."""
+    """The resolved config of the run that wrote ``checkpoint`` (``<run>/config.json``), in today's
+    keys: a key the run predates reads as :data:`VALUES_BEFORE_KEYS_EXISTED` says."""
     import ml_collections
 
     path = Path(checkpoint).parent.parent / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: cannot tell how {checkpoint} was trained")
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        saved = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+    for key, old_value in VALUES_BEFORE_KEYS_EXISTED.items():
+        section, leaf = _section_of(saved, key)
+        section.setdefault(leaf, old_value)
+    for key, spellings in RESPELLED_VALUES.items():
+        section, leaf = _section_of(saved, key)
+        if isinstance(section.get(leaf), (str, bool)) and section[leaf] in spellings:
+            section[leaf] = spellings[section[leaf]]
+    return ml_collections.ConfigDict(saved)
+
+
+def _section_of(tree: dict, key: str) -> tuple[dict, str]:
+    """(the dict holding dotted ``key`` in the nested ``tree``, created if missing; its last part)."""
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        tree = tree.setdefault(parent, {})
+    return tree, leaf
 
 
 # Settings a resumed run must share with the run that wrote its checkpoint.
@@ -98,6 +134,62 @@ def check_same_model(config, saved, checkpoint: Path) -> None:
     if differing:
         raise ValueError(f"cannot resume {checkpoint} with another model ({'; '.join(differing)}); "
                          f"set these keys as in the run's config.json")
+
+
+# Keys a resumed run takes from its own command line: where, how long and how fast to run, not
+# what is trained. Every other key keeps the run's value.
+RESUME_SETTINGS = ("load_checkpoint", "run_name", "logdir", "num_epochs", "save_freq", "num_checkpoint_limit",
+                   "wandb_project", "demo_root", "overwrite", "gradient_checkpointing", "inputimg_dir",
+                   "styleimg_dir", "sample.sample_savedir", "reward.batch_size", "reward.overlap")
+# Dict-valued keys, replaced as a whole.
+WHOLE_DICT_KEYS = ("reward.weights",)
+
+
+def resumed_config(config, checkpoint: Path):
+    """The config to resume ``checkpoint`` with, so that the run goes on with the behaviour it was
+    trained with: the run's value of every key (:func:`saved_run_config`, so keys the run
+    predates read as their old values) but :data:`RESUME_SETTINGS`, which come from ``config``.
+
+    Refuses another base model or architecture (:func:`check_same_model`); logs each key whose
+    value in ``config`` is replaced, and each key of ``config`` that the run's config.json lacks.
+    """
+    saved = saved_run_config(checkpoint)
+    check_same_model(config, saved, checkpoint)
+    resumed = copy.deepcopy(config)
+    saved_values = dict(_leaves(saved))
+    for key, value in _leaves(config):
+        if key in RESUME_SETTINGS:
+            continue
+        if key not in saved_values:
+            logger.warning("resuming %s: its run's config.json has no %s; using %r", checkpoint, key, value)
+        elif saved_values[key] != value:
+            logger.warning("resuming %s with the run's %s = %r (this config: %r)",
+                           checkpoint, key, saved_values[key], value)
+            _set_key(resumed, key, saved_values[key], checkpoint)
+    return resumed
+
+
+def _set_key(config, key: str, value, checkpoint: Path) -> None:
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        config = config[parent]
+    try:
+        config[leaf] = value
+    except TypeError as error:
+        raise ValueError(f"the run of {checkpoint} has {key} = {value!r}, which this config cannot take: "
+                         f"{error}") from error
+
+
+def _leaves(config, prefix: str = ""):
+    """(dotted key, value) of every setting of ``config``; :data:`WHOLE_DICT_KEYS` as plain dicts."""
+    for name, value in config.items():
+        key = prefix + name
+        if key in WHOLE_DICT_KEYS:
+            yield key, value.to_dict()
+        elif hasattr(value, "items"):
+            yield from _leaves(value, key + ".")
+        else:
+            yield key, value
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, str]) -> None:

@@ -1,31 +1,67 @@
 """From per-edit scores to a ranking, and the clipped Plackett–Luce preference loss (SPEC §5).
 
 Pure tensor functions: the trainer gathers scores across processes before calling them.
+Scores are standardised per group of gathered rows (``reward.standardize``): ``"batch"`` (the
+original) groups the rows of each sampling batch, ``"epoch"`` puts every row of the epoch in one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+STANDARDIZE_MODES = ("batch", "epoch")
+
+
+def sampling_batch_of_rows(batch_sizes: Sequence[int], num_processes: int) -> torch.Tensor:
+    """Sampling batch index ``(N,)`` of each row of scores gathered over processes.
+
+    Every process samples batches of ``batch_sizes`` inputs in this order, and the gather puts the
+    processes' rows one process after the other (N = num_processes · Σ batch_sizes): sampling
+    batch k is batch k of every process.
+    """
+    one_process = torch.cat([torch.full((size,), index) for index, size in enumerate(batch_sizes)])
+    return one_process.repeat(num_processes)
+
+
+def standardization_groups(mode: str, batch_sizes: Sequence[int], num_processes: int) -> torch.Tensor:
+    """Group ``(N,)`` of each gathered row: its sampling batch (``"batch"``) or 0 (``"epoch"``)."""
+    if mode == "batch":
+        return sampling_batch_of_rows(batch_sizes, num_processes)
+    if mode == "epoch":
+        return torch.zeros(sum(batch_sizes) * num_processes, dtype=torch.long)
+    raise ValueError(f"reward.standardize must be one of {STANDARDIZE_MODES}, got {mode!r}")
+
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
-    """(s − mean) / (std + 1e-8) over every element (the whole gathered epoch batch)."""
+    """(s − mean) / (std + 1e-8), mean and population std over every element."""
     return (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
 
 
-def combine_scores(scores: dict[str, torch.Tensor], weights: dict[str, float],
-                   lower_is_better: dict[str, bool]) -> torch.Tensor:
-    """Σ_k w_k · sign_k · standardize(s_k): (N, G) combined cost, lower is better.
+def standardize_per_group(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """:func:`standardize` over the rows of each group: scores (N, G), groups (N,) → (N, G)."""
+    groups = groups.to(scores.device)
+    standardized = torch.empty_like(scores)
+    for group in groups.unique():
+        rows = groups == group
+        standardized[rows] = standardize(scores[rows])
+    return standardized
 
-    ``sign`` is +1 for lower-is-better scores and −1 for higher-is-better ones.
+
+def combine_scores(scores: dict[str, torch.Tensor], weights: dict[str, float],
+                   lower_is_better: dict[str, bool], groups: torch.Tensor) -> torch.Tensor:
+    """Σ_k w_k · sign_k · standardize_per_group(s_k, groups): (N, G) combined cost, lower is better.
+
+    ``sign`` is +1 for lower-is-better scores and −1 for higher-is-better ones; ``groups`` (N,)
+    from :func:`standardization_groups`.
     """
     combined = None
     for name, weight in weights.items():
         sign = 1.0 if lower_is_better[name] else -1.0
-        term = sign * float(weight) * standardize(scores[name].float())
+        term = sign * float(weight) * standardize_per_group(scores[name].float(), groups)
         combined = term if combined is None else combined + term
     return combined
 

@@ -1,0 +1,41 @@
+"""Launched by test_ranking.py under ``accelerate launch`` with 2 CPU processes.
+
+Usage: ranking_worker.py <work dir>. Each process holds one input of each of 2 sampling batches
+(the rows of ``TWO_BATCHES``: process p's batch k is row 2k + p), ranks them through the
+trainer's gather (:func:`rank_gathered`) with ``reward.standardize`` "batch" and "epoch", and
+writes the gathered orders to order<process>.json.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import ml_collections
+import torch
+from accelerate import Accelerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from editspecialists.rewards import register_score  # noqa: E402
+from editspecialists.training.trainer import rank_gathered  # noqa: E402
+from tests.test_ranking import TWO_BATCHES  # noqa: E402
+
+
+def main():
+    work = Path(sys.argv[1])
+    for name in TWO_BATCHES:
+        register_score(name, lower_is_better=True)(lambda config, device: None)
+    accelerator = Accelerator(cpu=True)
+    process = accelerator.process_index
+    local = {name: table[[process, 2 + process]] for name, table in TWO_BATCHES.items()}
+    orders = {}
+    for mode in ("batch", "epoch"):
+        reward = ml_collections.ConfigDict({"weights": {name: 1.0 for name in TWO_BATCHES}, "standardize": mode})
+        _, order, _ = rank_gathered(accelerator, local, [1, 1], reward)
+        orders[mode] = order.tolist()
+    (work / f"order{process}.json").write_text(json.dumps(orders))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
