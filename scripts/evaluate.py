@@ -4,11 +4,10 @@
     python scripts/evaluate.py --config config/eval.py:demo   # tiny models, demo data
 """
 
-from absl import app
 from ml_collections import config_flags
 
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
 
 _CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluation configuration file.")
 
@@ -21,4 +20,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main, __doc__)

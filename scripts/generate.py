@@ -3,11 +3,11 @@
     python scripts/generate.py --config config/base.py --config.load_checkpoint=logs/<run>
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from editspecialists.generation import generate_edits
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "config/base.py", "Generation configuration file.")
@@ -20,4 +20,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main, __doc__)

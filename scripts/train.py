@@ -3,10 +3,10 @@
     accelerate launch scripts/train.py --config config/base.py --config.input_name=car
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
 from editspecialists.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -20,4 +20,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main, __doc__)

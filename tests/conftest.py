@@ -1,6 +1,5 @@
-"""Shared fixtures: tiny models built once per cache folder and reused across test runs."""
+"""Shared fixtures: tiny models built once in the cache of the demo and reused across test runs."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,15 @@ import torch
 # machines and is as fast as two.
 torch.set_num_threads(1)
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def tiny_root() -> Path:
-    """Cache folder for tiny models (``$EDITSPECIALISTS_CACHE`` or ``<repo>/.cache``), absolute:
-    subprocess tests run in other working folders."""
-    root = Path(os.environ.get("EDITSPECIALISTS_CACHE", REPO / ".cache")).resolve()
-    return root / "tiny"
+    """The build cache (``$EDITSPECIALISTS_CACHE`` or ``~/.cache/editspecialists``, absolute:
+    subprocess tests run in other working folders), shared with the demo: what one built, the
+    other reuses."""
+    from editspecialists.demo.cache import default_cache_root
+
+    return default_cache_root()
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +30,10 @@ def tiny_ip2p_path(tiny_root) -> Path:
 @pytest.fixture(scope="session")
 def demo_assets_root(tiny_root) -> Path:
     """The demo presets' assets (images, pretrained demo editor, tiny feedback and evaluation
-    models), built once next to the tiny-model cache: a stand-in for ``./demo_assets``."""
+    models) in the cache, built unless the demo or an earlier test run built them."""
     from editspecialists.demo.assets import ensure_demo_assets
 
-    root = tiny_root.parent / "demo_assets"
-    ensure_demo_assets(root, evaluation=True)
-    return root
+    return ensure_demo_assets(tiny_root, evaluation=True)
 
 
 @pytest.fixture(autouse=True)

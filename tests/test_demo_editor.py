@@ -1,5 +1,7 @@
-"""The demo editor: supervised InstructPix2Pix pretraining of the tiny pipeline on the demo images."""
+"""The demo editor (supervised InstructPix2Pix pretraining of the tiny pipeline on the demo images)
+and the build cache of the demo assets."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,53 @@ def test_demo_editor_edits_the_car_with_varied_brightness(demo_assets_root, tmp_
 
     assert edits.mean(axis=(2, 3, 4)).std(axis=0).mean() > 0.01
     assert change[:, on_car].mean() > 3 * change[:, background].mean()
+
+
+def test_assets_build_from_scratch_once_then_are_reused(tmp_path, caplog):
+    """A fresh cache: each asset is built and logged once with the total; a second call builds
+    nothing and leaves the files alone."""
+    from editspecialists.demo.assets import ensure_demo_assets
+
+    with caplog.at_level(logging.INFO, logger="editspecialists.demo"):
+        ensure_demo_assets(tmp_path, policy=False)
+    built = [record.getMessage() for record in caplog.records if record.getMessage().startswith("built ")]
+    assert sorted(message.split()[1] for message in built) == sorted(
+        ["demo-images", "detector", "segmenter", "depth", "dinov2", "clip", "dreamsim"])
+    assert any(record.getMessage().startswith("demo assets: 7 built in") for record in caplog.records)
+    times = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="editspecialists.demo"):
+        ensure_demo_assets(tmp_path, policy=False)
+    assert caplog.records == []
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == times
+
+
+def test_a_new_builder_version_rebuilds_its_assets_and_those_built_from_them(tmp_path, monkeypatch):
+    from editspecialists.demo import cache
+    from editspecialists.demo.editor import build_demo_editor
+    from editspecialists.demo.images import write_demo_images
+
+    folder = cache.cached_build(tmp_path / "images", write_demo_images)
+    editor_stamp = cache.build_stamp(build_demo_editor)
+    monkeypatch.setitem(cache.BUILDER_VERSIONS, "build_detector", 99)
+    assert cache.is_current(folder, write_demo_images)
+    assert cache.build_stamp(build_demo_editor) == editor_stamp, "the editor is not built from the detector"
+    monkeypatch.setitem(cache.BUILDER_VERSIONS, "build_tiny_ip2p", 99)
+    assert cache.build_stamp(build_demo_editor) != editor_stamp
+    monkeypatch.setitem(cache.BUILDER_VERSIONS, "write_demo_images", 99)
+    assert not cache.is_current(folder, write_demo_images)
+    before = cache.builds_done()
+    cache.cached_build(folder, write_demo_images)
+    assert cache.builds_done() == before + 1 and cache.is_current(folder, write_demo_images)
+
+
+def test_the_demo_presets_and_the_tests_share_one_cache(tiny_root):
+    """What the demo built, the tests reuse, and the reverse: one folder for all of it."""
+    from tests.helpers import load_config
+
+    for name, preset in (("demo", "brightness"), ("demo", ""), ("eval", "demo")):
+        config = load_config(name, preset)
+        assert config.demo_root == str(tiny_root), (name, preset)
+        assert config.inputimg_dir == str(tiny_root / "demo-images" / "inputs")
+        assert all(value.startswith(f"{tiny_root}/") for value in config.models.values()), config.models

@@ -1,8 +1,8 @@
 """The demo commands of the README and the issues, run exactly as a user types them.
 
-Each runs in a fresh working folder holding ``scripts/`` and ``config/`` (links to the repository)
-and ``demo_assets/`` (a link to the session's cached demo assets, so the demo editor is
-pretrained once per cache, not once per test).
+Each runs in a fresh working folder holding ``scripts/`` and ``config/`` (links to the repository),
+with the session's build cache (``$EDITSPECIALISTS_CACHE``), so the demo editor is pretrained once
+per cache, not once per test, and the demo reuses what the tests built.
 """
 
 import json
@@ -16,32 +16,54 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from editspecialists.demo.assets import demo_paths
 from editspecialists.training.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+TWO_PROCESS_LAUNCH = ("accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+                      "--dynamo_backend no")
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def workdir(tmp_path, demo_assets_root) -> Path:
+def scripts_dir(tmp_path) -> Path:
+    """A working folder with the repository's ``scripts/`` and ``config/``."""
     for name in ("scripts", "config"):
         (tmp_path / name).symlink_to(REPO / name)
-    (tmp_path / "demo_assets").symlink_to(demo_assets_root.resolve())
     return tmp_path
 
 
-def run_command(command: str, cwd: Path, timeout: int = 900) -> str:
+@pytest.fixture
+def workdir(scripts_dir, demo_assets_root) -> Path:
+    """:func:`scripts_dir` with every demo asset built in the cache."""
+    return scripts_dir
+
+
+def launch(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a shell-style command line (``VAR=value`` prefixes allowed) with this interpreter's
-    scripts first on PATH; returns stdout + stderr, failing the test with them on error."""
+    scripts first on PATH and the session's build cache."""
+    from editspecialists.demo.cache import CACHE_ENV, default_cache_root
+
     words = shlex.split(command)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env[CACHE_ENV] = str(default_cache_root())
     while "=" in words[0]:
         key, value = words.pop(0).split("=", 1)
         env[key] = value
-    result = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_command(command: str, cwd: Path, timeout: int = 900) -> str:
+    """:func:`launch`, failing the test with the output on error; returns stdout + stderr."""
+    result = launch(command, cwd, timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{command!r} failed:\n{output[-6000:]}"
     return output
+
+
+def cache_markers(root: Path) -> dict[str, float]:
+    """Modification time of every asset's completion marker in the cache."""
+    return {str(marker): marker.stat().st_mtime for marker in root.glob("*/.complete")}
 
 
 def readme_demo_command() -> str:
@@ -58,12 +80,15 @@ def only_run(logdir: Path) -> Path:
     return runs[0]
 
 
-def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir):
+def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir, tiny_root):
     """Issue 8's check: the mean brightness of the last epochs exceeds the first epochs' by more
-    than half the per-image standard deviation; the first optimizer step has ratio 1, clipfrac 0."""
+    than half the per-image standard deviation; the first optimizer step has ratio 1, clipfrac 0.
+    Issue 16's: a second run in the same cache builds nothing, and no launch warns about guessed
+    accelerate settings."""
     command = readme_demo_command()
-    assert command == "accelerate launch scripts/train.py --config config/demo.py:brightness"
-    run_command(command, workdir)
+    assert command == ("accelerate launch -q --config_file config/accelerate_demo.yaml scripts/train.py "
+                       "--config config/demo.py:brightness")
+    first = run_command(command, workdir)
 
     run = only_run(workdir / "logs" / "demo_brightness")
     records = read_metrics(run)
@@ -79,12 +104,57 @@ def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir):
     assert steps[0]["clipfrac"] == 0
     assert sorted(path.name for path in (run / "images").iterdir())[-1].endswith(".png")
 
+    markers = cache_markers(tiny_root)
+    second = run_command(command + " --config.num_epochs=1", workdir)
+    assert "building " not in second and "demo assets:" not in second, second[-3000:]
+    assert cache_markers(tiny_root) == markers
+    for output in (first, second):
+        assert "were not passed to `accelerate launch`" not in output
+
+
+def test_misspelt_key_ends_the_readme_command_with_one_line(scripts_dir):
+    result = launch(readme_demo_command() + " --config.sample.num_step=3", scripts_dir)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) <= 3, result.stderr
+    assert lines[-1] == ("error: --config.sample.num_step: no key 'num_step' in config/demo.py:brightness "
+                         "(did you mean 'sample.num_steps'?)")
+
+
+def test_misspelt_key_is_the_last_stderr_line_of_a_two_process_launch(scripts_dir):
+    result = launch(f"ACCELERATE_USE_CPU=1 {TWO_PROCESS_LAUNCH} scripts/train.py --config config/demo.py "
+                    "--config.num_step=3", scripts_dir)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --config.num_step: no key 'num_step' in config/demo.py (did you mean 'num_epochs'?)")
+    assert result.stderr.count("no key 'num_step'") == 1
+
+
+def test_missing_input_folder_ends_evaluation_with_the_message_alone(scripts_dir):
+    result = launch("python scripts/evaluate.py --config config/eval.py:demo --config.inputimg_dir=no/such/folder",
+                    scripts_dir)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    assert lines[-1] == "error: input folder no/such/folder does not exist (check the config key)", result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_config_keys_with_defaults_and_meanings(scripts_dir):
+    output = run_command("python scripts/train.py --help", scripts_dir)
+    assert "Fine-tune InstructPix2Pix" in output
+    assert "Config keys of config/base.py" in output
+    rows = {line.split(" = ")[0].strip(): line for line in output.splitlines() if " = " in line}
+    assert rows["sample.num_steps"].split(" = ")[1].startswith("100")
+    assert "inputs per process per sampling batch" in rows["sample.batch_size"]
+    assert "models.detector" in rows and "reward.weights.structural" in rows
+    demo = run_command("python scripts/train.py --config config/demo.py:brightness --helpfull", scripts_dir)
+    assert "num_epochs = 12" in demo and "--flagfile" in demo
+
 
 def test_two_process_cpu_demo_with_full_ai_feedback(workdir):
     """Issue 5's check: two CPU processes, both announced, identical weights at the end."""
-    output = run_command(
-        "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 "
-        "--mixed_precision no --dynamo_backend no scripts/train.py --config config/demo.py", workdir)
+    output = run_command(f"ACCELERATE_USE_CPU=1 {TWO_PROCESS_LAUNCH} scripts/train.py --config config/demo.py",
+                         workdir)
 
     assert "num_processes = 2" in output
     assert "trainable weights identical on all 2 processes" in output
@@ -99,7 +169,7 @@ def test_generate_then_evaluate_on_the_demo(workdir):
     """Issue 6's round trip: edits, manifest, then a JSON and a CSV with every metric finite."""
     run_command("python scripts/generate.py --config config/demo.py", workdir)
     edits = workdir / "outputs" / "demo_edits" / "car_lego"
-    inputs = sorted(path.name for path in (workdir / "demo_assets" / "data" / "inputs").iterdir())
+    inputs = sorted(path.name for path in Path(demo_paths()["inputs"]).iterdir())
     assert sorted(path.name for path in edits.glob("edit_*.png")) == [f"edit_{name}" for name in inputs]
     manifest = [json.loads(line) for line in (edits / "manifest.jsonl").read_text().splitlines()]
     assert sorted(entry["input"] for entry in manifest) == inputs

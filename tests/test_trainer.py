@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from editspecialists.training import checkpoint as ckpt
-from editspecialists.training.tracking import read_metrics
+from editspecialists.training.tracking import epoch_summary, read_metrics
 from editspecialists.training.trainer import Trainer, plan_batches, validate_config
 from tests.helpers import load_config, tiny_brightness_config
 
@@ -58,11 +58,16 @@ def test_empty_input_folder_fails_before_models_load(tmp_path, tiny_ip2p_path):
 
 
 @pytest.mark.slow
-def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path):
+def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path, capsys):
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "full", num_epochs=2)
     full_run = Trainer(config).run()
 
     records = read_metrics(full_run)
+    summaries = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" |")[0] for line in summaries] == ["epoch 0 (1/2)", "epoch 1 (2/2)"]
+    for epoch, line in enumerate(summaries):
+        assert f"brightness {records_of(records, epoch)['brightness_mean']:.4g} ± " in line
+        assert "preference_fraction" in line and "clipfrac" in line and "left" in line
     epochs = [r for r in records if "brightness_mean" in r]
     steps = [r for r in records if "step" in r]
     assert [r["epoch"] for r in epochs] == [0, 1]
@@ -93,6 +98,33 @@ def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path)
     initial = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "init"))
     moved = initial.unwrapped_policy.trainable_state_dict()
     assert any(not torch.equal(moved[k].cpu(), final[k]) for k in final), "training changed the weights"
+
+
+def test_a_missing_model_folder_is_named_before_anything_loads_or_is_written(tiny_ip2p_path, tmp_path):
+    from editspecialists.model_ids import ModelIdError
+
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
+    config.pretrained.model = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelIdError, match="role pretrained.model: folder .*no-such-model does not exist"):
+        Trainer(config)
+    assert not (tmp_path / "logs").exists()
+
+
+def records_of(records, epoch):
+    """The score record of ``epoch`` (the one without a step)."""
+    return next(r for r in records if r["epoch"] == epoch and "step" not in r)
+
+
+def test_epoch_summary_shows_score_statistics_and_step_means():
+    records = [{"epoch": 3, "brightness_mean": 0.4612, "brightness_std": 0.068, "preference_fraction": 0.75,
+                "mask_fallback_fraction": 0.5},
+               {"epoch": 3, "step": 7, "loss": 0.69, "ratio_mean": 1.0, "clipfrac": 0.0},
+               {"epoch": 3, "step": 8, "loss": 0.70, "ratio_mean": 1.2, "clipfrac": 0.5},
+               {"epoch": 2, "step": 6, "loss": 9.0, "ratio_mean": 9.0, "clipfrac": 1.0}]
+    line = epoch_summary(3, 12, records, elapsed_s=75, remaining_s=3725)
+    assert line == ("epoch 3 (4/12) | brightness 0.4612 ± 0.068 | preference_fraction 0.75 | "
+                    "mask_fallback_fraction 0.50 | loss 0.6950 clipfrac 0.25 ratio_mean 1.1 (2 steps) | "
+                    "1:15 elapsed, 1:02:05 left")
 
 
 @pytest.mark.slow
@@ -136,7 +168,7 @@ def test_wandb_never_prompts(monkeypatch, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {"mixed_precision": "bf16"},
-    {"use_lora": False, "gradient_checkpointing": True, "pretrained.scheduler": "ddim"},
+    {"use_lora": False, "gradient_checkpointing": "without_lora", "pretrained.scheduler": "ddim"},
 ])
 def test_precision_full_finetune_and_ddim_runs_stay_finite(tiny_ip2p_path, tmp_path, overrides):
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1, **overrides)
@@ -240,3 +272,80 @@ def test_resume_on_another_base_model_fails_before_models_load(tiny_ip2p_path, t
                                          f".*pretrained.model: run '{tiny_ip2p_path}' vs now "):
         Trainer(config)
     assert not (tmp_path / "logs").exists(), "a refused resume must not create a run folder"
+
+
+def register_test_score(monkeypatch, name, score, needs_masks=False):
+    """Register ``score(batch) -> (B, G)`` as ``name`` for one test (the registry is restored after)."""
+    from editspecialists.rewards import registry
+
+    spec = registry.ScoreSpec(name, lower_is_better=True, needs_masks=needs_masks, factory=lambda c, d: score)
+    monkeypatch.setitem(registry.SCORES, name, spec)
+
+
+def train_epochs_skipped(monkeypatch) -> list:
+    """Skip the preference updates (they do not matter here); returns the list that gets each
+    epoch's (order, has_preference) as the trainer passes them to ``train_epoch``."""
+    seen = []
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch, inner, trajectories, order, has_preference:
+                        seen.append((order.cpu(), has_preference.cpu())))
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, first_input_order", [("batch", [0, 1]), ("epoch", [1, 0])])
+def test_scores_are_standardised_per_sampling_batch_or_over_the_epoch(tiny_ip2p_path, tmp_path, monkeypatch,
+                                                                      mode, first_input_order):
+    from tests.test_ranking import TWO_BATCHES
+
+    for name, table in TWO_BATCHES.items():  # batch k of the epoch gets rows 2k, 2k + 1 of the table
+        calls = iter(table.split(2))
+        register_test_score(monkeypatch, name, lambda batch, calls=calls: next(calls).to(batch.edits.device))
+    seen = train_epochs_skipped(monkeypatch)
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1,
+                                    **{"reward.standardize": mode})
+    config.reward.weights = {"a": 1.0, "b": 1.0}
+    Trainer(config).run()
+
+    (order, has_preference), = seen
+    # by hand in test_ranking: only the first input's ranking depends on the grouping
+    assert order.tolist() == [first_input_order, [0, 1], [0, 1], [0, 1]]
+    assert has_preference.all()
+
+
+@pytest.fixture(scope="module")
+def mask_models(tiny_root):
+    from editspecialists.demo.cache import cached_build
+    from editspecialists.demo.feedback_standins import build_detector, build_segmenter
+
+    return (str(cached_build(tiny_root / "detector", build_detector)),
+            str(cached_build(tiny_root / "segmenter", build_segmenter)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("box_threshold, fraction", [(1.0, 1.0), (0.0, 0.0)])
+def test_the_fraction_of_images_without_detection_is_logged_and_warned_about(
+        tiny_ip2p_path, tmp_path, monkeypatch, caplog, mask_models, box_threshold, fraction):
+    def masked_brightness(batch):  # reads both masks, as the semantic score does
+        weight = (batch.input_masks.float().mean() + batch.style_masks.float().mean()) / 2
+        return weight * batch.edits.float().mean(dim=(2, 3, 4))
+
+    register_test_score(monkeypatch, "masked_brightness", masked_brightness, needs_masks=True)
+    train_epochs_skipped(monkeypatch)
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1,
+                                    **{"reward.box_threshold": box_threshold})
+    config.reward.weights = {"masked_brightness": 1.0}
+    config.models.detector, config.models.segmenter = mask_models
+    config.input_name, config.style_name = "car", "lego"
+    with caplog.at_level("WARNING", logger="editspecialists.training.trainer"):
+        run = Trainer(config).run()
+
+    epochs = [r for r in read_metrics(run) if "masked_brightness_mean" in r]
+    assert [r["mask_fallback_fraction"] for r in epochs] == [fraction]  # 4 inputs + 4 styles
+    warnings = [r.getMessage() for r in caplog.records if "the detector found no" in r.getMessage()]
+    if fraction > 0.5:
+        assert warnings == [f"epoch 0: the detector found no input_name 'car' in 4 of 4 images: the name does not "
+                            f"match what the images show, and the semantic reward measures the whole frame there",
+                            f"epoch 0: the detector found no style_name 'lego' in 4 of 4 images: the name does not "
+                            f"match what the images show, and the semantic reward measures the whole frame there"]
+    else:
+        assert warnings == []

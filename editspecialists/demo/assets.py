@@ -1,48 +1,63 @@
-"""Everything the demo presets need, built on first use under one folder (default ``./demo_assets``).
+"""Everything the demo presets need, built on first use in the cache (:mod:`editspecialists.demo.cache`).
 
-Layout::
+Layout under the cache folder (default ``~/.cache/editspecialists``, or ``$EDITSPECIALISTS_CACHE``)::
 
-    <root>/data/inputs, <root>/data/styles   demo images (editspecialists.demo.images)
-    <root>/models/demo-editor-v<N>            tiny InstructPix2Pix pretrained on the demo task
-    <root>/models/<role>                      tiny feedback and evaluation models
+    demo-images/inputs, demo-images/styles   demo images (editspecialists.demo.images)
+    demo-editor                              tiny InstructPix2Pix pretrained on the demo task
+    instruct-pix2pix, <role>                 tiny random stand-ins of the policy, feedback and
+                                             evaluation models
 
-Each piece is cached and file-locked (see :func:`editspecialists.demo.policy_standin.cached_build`), so
-concurrent processes of one launch build it once.
+The tests build into the same folders, so the demo reuses what the tests built and vice versa.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
-from editspecialists.demo.images import write_demo_images
-from editspecialists.demo import evaluation_standins, feedback_standins
+from editspecialists.demo import cache, evaluation_standins, feedback_standins
 from editspecialists.demo.editor import demo_editor, demo_editor_folder
-from editspecialists.demo.cache import cached_build
+from editspecialists.demo.images import write_demo_images
+
+logger = logging.getLogger(__name__)
 
 
-def demo_paths(root: str | Path = "demo_assets") -> dict[str, str]:
-    """Data folders and pretrained demo pipeline under ``root`` (nothing is built here)."""
-    root = Path(root)
-    paths = {"inputs": root / "data" / "inputs", "styles": root / "data" / "styles",
-             "policy": demo_editor_folder(root / "models")}
+def demo_paths(root: str | Path | None = None) -> dict[str, str]:
+    """Data folders and pretrained demo pipeline under ``root`` (default: the cache; nothing is built)."""
+    root = Path(root) if root else cache.default_cache_root()
+    images = demo_images_folder(root)
+    paths = {"inputs": images / "inputs", "styles": images / "styles", "policy": demo_editor_folder(root)}
     return {key: str(value) for key, value in paths.items()}
 
 
-def demo_models_config(root: str | Path = "demo_assets") -> dict[str, str]:
+def demo_images_folder(root: Path) -> Path:
+    """Where the demo images are kept under ``root`` (nothing is built here)."""
+    return Path(root) / "demo-images"
+
+
+def demo_models_config(root: str | Path | None = None) -> dict[str, str]:
     """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
-    under ``root`` (nothing is built here)."""
-    return evaluation_standins.tiny_models_config(Path(root) / "models")
+    under ``root`` (default: the cache; nothing is built here)."""
+    return evaluation_standins.tiny_models_config(Path(root) if root else cache.default_cache_root())
 
 
-def ensure_demo_assets(root: str | Path = "demo_assets", *, policy: bool = True,
-                       evaluation: bool = False) -> None:
-    """Build what is missing: demo images and tiny feedback models always, the pretrained demo
-    editor when ``policy`` (about two minutes on two CPU cores, once), the tiny evaluation-only
-    models (HPS, PickScore, ImageReward) when ``evaluation``."""
-    root = Path(root)
-    cached_build(root / "data", write_demo_images)
-    feedback_standins.build_all(root / "models")
+def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
+                       evaluation: bool = False) -> Path:
+    """Build what is missing under ``root`` (default: the cache) and return it: demo images and
+    tiny feedback models always, the pretrained demo editor when ``policy`` (a few minutes on one
+    CPU thread, once), the tiny evaluation-only models (HPS, PickScore, ImageReward) when
+    ``evaluation``. Logs each build and, if anything was built, the total time."""
+    root = Path(root) if root else cache.default_cache_root()
+    start, builds_before = time.perf_counter(), cache.builds_done()
+    cache.cached_build(demo_images_folder(root), write_demo_images)
+    feedback_standins.build_all(root)
     if policy:
-        demo_editor(root / "models")
+        demo_editor(root)
     if evaluation:
-        evaluation_standins.build_all(root / "models")
+        evaluation_standins.build_all(root)
+    built = cache.builds_done() - builds_before
+    if built:
+        logger.info("demo assets: %d built in %.0f s under %s (reused by later runs)",
+                    built, time.perf_counter() - start, root)
+    return root

@@ -15,8 +15,8 @@ that double as a small example of InstructPix2Pix training:
    each dropped with probability ``cond_dropout`` (and both together too), so that the
    pipeline's two-scale classifier-free guidance has unconditional branches to work with.
 
-Everything runs at ``DEMO_RESOLUTION`` (32 px images, 16×16 latents) in about two minutes on two
-CPU cores. The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
+Everything runs at ``DEMO_RESOLUTION`` (32 px images, 16×16 latents) on one CPU thread, in a few
+minutes. The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
 and brightness, which gives a preference trainer something to rank.
 """
 
@@ -36,15 +36,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.demo.images import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
 from editspecialists.diffusion.pipeline import encode_images as encode_batch
 from editspecialists.diffusion.pipeline import encode_prompts
 from editspecialists.demo.cache import cached_build, default_cache_root
-from editspecialists.demo.policy_standin import build_tiny_ip2p
+from editspecialists.demo.policy_standin import build_tiny_ip2p, write_ip2p_scheduler_config
 
-DEMO_EDITOR_VERSION = "2"
 DEMO_RESOLUTION = 32
 
 logger = logging.getLogger(__name__)
@@ -202,12 +202,14 @@ def train_vae(vae, examples: EditExamples, *, steps: int, batch_size: int, learn
 def fit(model, stage: str, loss_fn: Callable[[int], torch.Tensor], *, steps: int, learning_rate: float,
         betas: tuple[float, float] = (0.9, 0.999)) -> list[float]:
     """Minimise ``loss_fn(step)`` over ``steps`` AdamW steps (no weight decay, gradients clipped to
-    norm 1, :func:`cosine_schedule`), then freeze ``model`` in eval mode; returns the losses."""
+    norm 1, :func:`cosine_schedule`) with a progress bar, then freeze ``model`` in eval mode;
+    returns the losses."""
     model.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=betas, weight_decay=0.0)
     schedule = cosine_schedule(optimizer, steps)
     losses = []
-    for step in range(steps):
+    progress = tqdm(range(steps), desc=f"demo editor: {stage}", unit="step", leave=True)
+    for step in progress:
         loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,7 +217,8 @@ def fit(model, stage: str, loss_fn: Callable[[int], torch.Tensor], *, steps: int
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        log_progress(stage, step, steps, losses)
+        if (step + 1) % 25 == 0:
+            progress.set_postfix(loss=f"{sum(losses[-25:]) / 25:.4f}", refresh=False)
     model.eval().requires_grad_(False)
     return losses
 
@@ -230,13 +233,6 @@ def cosine_schedule(optimizer, steps: int, warmup: int = 20):
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def log_progress(stage: str, step: int, steps: int, losses: list[float], every: int = 100) -> None:
-    """Log the mean loss of the last ``every`` steps."""
-    if (step + 1) % every == 0 or step + 1 == steps:
-        recent = losses[-every:]
-        logger.info("demo editor %s step %d/%d loss %.4f", stage, step + 1, steps, sum(recent) / len(recent))
 
 
 def encode_in_chunks(vae, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -326,7 +322,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
                          num_pairs: int = 2048,
                          unet_steps: int = 450, unet_batch_size: int = 32, unet_learning_rate: float = 2e-3,
                          cond_dropout: float = 0.05, max_weight: float = 10.0,
-                         instructions: Sequence[str] | None = None, num_threads: int = 2) -> DemoEditorReport:
+                         instructions: Sequence[str] | None = None, num_threads: int = 1) -> DemoEditorReport:
     """Pretrain the tiny InstructPix2Pix pipeline in ``pipeline_folder`` on CPU; save it to ``out_folder``.
 
     cars: demo car scenes (as drawn by :func:`editspecialists.demo.images.draw_car`: the car mask is
@@ -336,7 +332,9 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
     ``max_weight``). ``instructions`` defaults to the templates filled with "car" / "lego". Text
     encoder, tokenizer and scheduler are kept. Float results depend on the number of torch
     threads, so training runs with ``num_threads`` whatever the caller set: the same arguments give
-    the same weights in any process on the same machine. Returns the measurements.
+    the same weights in any process on the same machine. One thread is the default: these tiny
+    models gain little from two, and on a busy machine two threads waiting for each other ran 5×
+    slower (measured 2026-12-01, 2-core machine at load 7). Returns the measurements.
     """
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
@@ -365,6 +363,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
                                         cond_dropout=cond_dropout, max_weight=max_weight, generator=generator)
 
         pipe.save_pretrained(out_folder)
+        write_ip2p_scheduler_config(Path(out_folder))  # keep the real repo's file verbatim
         report.seconds = time.perf_counter() - start
         logger.info("demo editor trained in %.0f s (VAE reconstruction MSE %.4f)",
                     report.seconds, report.vae_reconstruction_mse)
@@ -372,7 +371,7 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
 
 
 def build_demo_editor(folder: Path, seed: int = 0) -> DemoEditorReport:
-    """Build the tiny pipeline (seeded), pretrain it on freshly drawn demo images, save to ``folder``."""
+    """Pretrain a tiny InstructPix2Pix on a toy "car -> lego" edit (once; a progress bar shows the time left)."""
     cars, walls = demo_training_images(seed=seed)
     with tempfile.TemporaryDirectory() as scratch:
         build_tiny_ip2p(Path(scratch), seed=seed)
@@ -381,11 +380,10 @@ def build_demo_editor(folder: Path, seed: int = 0) -> DemoEditorReport:
 
 def demo_editor_folder(root: Path | None = None) -> Path:
     """Where :func:`demo_editor` keeps the pipeline under ``root`` (nothing is built here)."""
-    root = Path(root) if root else default_cache_root()
-    return root / f"demo-editor-v{DEMO_EDITOR_VERSION}"
+    return (Path(root) if root else default_cache_root()) / "demo-editor"
 
 
 def demo_editor(root: Path | None = None) -> Path:
-    """Folder of the pretrained demo pipeline under ``root`` (default: the tiny-model cache),
-    built on first use (about two minutes on two CPU cores) and reused afterwards."""
+    """Folder of the pretrained demo pipeline under ``root`` (default: the cache), built on first
+    use and reused afterwards."""
     return cached_build(demo_editor_folder(root), build_demo_editor)

@@ -40,6 +40,7 @@ class RunLogger:
                  run_name: str = ""):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.records: list[dict] = []  # everything logged by this run, for the console summaries
         self.wandb_run = None
         if enabled and wandb_project:
             import wandb
@@ -54,6 +55,7 @@ class RunLogger:
         if not self.enabled:
             return
         record = {k: _plain(v) for k, v in record.items()}
+        self.records.append(record)
         with open(self.run_dir / METRICS_FILE, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
@@ -83,6 +85,37 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (or ``m:ss`` under an hour) of a duration in seconds."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def epoch_summary(epoch: int, num_epochs: int, records: list[dict], elapsed_s: float, remaining_s: float) -> str:
+    """One console line for an epoch from its metrics records: each score's mean ± std, the
+    preference fraction, the mask fallback fraction (when masks are predicted), the mean loss,
+    clipfrac and ratio_mean over the epoch's optimizer steps, and elapsed / remaining time.
+    """
+    epoch_records = [r for r in records if r.get("epoch") == epoch]
+    scores = next((r for r in epoch_records if "step" not in r), {})
+    steps = [r for r in epoch_records if "step" in r]
+    parts = [f"epoch {epoch} ({epoch + 1}/{num_epochs})"]
+    for key in scores:
+        if key.endswith("_mean"):
+            name = key[: -len("_mean")]
+            parts.append(f"{name} {scores[key]:.4g} ± {scores[name + '_std']:.2g}")
+    for key in ("preference_fraction", "mask_fallback_fraction"):
+        if key in scores:
+            parts.append(f"{key} {scores[key]:.2f}")
+    if steps:
+        means = {key: sum(float(r[key]) for r in steps) / len(steps) for key in ("loss", "clipfrac", "ratio_mean")}
+        parts.append(f"loss {means['loss']:.4f} clipfrac {means['clipfrac']:.2f} ratio_mean {means['ratio_mean']:.4g}"
+                     f" ({len(steps)} steps)")
+    parts.append(f"{format_duration(elapsed_s)} elapsed, {format_duration(remaining_s)} left")
+    return " | ".join(parts)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -115,5 +148,7 @@ def edit_grid(inputs: torch.Tensor, styles: torch.Tensor, edits: torch.Tensor,
                 image = image.resize((size, size), Image.Resampling.NEAREST)
             grid.paste(image, (col * size, row * cell_h))
             for line, text in enumerate(label.split("\n")):
-                draw.text((col * size + 2, row * cell_h + size + 2 + 11 * line), text, fill="black")
+                # Pillow's default font draws a space 2 px wide: "brightness 0.449" would read as one word.
+                draw.text((col * size + 2, row * cell_h + size + 2 + 11 * line), text.replace(" ", "  "),
+                          fill="black")
     return grid

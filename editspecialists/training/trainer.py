@@ -23,14 +23,18 @@ from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
 from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
                                                 place_encoders)
-from editspecialists.diffusion.policy import build_policy
+from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS, policy_from_config
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
+from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
 from editspecialists.precision import MIXED_PRECISION, mixed_precision_dtype
+from editspecialists.rewards.masks import MASK_FALLBACKS
+from editspecialists.rewards.registry import feedback_model_keys
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.launch import process_state
 from editspecialists.training.overlap import BackgroundScoring
-from editspecialists.training.ranking import RatioStats, combine_scores, preference_loss, rank_edits
-from editspecialists.training.tracking import RunLogger, edit_grid
+from editspecialists.training.ranking import (STANDARDIZE_MODES, RatioStats, combine_scores, preference_loss,
+                                              rank_edits, standardization_groups)
+from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,11 @@ def validate_config(config) -> None:
              config.train.gradient_accumulation_steps, config.train.num_inner_epochs) >= 1,
          "batch sizes, num_batches_per_epoch, gradient_accumulation_steps and num_inner_epochs must be >= 1"),
         (len(config.reward.weights) > 0, "reward.weights names no score"),
+        (config.reward.standardize in STANDARDIZE_MODES, f"reward.standardize must be one of {STANDARDIZE_MODES}"),
+        (config.reward.mask_fallback in MASK_FALLBACKS, f"reward.mask_fallback must be one of {MASK_FALLBACKS}"),
+        (config.lora_init in LORA_INITS, f"lora_init must be one of {sorted(LORA_INITS)}"),
+        (config.gradient_checkpointing in GRADIENT_CHECKPOINTING,
+         f"gradient_checkpointing must be one of {list(GRADIENT_CHECKPOINTING)}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -143,14 +152,20 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
+        # A resumed run goes on with its own settings, checked before any model loads.
+        self.checkpoint = ckpt.resolve_checkpoint(config.load_checkpoint) if config.load_checkpoint else None
+        if self.checkpoint:
+            config = ckpt.resumed_config(config, self.checkpoint)
         validate_config(config)
         self.config = config
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
-        self.checkpoint = self._checkpoint_to_resume()
         if dataset is None:
             dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
                                   config.style_name, config.data_resize)
         self.dataset = dataset
+        self.feedback_ids = model_ids_of(config, feedback_model_keys(config))
+        validate_model_ids({"pretrained.model": config.pretrained.model, **self.feedback_ids},
+                           {"pretrained.model": config.pretrained.revision})
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -168,7 +183,8 @@ class Trainer:
         self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
         acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
-        self.scoring = BackgroundScoring(self._load_scorer(), acc.device,
+        self.scorer = self._load_scorer()
+        self.scoring = BackgroundScoring(self.scorer, acc.device,
                                          enabled=config.reward.overlap and acc.device.type == "cuda")
         self.run_logger = RunLogger(self.run_dir, enabled=acc.is_main_process,
                                     wandb_project=config.wandb_project, config=config.to_dict(),
@@ -179,14 +195,6 @@ class Trainer:
         acc.print(self.plan.describe())
 
     # ---------------------------------------------------------------- construction
-    def _checkpoint_to_resume(self) -> Path | None:
-        """The checkpoint of ``load_checkpoint``, checked against the config before any model loads."""
-        if not self.config.load_checkpoint:
-            return None
-        checkpoint = ckpt.resolve_checkpoint(self.config.load_checkpoint)
-        ckpt.check_same_model(self.config, ckpt.saved_run_config(checkpoint), checkpoint)
-        return checkpoint
-
     def _make_run_dir(self) -> Path:
         from accelerate.utils import broadcast_object_list
 
@@ -210,10 +218,7 @@ class Trainer:
         self.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
         self.trainable_steps = step_is_stochastic(self.scheduler, eta=config.sample.eta)
         pipe.unet.to(acc.device)
-        self.policy = build_policy(pipe.unet, use_lora=config.use_lora, lora_rank=config.lora_rank,
-                                   lora_alpha=config.lora_alpha, frozen_dtype=self.weight_dtype)
-        if config.gradient_checkpointing:
-            self.policy.unet.enable_gradient_checkpointing()
+        self.policy = policy_from_config(pipe.unet, config, frozen_dtype=self.weight_dtype)
         self.empty_embeds = encode_prompts(self.tokenizer, self.text_encoder, [""])
         self.scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
                                      config.sample.style_image_guidance_scale)
@@ -227,7 +232,8 @@ class Trainer:
     def _load_scorer(self):
         from editspecialists.rewards import build_scorer
 
-        return build_scorer(self.config, self.accelerator.device, self.accelerator)
+        with explain_loading(self.feedback_ids):
+            return build_scorer(self.config, self.accelerator.device, self.accelerator)
 
     @property
     def unwrapped_policy(self):
@@ -238,18 +244,27 @@ class Trainer:
         """Run epochs ``first_epoch .. num_epochs - 1``; returns the run folder."""
         config = self.config
         epochs = range(self.first_epoch, config.num_epochs)
-        for epoch in tqdm(epochs, desc="epoch", disable=not self.accelerator.is_local_main_process):
+        start = time.monotonic()
+        for done, epoch in enumerate(tqdm(epochs, desc="epoch", disable=not self.accelerator.is_local_main_process), 1):
             trajectories, batches, scores = self.sample_epoch(epoch)
-            order, has_preference = self.rank_and_log(epoch, scores)
+            order, has_preference = self.rank_and_log(epoch, scores, [len(batch.prompts) for batch in batches])
             self.log_grid(epoch, trajectories, batches, scores, order)
             for inner in range(config.train.num_inner_epochs):
                 self.train_epoch(epoch, inner, trajectories, order, has_preference)
             if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
                 self.save_checkpoint(epoch + 1)
+            self.print_epoch_summary(epoch, time.monotonic() - start, done, len(epochs))
         self.check_replicas_in_sync()
         self.scoring.close()
         self.run_logger.close()
         return self.run_dir
+
+    def print_epoch_summary(self, epoch: int, elapsed_s: float, done: int, total: int) -> None:
+        """The epoch's console line (main process; see :func:`tracking.epoch_summary`), remaining
+        time extrapolated from the epochs of this launch."""
+        if self.accelerator.is_main_process:
+            remaining = elapsed_s / done * (total - done)
+            tqdm.write(epoch_summary(epoch, self.config.num_epochs, self.run_logger.records, elapsed_s, remaining))
 
     def check_replicas_in_sync(self) -> None:
         """Compare weight fingerprints across processes; a difference means a sync bug."""
@@ -296,18 +311,14 @@ class Trainer:
             self.empty_embeds.float(),
         )
 
-    def rank_and_log(self, epoch: int, scores: dict[str, torch.Tensor]):
-        """Gather scores over processes, standardise, combine and rank; log their statistics.
+    def rank_and_log(self, epoch: int, scores: dict[str, torch.Tensor], batch_sizes: list[int]):
+        """Rank every process's edits (:func:`rank_gathered`); log the score statistics and the
+        epoch's mask fallbacks.
 
         Returns this process's (order (B_local, G), has_preference (B_local,)).
         """
-        from editspecialists.rewards import SCORES
-
         acc = self.accelerator
-        gathered = {name: acc.gather(value.contiguous()) for name, value in scores.items()}
-        weights = dict(self.config.reward.weights)
-        combined = combine_scores(gathered, weights, {n: SCORES[n].lower_is_better for n in weights})
-        order, has_preference = rank_edits(combined)
+        gathered, order, has_preference = rank_gathered(acc, scores, batch_sizes, self.config.reward)
         num_local = len(next(iter(scores.values())))  # every process samples the same count
         local = slice(acc.process_index * num_local, (acc.process_index + 1) * num_local)
         record = {"epoch": epoch}
@@ -315,8 +326,32 @@ class Trainer:
             record[f"{name}_mean"] = value.float().mean()
             record[f"{name}_std"] = value.float().std(unbiased=False)
         record["preference_fraction"] = has_preference.float().mean()
+        record.update(self.mask_fallback_stats(epoch))
         self.run_logger.log(record)
         return order[local], has_preference[local]
+
+    def mask_fallback_stats(self, epoch: int) -> dict:
+        """``mask_fallback_fraction``: the fraction of the epoch's input and style images (all
+        processes) in which the detector found nothing; warns above one half. Empty when no
+        detector runs (whole_frame, or no score reads masks)."""
+        if not self.scorer.predicts_masks:
+            return {}
+        acc, roles = self.accelerator, {}
+        for key in ("input_name", "style_name"):
+            roles.setdefault(self.config[key], []).append(key)
+        fell_back = self.scorer.take_mask_fallbacks()
+        counts = torch.tensor([[int(fell_back[n].sum()), len(fell_back[n])] if n in fell_back else [0, 0]
+                               for n in roles], device=acc.device)
+        counts = acc.reduce(counts, reduction="sum").cpu()
+        missed_total, masked_total = counts.sum(dim=0).tolist()
+        if not masked_total:
+            return {}
+        for (name, keys), (missed, masked) in zip(roles.items(), counts.tolist()):
+            if acc.is_main_process and masked and missed / masked > 0.5:
+                logger.warning("epoch %d: the detector found no %s %r in %d of %d images: the name does not match "
+                               "what the images show, and the semantic reward measures the whole frame there",
+                               epoch, " / ".join(keys), name, missed, masked)
+        return {"mask_fallback_fraction": missed_total / masked_total}
 
     def log_grid(self, epoch, trajectories, batches, scores, order) -> None:
         """Log the first batch's inputs, styles and edits with their scores and ranks."""
@@ -402,6 +437,23 @@ class Trainer:
         state = ckpt.read_trainer_state(checkpoint)
         self.first_epoch, self.global_step = state["epoch"], state["global_step"]
         self.accelerator.print(f"resumed from {checkpoint} at epoch {self.first_epoch}")
+
+
+def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: list[int], reward):
+    """Gather scores over processes, standardise each per ``reward.standardize`` group, combine
+    them by ``reward.weights`` and rank every input's edits.
+
+    ``scores``: {name: (B_local, G)}, the rows of this process's sampling batches of
+    ``batch_sizes`` inputs in order (the same sizes on every process).
+    Returns (gathered {name: (N, G)}, order (N, G), has_preference (N,)), rows process-major.
+    """
+    from editspecialists.rewards import SCORES
+
+    gathered = {name: accelerator.gather(value.contiguous()) for name, value in scores.items()}
+    weights = dict(reward.weights)
+    groups = standardization_groups(reward.standardize, batch_sizes, accelerator.num_processes)
+    combined = combine_scores(gathered, weights, {n: SCORES[n].lower_is_better for n in weights}, groups)
+    return (gathered, *rank_edits(combined))
 
 
 def micro_batch_loss(policy, scheduler, batch: Trajectories, step_index: torch.Tensor,
