@@ -13,7 +13,7 @@ setup(
         "transformers>=5.17,<6",
         "accelerate>=1.2,<2",
         "peft>=0.18,<0.22",
-        "ml_collections>=0.1.1",
+        "ml_collections>=1.0",  # 1.0: the config-flag parser and the misspelt-key hint that scripts rely on
         "absl-py>=2.0",
         "pillow>=10",
         "numpy>=1.26",

@@ -258,7 +258,7 @@ def test_low_precision_feedback_models_give_finite_scores(folders):
 @pytest.mark.parametrize("key, value, message", [
     ("weights", {"structural": 1.0, "aesthetics": 1.0}, r"unknown score\(s\) \['aesthetics'\]"),
     ("dtype", "fp8", "reward.dtype must be one of"),
-    ("semantic_backbone", "resnet", "semantic_backbone must be dreamsim, dinov2 or clip"),
+    ("semantic_backbone", "resnet", "reward.semantic_backbone must be one of"),
     ("mask_fallback", "zeros", r"reward.mask_fallback must be one of \('whole_box', 'ones'\), got 'zeros'"),
 ])
 def test_configuration_mistakes_are_named(folders, key, value, message):
