@@ -1,15 +1,25 @@
 """Editing a folder of images with a trained specialist (or the base model): generate.py.
 
-Each input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input stem>.png``,
-and a line in ``manifest.jsonl`` (input file, style file, prompt template index and prompt, seed,
-edit file) from which the edit can be reproduced exactly: every image has its own seed,
-independent of batching, which draws its style image and (``sample.generation_prompt``
-"per_image") its prompt template.
+Each readable input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input
+stem>.png``, and a line in ``manifest.jsonl``: input file, style file, prompt template index and
+prompt, seed, edit file, and the model (:func:`model_record`). Unreadable inputs and styles are
+skipped as training skips them (one warning names them).
+
+Every image has its own seed, which draws its style image, (``sample.generation_prompt``
+"per_image") its prompt template, and its noise: with the same seed and the same batches an edit
+is reproduced exactly (on one machine and thread count). Other batches (another
+``sample.batch_size``, a rerun that redoes only some edits) can move a few pixels by 1/255, because
+batched convolutions round differently (measured on the demo, batch size 1 against 4 on a CPU: 2-3
+of 8 edits, at 1-2 of their 3072 values).
+
+Safe to stop at any moment: each edit is written under a temporary name and renamed when
+complete, and the manifest (written aside and renamed after each batch) records what is done. An
+edit counts as done only when the manifest lists it and its file decodes; anything else is redone,
+with one line naming it. Edits of another model in the folder are refused unless ``overwrite``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from pathlib import Path
@@ -18,8 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editspecialists.data.dataset import PROMPT_TEMPLATES
-from editspecialists.data.images import list_images, load_image, tensor_to_image
+from editspecialists.config_checks import validate_generation_config
+from editspecialists.data.dataset import GENERATION_PROMPTS, PROMPT_TEMPLATES
+from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
+from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
+                                          write_manifest, write_then_rename)
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, place_encoders
 from editspecialists.diffusion.policy import policy_from_config
@@ -28,12 +41,13 @@ from editspecialists.training import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
+# The keys of a model record that identify the model (its checkpoint path does not).
+MODEL_IDENTITY = ("base", "revision", "weights_sha256")
 
 
 def edit_name(input_file: str) -> str:
     """``edit_<input stem>.png``: edits are written losslessly whatever the input's format."""
-    return f"edit_{Path(input_file).stem}.png"
+    return f"{EDIT_PREFIX}{Path(input_file).stem}.png"
 
 
 def output_folder(config) -> Path:
@@ -50,6 +64,43 @@ def model_config(config):
     if not config.load_checkpoint:
         return config
     return ckpt.saved_run_config(ckpt.resolve_checkpoint(config.load_checkpoint))
+
+
+def model_record(config) -> dict:
+    """The manifest's record of the model ``config`` edits with: ``{"base": pretrained.model,
+    "revision": pretrained.revision, "checkpoint": checkpoint folder or None, "weights_sha256": SHA-256
+    of its weights file or None}`` (the base model's values from the checkpoint's run config)."""
+    trained = model_config(config)
+    checkpoint = ckpt.resolve_checkpoint(config.load_checkpoint).resolve() if config.load_checkpoint else None
+    return {"base": trained.pretrained.model, "revision": trained.pretrained.revision,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "weights_sha256": ckpt.weights_sha256(checkpoint) if checkpoint else None}
+
+
+def describe_model(model: dict | None) -> str:
+    """A model record in words (None: an edit made before manifests recorded the model)."""
+    if model is None:
+        return "an unrecorded model (edits made before manifest.jsonl recorded the model)"
+    base = f"{model['base']} (revision {model['revision']})"
+    if not model.get("checkpoint"):
+        return f"{base} without a checkpoint"
+    return f"{base} with checkpoint {model['checkpoint']} (weights sha256 {model['weights_sha256'][:16]})"
+
+
+def same_model(recorded: dict | None, model: dict) -> bool:
+    return recorded is not None and all(recorded.get(key) == model[key] for key in MODEL_IDENTITY)
+
+
+def check_one_model(folder: Path, manifest: dict[str, dict], model: dict) -> None:
+    """Refuse to add edits of ``model`` to a folder whose manifest lists edits of another model."""
+    others = []
+    for entry in manifest.values():
+        if not same_model(entry.get("model"), model) and entry.get("model") not in others:
+            others.append(entry.get("model"))
+    if others:
+        raise ValueError(f"{folder} holds edits of {' and '.join(map(describe_model, others))}; this run edits "
+                         f"with {describe_model(model)}. Set --config.overwrite=True to replace them, or "
+                         f"another sample.sample_savedir")
 
 
 def load_editor(config, device):
@@ -69,20 +120,11 @@ def load_editor(config, device):
     return pipe, policy.to(device).eval()
 
 
-def read_manifest(folder: Path) -> dict[str, dict]:
-    """``{edit file name: manifest entry}`` of the edits already in ``folder``."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return {}
-    with open(path) as handle:
-        return {entry["edit"]: entry for entry in map(json.loads, filter(str.strip, handle))}
-
-
-def plan_edits(config, folder: Path) -> list[dict]:
-    """Manifest entries of the edits still to make (all of them with ``overwrite``)."""
-    inputs = list_images(config.inputimg_dir, "input image")
+def planned_edits(config) -> list[dict]:
+    """Manifest entries (without the model) of the edits of every readable input image."""
+    inputs = readable_images(config.inputimg_dir, "input image")
     check_distinct_edit_names(inputs)
-    styles = list_images(config.styleimg_dir, "style image")
+    styles = readable_images(config.styleimg_dir, "style image")
     entries = []
     for path in inputs:
         seed = image_seed(config.seed, path.name)
@@ -90,11 +132,36 @@ def plan_edits(config, folder: Path) -> list[dict]:
         style = styles[rng.integers(len(styles))]
         template = prompt_template(config.sample.generation_prompt, rng)
         prompt = PROMPT_TEMPLATES[template].format(input=config.input_name, style=config.style_name)
-        entry = {"input": path.name, "style": style.name, "template": template, "prompt": prompt,
-                 "seed": seed, "edit": edit_name(path.name)}
-        if config.overwrite or not (folder / entry["edit"]).is_file():
-            entries.append(entry)
+        entries.append({"input": path.name, "style": style.name, "template": template, "prompt": prompt,
+                        "seed": seed, "edit": edit_name(path.name)})
     return entries
+
+
+def edits_to_make(planned: list[dict], folder: Path, manifest: dict[str, dict]) -> list[dict]:
+    """The ``planned`` edits not done yet: done means listed in ``manifest`` and decoding as an image.
+    Each edit file redone for another reason than being absent is named in one warning line."""
+    todo = []
+    for entry in planned:
+        path = folder / entry["edit"]
+        reason = undone_reason(path, listed=entry["edit"] in manifest)
+        if reason is not None:
+            todo.append(entry)
+            if reason:
+                logger.warning("redoing %s: %s", path, reason)
+    return todo
+
+
+def undone_reason(path: Path, listed: bool) -> str | None:
+    """None if the edit at ``path`` is done, else why not ("" when it was simply never made)."""
+    if not path.is_file():
+        return f"listed in {MANIFEST} but missing" if listed else ""
+    if not listed:
+        return f"not listed in {MANIFEST} (left by an interrupted run)"
+    try:
+        read_rgb(path)
+    except UnreadableImageError as error:
+        return f"unreadable ({error.reason})"
+    return None
 
 
 def prompt_template(choice: str, rng: np.random.Generator) -> int:
@@ -104,7 +171,7 @@ def prompt_template(choice: str, rng: np.random.Generator) -> int:
         return int(rng.integers(len(PROMPT_TEMPLATES)))
     if choice == "first":
         return 0
-    raise ValueError(f"sample.generation_prompt must be 'per_image' or 'first', got {choice!r}")
+    raise ValueError(f"sample.generation_prompt must be one of {list(GENERATION_PROMPTS)}, got {choice!r}")
 
 
 def check_distinct_edit_names(inputs: list[Path]) -> None:
@@ -119,12 +186,21 @@ def check_distinct_edit_names(inputs: list[Path]) -> None:
 
 
 def generate_edits(config) -> Path:
-    """Edit every input image of ``config.inputimg_dir``; returns the output folder."""
+    """Edit every readable input image of ``config.inputimg_dir``; returns the output folder.
+
+    Edits already done by the same model are kept; ``config.overwrite`` redoes every edit and
+    starts a new manifest.
+    """
+    validate_generation_config(config, model_config(config))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    planned = planned_edits(config)
     folder = output_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
-    todo = plan_edits(config, folder)
-    manifest = read_manifest(folder)
+    remove_temporary_files(folder)
+    model = model_record(config)
+    manifest = {} if config.overwrite else read_manifest(folder)
+    check_one_model(folder, manifest, model)
+    todo = edits_to_make(planned, folder, manifest)
     if not todo:
         print(f"all edits already exist in {folder} (--config.overwrite=True redoes them)")
         return folder
@@ -145,14 +221,18 @@ def generate_edits(config) -> Path:
         edits = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=1, scales=scales,
                              eta=config.sample.eta, generator=generators).images[:, 0]
         for entry, edit in zip(chunk, edits):
-            tensor_to_image(edit).save(folder / entry["edit"])
-            manifest[entry["edit"]] = entry
+            image = tensor_to_image(edit)
+            write_then_rename(folder / entry["edit"], lambda tmp: image.save(tmp, format="PNG"))
+            manifest[entry["edit"]] = {**entry, "model": model}
         write_manifest(folder, manifest)
     return folder
 
 
-def write_manifest(folder: Path, manifest: dict[str, dict]) -> None:
-    """Replace ``folder``'s manifest by ``manifest`` (written aside, then renamed)."""
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in manifest.values()))
-    tmp.replace(folder / MANIFEST)
+def remove_temporary_files(folder: Path) -> None:
+    """Delete the temporary edit and manifest files an interrupted run left in ``folder``."""
+    leftovers = sorted(p for p in folder.glob(f"*{TEMPORARY_SUFFIX}")
+                       if p.name.startswith(EDIT_PREFIX) or p.name == MANIFEST + TEMPORARY_SUFFIX)
+    for path in leftovers:
+        path.unlink()
+    if leftovers:
+        logger.info("removed temporary files of an interrupted run: %s", ", ".join(p.name for p in leftovers))

@@ -1,12 +1,13 @@
 """Model ids of a configuration, checked before loading, and loading failures explained.
 
 Every model loads from a Hugging Face hub id (``owner/name``) or a local folder. A configured id
-is named by its config key, its *role* (``models.depth``, ``pretrained.model``). The three usual
+is named by its config key, its *role* (``models.depth``, ``pretrained.model``). The usual
 mistakes become one line naming the role and the id, with what to do:
 
 - a path that looks local (starts with ``/``, ``.`` or ``~``, has more than one ``/``, or its
   first part exists here) but is missing: ``role models.depth: folder ./depth does not exist``;
-- something that is neither an existing folder nor an ``owner/name`` hub id;
+- a folder without the file its loader starts from (``pretrained.model``: ``model_index.json``);
+- a URL instead of a hub id, or something that is neither an existing folder nor a hub id;
 - a hub id that is not in the local hub cache while ``HF_HUB_OFFLINE=1`` forbids downloading it.
 
 :func:`validate_model_ids` finds these before anything loads (no network: the hub cache is read
@@ -33,6 +34,9 @@ KINDS = {
     "models.hps_architecture": OPEN_CLIP,
     "models.hps_checkpoint": HUB_FILE,
 }  # every other role: HUB
+
+# The file a local folder of a role must hold, and what such a folder is.
+REQUIRED_FILES = {"pretrained.model": ("model_index.json", "diffusers pipeline folder (save_pretrained layout)")}
 
 OFFLINE_FIX = "run download_repos.sh (with --eval for the evaluation models) or unset HF_HUB_OFFLINE"
 
@@ -121,12 +125,31 @@ def _not_an_id(role: str, model_id: str, expected: str) -> str:
     return f"role {role}: {model_id!r} is neither {expected}; fix --config.{role}"
 
 
+def _folder_problem(role: str, model_id: str, folder: Path) -> str | None:
+    """A local folder without the file its loader starts from (:data:`REQUIRED_FILES`)."""
+    if role not in REQUIRED_FILES:
+        return None
+    required, what = REQUIRED_FILES[role]
+    if (folder / required).is_file():
+        return None
+    return f"role {role}: folder {model_id} has no {required}: it is not a {what}"
+
+
+def _url_problem(role: str, model_id: str) -> str:
+    """A URL given for a hub id: the repo id is suggested when the URL's path starts with one."""
+    repo = "/".join(model_id.split("://", 1)[1].split("/")[1:3])
+    instead = f"the hub id {repo}" if repo.count("/") == 1 and is_hub_id(repo) else "a hub id (owner/name)"
+    return f"role {role}: {model_id} is a URL; give {instead} or a local folder"
+
+
 def _hub_problem(role: str, model_id: str, revision: str) -> str | None:
     path = Path(model_id).expanduser()
     if path.is_dir():
-        return None
+        return _folder_problem(role, model_id, path)
     if path.exists():
         return f"role {role}: {model_id} is a file, but a model folder or a hub id is needed"
+    if "://" in model_id:
+        return _url_problem(role, model_id)
     if looks_local(model_id):
         return _missing_path(role, model_id)
     if not is_hub_id(model_id):

@@ -2,6 +2,9 @@
 
     python scripts/evaluate.py [--config config/eval.py] [--config.key=value ...]
     python scripts/evaluate.py --config config/eval.py:demo   # tiny models, demo data
+
+Each evaluation writes new files (<input>_<style>.json, then <input>_<style>.2.json, ...), never
+replacing an earlier one.
 """
 
 from ml_collections import config_flags

@@ -1,6 +1,10 @@
 """Edit every image of the input folder with a trained specialist (or the base model).
 
     python scripts/generate.py --config config/base.py --config.load_checkpoint=logs/<run>
+
+Safe to stop and rerun: done edits (listed in the output folder's manifest.jsonl, with the model
+that made them) are kept, the others redone. Edits of another model are replaced only with
+--config.overwrite=True.
 """
 
 from absl import flags

@@ -45,3 +45,12 @@ def _seed_and_fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def scripts_dir(tmp_path) -> Path:
+    """A working folder with the repository's ``scripts/`` and ``config/`` (for script runs)."""
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("scripts", "config"):
+        (tmp_path / name).symlink_to(repo / name)
+    return tmp_path

@@ -26,14 +26,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def scripts_dir(tmp_path) -> Path:
-    """A working folder with the repository's ``scripts/`` and ``config/``."""
-    for name in ("scripts", "config"):
-        (tmp_path / name).symlink_to(REPO / name)
-    return tmp_path
-
-
-@pytest.fixture
 def workdir(scripts_dir, demo_assets_root) -> Path:
     """:func:`scripts_dir` with every demo asset built in the cache."""
     return scripts_dir

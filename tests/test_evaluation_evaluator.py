@@ -24,9 +24,9 @@ from editspecialists.evaluation.families import (
     parse_metrics,
 )
 from editspecialists.data.images import image_to_tensor
-from editspecialists.evaluation.images import ImageLoadError
 from editspecialists.evaluation.metrics import patch_similarity_to_style
 from editspecialists.evaluation.pairs import PairingError
+from editspecialists.generation import write_manifest
 from editspecialists.rewards.semantic import downsample_mask
 from editspecialists.demo import evaluation_standins
 from tests.helpers import REPO, load_config
@@ -170,7 +170,7 @@ def test_unknown_metric_is_rejected(eval_config):
         evaluate(eval_config)
 
 
-def test_clear_errors_for_missing_folder_unmatched_edit_and_corrupt_png(eval_config):
+def test_clear_errors_for_missing_folder_and_unmatched_edit_and_a_corrupt_edit_left_out(eval_config, caplog):
     eval_config.metrics = "pick_score"
     edits = Path(eval_config.sample_savedir) / "car_lego"
     eval_config.input_name = "bus"
@@ -183,7 +183,64 @@ def test_clear_errors_for_missing_folder_unmatched_edit_and_corrupt_png(eval_con
     (edits / "edit_truck_9.png").unlink()
     corrupt = edits / "edit_car_01.png"
     corrupt.write_bytes(corrupt.read_bytes()[:100])
-    with pytest.raises(ImageLoadError, match="edit_car_01.png"):
+    with caplog.at_level(logging.WARNING, logger="editspecialists.evaluation.evaluator"):
+        result = evaluate(eval_config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not scoring 1 edit(s)" in warnings[0] and "edit_car_01.png (unreadable:" in warnings[0]
+    assert (result["edits_listed"], result["edits_scored"]) == (4, 3)
+    assert [row["edit"] for row in read_rows(eval_config)] == ["edit_car_00.png", "edit_car_02.png", "edit_car_03.png"]
+
+
+def write_models_manifest(edits: Path, models: dict[str, dict | None]) -> None:
+    """A generation manifest listing ``{edit name: model record}`` (inputs named after the edits)."""
+    write_manifest(edits, {name: {"input": name[len("edit_"):], "style": "lego_00.png", "prompt": "p", "seed": 0,
+                                  "edit": name, "model": model} for name, model in models.items()})
+
+
+def test_output_names_edits_models_and_left_out_edits_and_keeps_earlier_results(eval_config, caplog):
+    """Missing, unreadable and unlisted edits are named in one warning and counted; the models come
+    from the manifest; a second evaluation is written beside the first."""
+    eval_config.metrics, eval_config.whole_frame = "l2_out", True
+    edits = Path(eval_config.sample_savedir) / "car_lego"
+    trained = {"base": "tiny-ip2p", "revision": "main", "checkpoint": "/runs/a/checkpoint_0001", "weights_sha256": "ab" * 32}
+    write_models_manifest(edits, {"edit_car_00.png": trained, "edit_car_01.png": trained, "edit_car_02.png": trained})
+    (edits / "edit_car_01.png").write_bytes(b"")
+    (edits / "edit_car_02.png").unlink()
+    shutil.copy(edits / "edit_car_00.png", edits / "edit_car_stray.png")
+    with caplog.at_level(logging.WARNING, logger="editspecialists.evaluation.evaluator"):
+        first = evaluate(eval_config)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not scoring 4 edit(s)" in warnings[0] and "(3 listed)" in warnings[0]
+    left_out = {"edit_car_01.png": "unreadable:", "edit_car_02.png": "listed in manifest.jsonl but missing",
+                "edit_car_03.png": "not listed in manifest.jsonl", "edit_car_stray.png": "not listed"}
+    for name, reason in left_out.items():
+        assert f"{name} ({reason}" in warnings[0]
+    out = Path(eval_config.eval_savedir)
+    saved = json.loads((out / "car_lego.json").read_text())
+    assert saved["edits"] == str(edits.resolve()) and saved["models"] == [trained]
+    assert (saved["edits_listed"], saved["edits_scored"]) == (3, 1)
+    assert sorted(saved["edits_not_scored"]) == sorted(left_out) and saved["metrics"] == first["metrics"]
+    assert saved["metrics"]["l2_out"]["count"] == 1
+
+    first_files = {p.name: p.read_bytes() for p in out.iterdir()}
+    write_models_manifest(edits, {"edit_car_00.png": None, "edit_car_03.png": None})
+    second = evaluate(eval_config)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in first_files} == first_files
+    assert sorted(set(p.name for p in out.iterdir()) - set(first_files)) == [
+        "car_lego.2.json", "car_lego.2_per_image.csv", "car_lego.2_report.png"]
+    assert json.loads((out / "car_lego.2.json").read_text())["models"] == second["models"] == [None]
+    evaluate(eval_config)
+    assert (out / "car_lego.3.json").is_file()
+
+
+def test_no_scorable_edit_is_an_error_naming_each(eval_config):
+    eval_config.metrics, eval_config.whole_frame = "l2_out", True
+    edits = Path(eval_config.sample_savedir) / "car_lego"
+    write_models_manifest(edits, {"edit_car_00.png": None, "edit_car_01.png": None})
+    (edits / "edit_car_00.png").write_bytes(b"")
+    (edits / "edit_car_01.png").unlink()
+    with pytest.raises(ValueError, match=r"no edit of .*car_lego can be scored: edit_car_00.png \(unreadable: .*"
+                                         r"edit_car_01.png \(listed in manifest.jsonl but missing\)"):
         evaluate(eval_config)
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from editspecialists.data.images import image_to_tensor, load_image
-from editspecialists.evaluation.images import ImageLoadError, load_rgb
+from editspecialists.data.images import UnreadableImageError, image_to_tensor, load_image, read_rgb
 from editspecialists.evaluation.pairs import PairingError, pair_edits
 
 
@@ -29,7 +28,7 @@ def folders(tmp_path):
 
 def _pair(folders, seed=0):
     inputs, styles, edits = folders
-    return pair_edits(edits, inputs, styles, "red car", "lego", seed)
+    return pair_edits(edits, inputs, styles, "red car", "lego", seed).items
 
 
 def test_pairs_by_file_name_with_underscores_and_extension_change(folders):
@@ -71,6 +70,20 @@ def test_manifest_decides_pairs_and_styles(folders):
     ]
 
 
+def test_missing_and_unlisted_edits_are_left_out_with_their_reason(folders):
+    inputs, styles, edits = folders
+    _png(edits / "edit_car.png")
+    _png(edits / "edit_stray.png")
+    lines = [{"input": "car.jpg", "style": "lego_a.png", "edit": "edit_car.png", "model": {"base": "m"}},
+             {"input": "car_2.png", "style": "lego_b.png", "edit": "edit_car_2.png"}]
+    (edits / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    pairing = pair_edits(edits, inputs, styles, "car", "lego", 0)
+    assert [(i.edit.name, i.model) for i in pairing.items] == [("edit_car.png", {"base": "m"})]
+    assert pairing.listed == 2
+    assert pairing.left_out == {"edit_car_2.png": "listed in manifest.jsonl but missing",
+                                "edit_stray.png": "not listed in manifest.jsonl"}
+
+
 def test_manifest_naming_a_missing_file_is_a_clear_error(folders):
     _, _, edits = folders
     _png(edits / "edit_car.png")
@@ -108,8 +121,8 @@ def test_corrupt_png_error_names_the_file(tmp_path):
     garbage = tmp_path / "edit_garbage.png"
     garbage.write_bytes(b"not a png at all")
     for path in (truncated, garbage):
-        with pytest.raises(ImageLoadError, match=path.name):
-            load_rgb(path)
+        with pytest.raises(UnreadableImageError, match=path.name):
+            read_rgb(path)
 
 
 def test_evaluation_decodes_transparency_like_training(tmp_path):
@@ -118,6 +131,6 @@ def test_evaluation_decodes_transparency_like_training(tmp_path):
     image = Image.new("RGBA", (4, 4), (200, 0, 0, 255))
     image.putpixel((0, 0), (0, 0, 0, 0))
     image.save(path)
-    evaluated = image_to_tensor(load_rgb(path))
+    evaluated = image_to_tensor(read_rgb(path))
     assert torch.equal(evaluated, load_image(path))
     assert evaluated[:, 0, 0].tolist() == [1.0, 1.0, 1.0]

@@ -1,4 +1,7 @@
-"""generate.py's library: edits on disk, manifest, resuming, checkpoints that change the edits."""
+"""generate.py's library: edits on disk, manifest, resuming, provenance, checkpoints that change
+the edits, batch sizes."""
+
+import shutil
 
 import numpy as np
 import pytest
@@ -6,7 +9,8 @@ import torch
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import list_images, load_image
-from editspecialists.generation import generate_edits, image_seed, plan_edits, read_manifest
+from editspecialists.generation import generate_edits, image_seed, planned_edits, read_manifest
+from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.trainer import Trainer
 from tests.helpers import tiny_brightness_config
 
@@ -29,6 +33,8 @@ def test_generate_writes_edits_and_manifest_then_resumes(tiny_ip2p_path, tmp_pat
     assert entry["input"] == "car_03.png"
     assert entry["prompt"] == PROMPT_TEMPLATES[entry["template"]].format(input="car", style="lego")
     assert entry["style"].startswith("lego_") and isinstance(entry["seed"], int)
+    assert entry["model"] == {"base": str(tiny_ip2p_path), "revision": "main", "checkpoint": None,
+                              "weights_sha256": None}
     assert load_image(folder / "edit_car_03.png").shape == (3, 32, 32)
 
     stamp = (folder / "edit_car_03.png").stat().st_mtime_ns
@@ -39,28 +45,69 @@ def test_generate_writes_edits_and_manifest_then_resumes(tiny_ip2p_path, tmp_pat
     assert len(read_manifest(folder)) == 8
 
 
-def test_edits_do_not_depend_on_batching(tiny_ip2p_path, tmp_path):
-    config = generation_config(tiny_ip2p_path, tmp_path)
-    first = generate_edits(config)
-    reference = load_image(first / "edit_car_06.png")
-    config.sample.batch_size = 1
-    config.overwrite = True
-    config.sample.sample_savedir = str(tmp_path / "single")
-    again = load_image(generate_edits(config) / "edit_car_06.png")
-    torch.testing.assert_close(again, reference, atol=1 / 255, rtol=0)
+def edit_pixels(folder):
+    """{edit name: (3, H, W) uint8-valued float tensor} of a generated folder."""
+    return {path.name: (load_image(path) * 255).round() for path in sorted(folder.glob("edit_*.png"))}
+
+
+def test_same_batch_size_is_exact_and_another_moves_a_few_pixels_by_one_level(tiny_ip2p_path, tmp_path):
+    """As the README says: the same seed and batch size give identical pixels; batch size 1 against
+    4 differs by at most 1/255, at a few pixels (batched convolutions round differently)."""
+    runs = {}
+    for name, batch_size in (("four", 4), ("four_again", 4), ("one", 1)):
+        config = generation_config(tiny_ip2p_path, tmp_path)
+        config.sample.batch_size = batch_size
+        config.sample.sample_savedir = str(tmp_path / name)
+        runs[name] = edit_pixels(generate_edits(config))
+    assert len(runs["four"]) == 8
+    for edit, pixels in runs["four"].items():
+        assert torch.equal(runs["four_again"][edit], pixels), edit
+        difference = (runs["one"][edit] - pixels).abs()
+        assert difference.max() <= 1, edit
+        assert (difference > 0).float().mean() < 0.01, edit
 
 
 @pytest.mark.slow
-def test_a_trained_checkpoint_changes_the_edits(tiny_ip2p_path, tmp_path):
+def test_a_trained_checkpoint_changes_the_edits_and_is_recorded(tiny_ip2p_path, tmp_path):
     train_config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1)
     train_config.train.learning_rate = 5e-2
     run = Trainer(train_config).run()
+    checkpoint = ckpt.resolve_checkpoint(run).resolve()
     base = generate_edits(generation_config(tiny_ip2p_path, tmp_path))
+    base_edit = load_image(base / "edit_car_00.png")
+
     config = generation_config(tiny_ip2p_path, tmp_path, load_checkpoint=str(run))
-    config.sample.sample_savedir = str(tmp_path / "trained")
+    with pytest.raises(ValueError) as refused:
+        generate_edits(config)
+    message = str(refused.value)
+    assert f"{base} holds edits of {tiny_ip2p_path} (revision main) without a checkpoint" in message
+    assert f"this run edits with {tiny_ip2p_path} (revision main) with checkpoint {checkpoint}" in message
+    assert "overwrite=True" in message
+    assert torch.equal(load_image(base / "edit_car_00.png"), base_edit), "refused before writing"
+
+    config.overwrite = True
     trained = generate_edits(config)
-    difference = (load_image(trained / "edit_car_00.png") - load_image(base / "edit_car_00.png")).abs().max()
-    assert difference > 2 / 255
+    assert (load_image(trained / "edit_car_00.png") - base_edit).abs().max() > 2 / 255
+    expected = {"base": str(tiny_ip2p_path), "revision": "main", "checkpoint": str(checkpoint),
+                "weights_sha256": ckpt.weights_sha256(checkpoint)}
+    assert [entry["model"] for entry in read_manifest(trained).values()] == [expected] * 8
+
+    moved = tmp_path / "moved_run"
+    shutil.copytree(run, moved)
+    config = generation_config(tiny_ip2p_path, tmp_path, load_checkpoint=str(moved))
+    stamp = (trained / "edit_car_00.png").stat().st_mtime_ns
+    generate_edits(config)
+    assert (trained / "edit_car_00.png").stat().st_mtime_ns == stamp, "same weights elsewhere: same model"
+
+
+def test_edits_of_another_base_model_are_refused_naming_both(tiny_ip2p_path, tmp_path):
+    folder = generate_edits(generation_config(tiny_ip2p_path, tmp_path, **{"sample.num_steps": 2}))
+    before = (folder / "manifest.jsonl").read_text()
+    config = generation_config(tiny_ip2p_path, tmp_path, **{"sample.num_steps": 2, "pretrained.revision": "v2"})
+    with pytest.raises(ValueError, match=rf"holds edits of {tiny_ip2p_path} \(revision main\) without a checkpoint; "
+                                         rf"this run edits with {tiny_ip2p_path} \(revision v2\) without"):
+        generate_edits(config)
+    assert (folder / "manifest.jsonl").read_text() == before
 
 
 def test_missing_checkpoint_is_a_clear_error(tiny_ip2p_path, tmp_path):
@@ -70,7 +117,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_ip2p_path, tmp_path):
 
 
 def test_inputs_that_would_share_an_edit_file_are_refused(tiny_ip2p_path, tmp_path):
-    config = generation_config(tiny_ip2p_path, tmp_path, **{"pretrained.model": str(tmp_path / "unused")})
+    config = generation_config(tiny_ip2p_path, tmp_path)
     inputs = tmp_path / "data" / "inputs"
     (inputs / "car_03.jpg").write_bytes((inputs / "car_04.png").read_bytes())
     with pytest.raises(ValueError, match=r"car_03.jpg and car_03.png in .*inputs would be written to the same"):
@@ -81,7 +128,7 @@ def test_inputs_that_would_share_an_edit_file_are_refused(tiny_ip2p_path, tmp_pa
 def test_each_image_draws_its_prompt_template_from_its_seed(tiny_ip2p_path, tmp_path):
     """As the original: the image's seed draws its style image, then its template (0..7)."""
     config = generation_config(tiny_ip2p_path, tmp_path)
-    entries = plan_edits(config, tmp_path / "edits")
+    entries = planned_edits(config)
     styles = list_images(config.styleimg_dir, "style image")
     for entry in entries:
         rng = np.random.default_rng(image_seed(config.seed, entry["input"]))
@@ -93,13 +140,13 @@ def test_each_image_draws_its_prompt_template_from_its_seed(tiny_ip2p_path, tmp_
 
 def test_first_template_option_keeps_one_prompt(tiny_ip2p_path, tmp_path):
     config = generation_config(tiny_ip2p_path, tmp_path, **{"sample.generation_prompt": "first"})
-    entries = plan_edits(config, tmp_path / "edits")
+    entries = planned_edits(config)
     assert {(entry["template"], entry["prompt"]) for entry in entries} == {(0, "turn the car into lego")}
-    per_image = plan_edits(generation_config(tiny_ip2p_path, tmp_path), tmp_path / "edits")
+    per_image = planned_edits(generation_config(tiny_ip2p_path, tmp_path))
     assert [entry["style"] for entry in entries] == [entry["style"] for entry in per_image]
 
 
 def test_unknown_generation_prompt_names_the_key(tiny_ip2p_path, tmp_path):
     config = generation_config(tiny_ip2p_path, tmp_path, **{"sample.generation_prompt": "random"})
-    with pytest.raises(ValueError, match="sample.generation_prompt must be 'per_image' or 'first', got 'random'"):
-        plan_edits(config, tmp_path / "edits")
+    with pytest.raises(ValueError, match="sample.generation_prompt must be one of \\['per_image', 'first'\\], got 'random'"):
+        planned_edits(config)

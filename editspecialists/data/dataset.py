@@ -19,6 +19,9 @@ PROMPT_TEMPLATES = (
     "modify the {input} into {style}",
     "swap the {input} for {style}",
 )
+# The values of sample.generation_prompt: one template drawn per image (the original's way), or
+# always the first.
+GENERATION_PROMPTS = ("per_image", "first")
 
 
 @dataclass

@@ -1,17 +1,35 @@
-"""Reading user image folders into tensors: validation, colour conversion, resize and crop."""
+"""Reading user image folders into tensors: validation, orientation, colour conversion, resize
+and crop."""
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Largest image accepted, in pixels: Pillow's own default threshold (Image.MAX_IMAGE_PIXELS, about
+# 89.5 megapixels, e.g. 9459 x 9459), above which it warns of a decompression bomb (and refuses
+# above twice it). Larger files are skipped like unreadable ones, with the reason.
+MAX_IMAGE_PIXELS = 89_478_485
+
+T = TypeVar("T")
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be used (not an image, corrupt or truncated, or larger than
+    :data:`MAX_IMAGE_PIXELS`); the message names the file and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.reason = reason
 
 
 def is_image_file(path: Path) -> bool:
@@ -65,14 +83,59 @@ def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
+def read_rgb(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully as an upright RGB image (its EXIF orientation applied, :func:`to_rgb`).
+
+    Raises :class:`UnreadableImageError` naming the file for anything that is not a complete image
+    of at most :data:`MAX_IMAGE_PIXELS` pixels; the size is checked from the header, before decoding.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below instead
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height <= MAX_IMAGE_PIXELS:
+                    image.load()
+                    return to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(path, f"more than twice the limit of {MAX_IMAGE_PIXELS} pixels "
+                                         f"(data.images.MAX_IMAGE_PIXELS): {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UnreadableImageError(path, f"{error.__class__.__name__}: {error}") from error
+    raise UnreadableImageError(path, f"{width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+                                     f"(data.images.MAX_IMAGE_PIXELS)")
+
+
 def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
     """One image file -> (3, size, size) tensor in [0, 1] (original size when ``size`` is None)."""
-    with Image.open(path) as image:
-        image.load()
-        image = to_rgb(image)
+    image = read_rgb(path)
     if size is not None:
         image = resize_center_crop(image, size)
     return image_to_tensor(image)
+
+
+def read_each_image(folder: str | Path, role: str, read: Callable[[Path], T]) -> tuple[list[Path], list[T]]:
+    """``read`` of every image file of ``folder`` (sorted); files it cannot read are skipped.
+
+    One warning names every skipped file and why; a folder with no usable image is an error.
+    """
+    files, results, skipped = [], [], []
+    for path in list_images(folder, role):
+        try:
+            results.append(read(path))
+            files.append(path)
+        except UnreadableImageError as error:
+            skipped.append(f"{path.name} ({error.reason})")
+    if skipped:
+        logger.warning("skipped %d unreadable %s file(s) in %s: %s", len(skipped), role, folder, "; ".join(skipped))
+    if not files:
+        raise ValueError(f"{role} folder {folder} has no readable image (skipped: {'; '.join(skipped)})")
+    return files, results
+
+
+def readable_images(folder: str | Path, role: str = "image") -> list[Path]:
+    """The image files of ``folder`` that decode (:func:`read_rgb`), skipped ones named in one warning."""
+    return read_each_image(folder, role, read_rgb)[0]
 
 
 def load_image_folder(folder: str | Path, size: int, role: str = "image") -> tuple[list[Path], torch.Tensor]:
@@ -80,15 +143,5 @@ def load_image_folder(folder: str | Path, size: int, role: str = "image") -> tup
 
     One warning names every skipped file; a folder with no usable image is an error.
     """
-    files, tensors, skipped = [], [], []
-    for path in list_images(folder, role):
-        try:
-            tensors.append(load_image(path, size))
-            files.append(path)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            skipped.append(f"{path.name} ({error.__class__.__name__})")
-    if skipped:
-        logger.warning("skipped unreadable %s files in %s: %s", role, folder, ", ".join(skipped))
-    if not tensors:
-        raise ValueError(f"{role} folder {folder} has no readable image (skipped: {', '.join(skipped)})")
+    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size))
     return files, torch.stack(tensors)

@@ -51,19 +51,23 @@ def place_encoders(pipe, device, dtype: torch.dtype = torch.float32) -> None:
     cast_model(pipe.text_encoder, device, dtype)
 
 
+# The values of pretrained.scheduler: the sampler families with a log-probability (logprob.py).
+SCHEDULERS = ("euler_ancestral", "ddim")
+
+
 def _scheduler_class(name: str):
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
 
-    classes = {"euler_ancestral": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler}
-    if name not in classes:
-        raise ValueError(f"pretrained.scheduler={name!r}: choose one of {sorted(classes)}")
-    return classes[name]
+    if name not in SCHEDULERS:
+        raise ValueError(f"pretrained.scheduler={name!r}: choose one of {list(SCHEDULERS)}")
+    return {"euler_ancestral": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler}[name]
 
 
 def load_scheduler(model_id: str, *, revision: str = "", scheduler: str = "euler_ancestral"):
     """Only the pipeline's scheduler (a small JSON), as the chosen family."""
-    return _scheduler_class(scheduler).from_pretrained(model_id, subfolder="scheduler",
-                                                       revision=revision or None)
+    with explain_loading({"pretrained.model": model_id}, {"pretrained.model": revision}):
+        return _scheduler_class(scheduler).from_pretrained(model_id, subfolder="scheduler",
+                                                           revision=revision or None)
 
 
 @torch.no_grad()

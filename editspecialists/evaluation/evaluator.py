@@ -3,7 +3,9 @@
 Edits are read from ``<sample_savedir>/<input_name>_<style_name>/`` (where ``scripts/generate.py``
 writes them). Every input and style image is resized (short side) and centre-cropped to its edit's
 size, so pixel and patch metrics compare aligned images. A metric family whose optional dependency
-or model cannot be loaded is skipped with one log line; the others still run.
+or model cannot be loaded is skipped with one log line; the others still run. Edits that cannot be
+scored (missing, unreadable, not in the manifest) are named in one warning and counted in the
+output, which never replaces an earlier evaluation's (:func:`editspecialists.evaluation.report.output_stem`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from editspecialists.data.images import image_to_tensor
+from editspecialists.config_checks import validate_evaluation_config
+from editspecialists.data.images import UnreadableImageError, image_to_tensor, read_rgb
 from editspecialists.evaluation.families import FAMILIES, METRIC_DEFINITIONS, EvalBatch, FamilySettings, parse_metrics
-from editspecialists.evaluation.images import load_rgb, resize_center_crop
+from editspecialists.evaluation.images import resize_center_crop
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
-from editspecialists.evaluation.report import summarise, write_csv, write_json, write_report_png
+from editspecialists.evaluation.report import output_stem, summarise, write_csv, write_json, write_report_png
 from editspecialists.model_ids import explain_loading, model_ids_of
 from editspecialists.precision import dtype_named
 from editspecialists.rewards.masks import MASK_KEYS, MaskPredictor, whole_frame_masks
@@ -117,10 +120,41 @@ def drop_mask_families(families: list, err: Exception, selected: Sequence[str], 
     return kept
 
 
-def load_images(items: Sequence[EvalItem]) -> dict[Path, Image.Image]:
-    """Decode every edit, input and style file once (a corrupt file raises naming it)."""
-    files = dict.fromkeys(f for item in items for f in (item.edit, item.input, item.style))
-    return {file: load_rgb(file) for file in files}
+def load_images(items: Sequence[EvalItem]) -> tuple[list[EvalItem], dict[Path, Image.Image], dict[str, str]]:
+    """Decode every edit, input and style file once: ``(items whose three files decode, {file: image},
+    {edit file name: why it cannot be scored} for the others)``."""
+    images, unreadable = {}, {}
+    for file in dict.fromkeys(f for item in items for f in (item.edit, item.input, item.style)):
+        try:
+            images[file] = read_rgb(file)
+        except UnreadableImageError as error:
+            unreadable[file] = error.reason
+    scorable, left_out = [], {}
+    for item in items:
+        reasons = [f"unreadable: {unreadable[item.edit]}"] if item.edit in unreadable else []
+        reasons += [f"its {role} {file.name} is unreadable: {unreadable[file]}"
+                    for role, file in (("input", item.input), ("style", item.style)) if file in unreadable]
+        if reasons:
+            left_out[item.edit.name] = "; ".join(reasons)
+        else:
+            scorable.append(item)
+    return scorable, images, left_out
+
+
+def report_left_out(edit_dir: Path, left_out: dict[str, str], listed: int) -> None:
+    """One warning naming every edit of ``edit_dir`` that is not scored and why."""
+    if left_out:
+        logger.warning("not scoring %d edit(s) of %s (%d listed): %s", len(left_out), edit_dir, listed,
+                       "; ".join(f"{name} ({reason})" for name, reason in left_out.items()))
+
+
+def models_of(items: Sequence[EvalItem]) -> list[dict | None]:
+    """The distinct model records of ``items`` (None: an edit whose model is not recorded)."""
+    models = []
+    for item in items:
+        if item.model not in models:
+            models.append(item.model)
+    return models
 
 
 def batches_by_size(items: Sequence[EvalItem], images: dict[Path, Image.Image], batch_size: int) -> Iterator[list[int]]:
@@ -173,12 +207,18 @@ def score_all(items, images, families, masks: MaskSource | None, selected: Seque
 
 def evaluate(config) -> dict:
     """Run the evaluation described by ``config`` (see ``config/eval.py``); returns the JSON payload."""
+    validate_evaluation_config(config)
     selected = parse_metrics(config.metrics)
     name = run_name(config.input_name, config.style_name)
     edit_dir = Path(config.sample_savedir) / name
-    items = pair_edits(edit_dir, config.inputimg_dir, config.styleimg_dir,
-                       config.input_name, config.style_name, config.seed)
-    images = load_images(items)
+    pairing = pair_edits(edit_dir, config.inputimg_dir, config.styleimg_dir,
+                         config.input_name, config.style_name, config.seed)
+    items, images, unreadable = load_images(pairing.items)
+    left_out = dict(sorted({**pairing.left_out, **unreadable}.items()))
+    report_left_out(edit_dir, left_out, pairing.listed)
+    if not items:
+        raise ValueError(f"no edit of {edit_dir} can be scored: "
+                         + "; ".join(f"{edit} ({reason})" for edit, reason in left_out.items()))
     settings = FamilySettings(config.models, resolve_device(config.device), dtype_named(config.dtype, "dtype"),
                               structural_align=config.structural_align)
     families, skipped = load_families(selected, settings)
@@ -198,14 +238,18 @@ def evaluate(config) -> dict:
         "input_name": config.input_name,
         "style_name": config.style_name,
         "prompt": items[0].prompt,
-        "edits": str(edit_dir),
-        "num_images": len(items),
+        "edits": str(edit_dir.resolve()),
+        "models": models_of(items),
+        "edits_listed": pairing.listed,
+        "edits_scored": len(items),
+        "edits_not_scored": left_out,
         "whole_frame": bool(config.whole_frame),
     }
-    write_json(out_dir / f"{name}.json", summary, skipped, header)
-    write_csv(out_dir / f"{name}_per_image.csv", items, per_image)
-    write_report_png(out_dir / f"{name}_report.png", items, images, per_image, max_rows=config.report_rows)
+    stem = output_stem(out_dir, name)
+    write_json(out_dir / f"{stem}.json", summary, skipped, header)
+    write_csv(out_dir / f"{stem}_per_image.csv", items, per_image)
+    write_report_png(out_dir / f"{stem}_report.png", items, images, per_image, max_rows=config.report_rows)
     for metric, stats in summary.items():
         logger.info("%s: mean %s, std %s, count %d", metric, stats["mean"], stats["std"], stats["count"])
-    logger.info("wrote %s", out_dir / f"{name}.json")
+    logger.info("scored %d of %d edits; wrote %s", len(items), pairing.listed, out_dir / f"{stem}.json")
     return {**header, "metrics": summary, "skipped": skipped}

@@ -1,33 +1,16 @@
 """Image decoding and tensor preprocessing shared by the metrics (images are float in [0, 1]).
 
-Files are decoded with the training data's colour conversion
-(:func:`editspecialists.data.images.to_rgb`), so evaluation sees the pixels training saw.
+Files are decoded as the training data is (:func:`editspecialists.data.images.read_rgb`: EXIF
+orientation, colour conversion, size limit), so evaluation sees the pixels training saw.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from editspecialists.data.images import to_rgb
 from editspecialists.rewards.images import resize
-
-
-class ImageLoadError(ValueError):
-    """An image file that cannot be decoded; the message names the file."""
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully as RGB, raising :class:`ImageLoadError` naming the file if it is corrupt."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ImageLoadError(f"cannot read image {path}: {err}") from err
 
 
 def resize_center_crop(images: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:

@@ -2,26 +2,22 @@
 
 Edits are the files ``edit_<input file name>`` written by ``scripts/generate.py``. With a
 ``manifest.jsonl`` beside them (one JSON object a line: ``input``, ``style``, ``prompt``, ``seed``,
-``edit``; file names relative to the input, style and edit folders), the manifest decides the pairs
-and the style image used at generation. Without one, the input is found from the edit's file name
-(the ``edit_`` prefix removed; file names may contain underscores, and the extension may differ)
-and a style image is drawn with a seeded RNG.
+``edit``, ``model``; file names relative to the input, style and edit folders), the manifest decides
+the pairs and the style image used at generation: a listed edit that is missing and an edit file it
+does not list are left out, with the reason. Without one, the input is found from the edit's
+file name (the ``edit_`` prefix removed; file names may contain underscores, and the extension may
+differ) and a style image is drawn with a seeded RNG.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from editspecialists.data.images import is_image_file, list_images
+from editspecialists.data.manifest import EDIT_PREFIX, MANIFEST, read_manifest_lines
 
-EDIT_PREFIX = "edit_"
-MANIFEST = "manifest.jsonl"
-
-logger = logging.getLogger(__name__)
 
 
 class PairingError(ValueError):
@@ -36,6 +32,21 @@ class EvalItem:
     input: Path
     style: Path
     prompt: str
+    model: dict | None = None  # the manifest's record of the model that made the edit
+
+
+@dataclass
+class Pairing:
+    """The edits to score and those left out.
+
+    listed: how many edits the manifest lists (without one: the edit files found).
+    left_out: ``{edit file name: reason}`` of listed edits that cannot be scored and of edit files
+    the manifest does not list.
+    """
+
+    items: list[EvalItem]
+    listed: int
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def descriptive_prompt(input_name: str, style_name: str) -> str:
@@ -64,54 +75,39 @@ def _existing(folder: Path, name: str, what: str, line_no: int) -> Path:
     return path
 
 
-def read_manifest(path: Path) -> list[dict]:
-    """Parsed lines of ``manifest.jsonl`` with their line numbers under ``"_line"``."""
-    entries = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PairingError(f"{path} line {line_no} is not valid JSON: {err}") from err
-        if "input" not in entry or "edit" not in entry:
-            raise PairingError(f"{path} line {line_no} lacks an 'input' or 'edit' file name")
-        entries.append({**entry, "_line": line_no})
-    return entries
-
-
 def pair_from_manifest(manifest: Path, input_dir: Path, style_dir: Path, styles: list[Path],
-                       rng: random.Random, prompt: str) -> list[EvalItem]:
-    """Items from ``manifest``; a later line for the same edit replaces an earlier one."""
+                       rng: random.Random, prompt: str) -> Pairing:
+    """Items of the edits ``manifest`` lists; a later line for the same edit replaces an earlier
+    one. Listed edits that are missing and edit files it does not list are left out."""
     edit_dir = manifest.parent
     by_edit: dict[str, EvalItem] = {}
-    for entry in read_manifest(manifest):
+    for entry in read_manifest_lines(manifest):
         line = entry["_line"]
         style = _existing(style_dir, entry["style"], "style", line) if entry.get("style") else rng.choice(styles)
-        by_edit[entry["edit"]] = EvalItem(
-            edit=_existing(edit_dir, entry["edit"], "edit", line),
-            input=_existing(input_dir, entry["input"], "input", line),
-            style=style,
-            prompt=prompt,
-        )
+        by_edit[entry["edit"]] = EvalItem(edit=edit_dir / entry["edit"],
+                                          input=_existing(input_dir, entry["input"], "input", line),
+                                          style=style, prompt=prompt, model=entry.get("model"))
+    missing = {name for name, item in by_edit.items() if not item.edit.is_file()}
     unlisted = {p.name for p in edit_dir.glob(EDIT_PREFIX + "*") if is_image_file(p)} - set(by_edit)
-    if unlisted:
-        logger.warning("%d edit(s) in %s are not in %s and are ignored", len(unlisted), edit_dir, MANIFEST)
-    return [by_edit[name] for name in sorted(by_edit)]
+    left_out = {**{name: f"listed in {MANIFEST} but missing" for name in missing},
+                **{name: f"not listed in {MANIFEST}" for name in unlisted}}
+    items = [by_edit[name] for name in sorted(by_edit) if name not in missing]
+    return Pairing(items, listed=len(by_edit), left_out=dict(sorted(left_out.items())))
 
 
 def pair_by_file_name(edit_dir: Path, inputs: list[Path], styles: list[Path],
-                      rng: random.Random, prompt: str) -> list[EvalItem]:
+                      rng: random.Random, prompt: str) -> Pairing:
     """Items for the ``edit_*`` files of ``edit_dir`` without a manifest: inputs matched by name,
     styles drawn with ``rng``."""
     edits = [p for p in list_images(edit_dir, "edits") if p.name.startswith(EDIT_PREFIX)]
     if not edits:
         raise PairingError(f"edits folder {edit_dir} holds no '{EDIT_PREFIX}<input file name>' image")
-    return [EvalItem(edit, match_input(edit, inputs), rng.choice(styles), prompt) for edit in edits]
+    return Pairing([EvalItem(edit, match_input(edit, inputs), rng.choice(styles), prompt) for edit in edits],
+                   listed=len(edits))
 
 
 def pair_edits(edit_dir: str | Path, input_dir: str | Path, style_dir: str | Path,
-               input_name: str, style_name: str, seed: int) -> list[EvalItem]:
+               input_name: str, style_name: str, seed: int) -> Pairing:
     """Every edit of ``edit_dir`` with its input, style image and prompt, sorted by edit name."""
     edit_dir, input_dir, style_dir = Path(edit_dir), Path(input_dir), Path(style_dir)
     inputs = list_images(input_dir, "input")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +26,14 @@ def summarise(per_image: dict[str, list[float]]) -> dict[str, dict]:
             "count": int(finite.size),
         }
     return summary
+
+
+def output_stem(out_dir: Path, name: str) -> str:
+    """The stem of a new evaluation's files in ``out_dir``: ``name`` for the first, then
+    ``name.2``, ``name.3``, ... (one more than the highest there), so none replaces an earlier one."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:\.(\d+))?\.json$")
+    numbers = [int(match.group(1) or 1) for match in map(pattern.match, (p.name for p in out_dir.iterdir())) if match]
+    return name if not numbers else f"{name}.{max(numbers) + 1}"
 
 
 def write_json(path: Path, summary: dict, skipped: dict[str, str], header: dict) -> None:

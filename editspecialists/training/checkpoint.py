@@ -3,18 +3,25 @@
 Layout of a run folder::
 
     <run>/config.json                  resolved config (generate/resume rebuild the model from it)
+    <run>/config_resume_0005.json      the config of a resume at epoch 5 (see training/run_folder.py)
     <run>/checkpoints/checkpoint_0005/ one folder per saved epoch
         weights.safetensors            trainable weights + architecture metadata
         trainer.json                   {"epoch": next epoch to run, "global_step": ...}
         state/                         accelerate state (optimizer, RNG, ...) for exact resume
+        hashes.json                    size and SHA-256 of every file above, written last
 
 Folders are written under a temporary name and renamed when complete, so an interrupted save
-never leaves a checkpoint that looks valid.
+never leaves a checkpoint that looks valid. ``hashes.json`` is checked whenever a checkpoint is
+used (:func:`verify_checkpoint`): a file changed on disk after the save is an error naming it,
+and a run folder resolves to its newest checkpoint that verifies. Checkpoints written before
+hashes existed have no ``hashes.json``; their weights are still checked for readable, finite
+values when loaded.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 WEIGHTS = "weights.safetensors"
 TRAINER_STATE = "trainer.json"
 ACCELERATE_STATE = "state"
+HASHES = "hashes.json"
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 # Settings that change the set or shape of the saved weights.
@@ -54,23 +62,119 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder of ``path``: a checkpoint folder, its weights file, or a run folder
-    (its newest complete checkpoint); a clear error otherwise."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, changed or corrupt file); the message names it."""
+
+
+def resolve_checkpoint(path: str | Path, *, with_state: bool = False) -> Path:
+    """The checkpoint folder of ``path``, verified (:func:`verify_checkpoint`).
+
+    ``path`` is a checkpoint folder, its weights file, or a run folder: then its newest checkpoint
+    that verifies, with a warning naming each newer one skipped and why. ``with_state`` also
+    verifies the training state (resuming needs it; editing needs the weights only).
+    """
     path = Path(path).expanduser()
     if path.name == WEIGHTS and path.is_file():
-        return path.parent
+        path = path.parent
     if (path / WEIGHTS).is_file():
+        verify_checkpoint(path, with_state=with_state)
         return path
     checkpoints = list_checkpoints(path)
-    if checkpoints:
-        return checkpoints[-1]
-    if not path.exists():
-        raise FileNotFoundError(f"load_checkpoint={str(path)!r} does not exist")
-    raise FileNotFoundError(
-        f"load_checkpoint={str(path)!r} is neither a checkpoint (no {WEIGHTS}) nor a run folder "
-        f"with complete checkpoints under {CHECKPOINTS}/"
-    )
+    if not checkpoints:
+        if not path.exists():
+            raise FileNotFoundError(f"load_checkpoint={str(path)!r} does not exist")
+        raise FileNotFoundError(
+            f"load_checkpoint={str(path)!r} is neither a checkpoint (no {WEIGHTS}) nor a run folder "
+            f"with complete checkpoints under {CHECKPOINTS}/"
+        )
+    failures = []
+    for checkpoint in reversed(checkpoints):
+        try:
+            verify_checkpoint(checkpoint, with_state=with_state)
+        except CheckpointError as error:
+            logger.warning("skipping %s: %s", checkpoint.name, error)
+            failures.append(str(error))
+            continue
+        return checkpoint
+    raise CheckpointError(f"no checkpoint of {path} verifies: {'; '.join(failures)}")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (read in 16 MiB blocks); remembered for the process while
+    the file's size and modification time stay the same, so that resolving, loading and
+    recording provenance read a large weights file once."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
+
+
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def record_hashes(folder: Path) -> None:
+    """Write ``folder/hashes.json``: ``{relative path: {"bytes", "sha256"}}`` of every file in it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != HASHES)
+    record = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+              for p in files}
+    (folder / HASHES).write_text(json.dumps({"algorithm": "sha256", "files": record}, indent=1))
+
+
+def recorded_hashes(checkpoint: Path) -> dict[str, dict] | None:
+    """The ``files`` record of a checkpoint's hashes.json; None for a checkpoint saved before hashes."""
+    path = Path(checkpoint) / HASHES
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is unreadable ({error.__class__.__name__}: {error})") from error
+
+
+def verify_checkpoint(checkpoint: str | Path, *, with_state: bool = False) -> None:
+    """Check the files of a checkpoint against its hashes.json: the weights and trainer.json, and
+    with ``with_state`` every file of the training state. Raises :class:`CheckpointError` naming
+    the first file that is missing or whose size or SHA-256 differs from the recorded one."""
+    checkpoint = Path(checkpoint)
+    record = recorded_hashes(checkpoint)
+    if record is None:
+        logger.info("%s predates checkpoint hashes: its files are not verified", checkpoint)
+        return
+    for name in (WEIGHTS, TRAINER_STATE):
+        if name not in record:
+            raise CheckpointError(f"{checkpoint / HASHES} does not list {name}")
+    names = record if with_state else [WEIGHTS, TRAINER_STATE]
+    for name in names:
+        path = checkpoint / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        if path.stat().st_size != record[name]["bytes"]:
+            raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {record[name]['bytes']} were saved")
+        if file_sha256(path) != record[name]["sha256"]:
+            raise CheckpointError(f"{path} has changed since it was saved (SHA-256 differs)")
+
+
+def verifies(checkpoint: Path) -> bool:
+    """Whether :func:`verify_checkpoint` accepts ``checkpoint`` with its training state."""
+    try:
+        verify_checkpoint(checkpoint, with_state=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+def weights_sha256(checkpoint: str | Path) -> str:
+    """SHA-256 of a checkpoint's weights file: the recorded one once verified (computed for a
+    checkpoint saved before hashes). Identifies the trained model in provenance records."""
+    checkpoint = Path(checkpoint)
+    verify_checkpoint(checkpoint)
+    record = recorded_hashes(checkpoint)
+    return record[WEIGHTS]["sha256"] if record else file_sha256(checkpoint / WEIGHTS)
 
 
 # Keys added to the config after runs had been saved without them -> the value those runs were
@@ -201,19 +305,24 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], architecture: 
 def load_weights(policy, checkpoint: str | Path, architecture: dict[str, str]) -> None:
     """Load a checkpoint's weights into ``policy``; any mismatch is an error that names it.
 
-    Both the architecture metadata and the exact key set / shapes are checked, so loading can
-    never silently do nothing.
+    The file is verified against the checkpoint's hashes (:func:`verify_checkpoint`), its
+    architecture metadata, exact key set and shapes are checked, and every value must be finite,
+    so loading can never silently do nothing or load damaged weights.
     """
-    path = Path(checkpoint) / WEIGHTS
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    verify_checkpoint(checkpoint)
+    path = Path(checkpoint) / WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        saved = load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from error
     differing = [f"{key}: checkpoint {metadata.get(key)!r} vs config {value!r}"
                  for key, value in architecture.items() if metadata.get(key) != value]
     if differing:
         raise ValueError(f"{path} was saved with another architecture ({'; '.join(differing)})")
-    saved = load_file(str(path))
     expected = policy.trainable_state_dict()
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
@@ -223,6 +332,10 @@ def load_weights(policy, checkpoint: str | Path, architecture: dict[str, str]) -
               if saved[k].shape != v.shape]
     if shapes:
         raise ValueError(f"{path} has tensors of other shapes: {shapes[:5]}")
+    not_finite = [key for key, tensor in saved.items() if not torch.isfinite(tensor).all()]
+    if not_finite:
+        raise CheckpointError(f"{path} holds non-finite values (inf or nan) in {len(not_finite)} tensor(s): "
+                              f"{', '.join(not_finite[:3])}")
     policy.load_state_dict(saved, strict=False)
 
 
@@ -260,6 +373,40 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         return
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size in bytes of the files under ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (most often a full disk); the message names the folder, the
+    space a checkpoint takes and the space free."""
+
+
+def save_failure(folder: Path, reason: str, needed: int | None) -> CheckpointSaveError:
+    """The error that stops a run whose checkpoint ``folder`` could not be written: ``reason``,
+    the bytes a checkpoint takes (``needed``: the previous checkpoint's size, None if this is the
+    first) and the bytes free on that disk."""
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
+    free = shutil.disk_usage(existing).free
+    size = f"a checkpoint takes {_megabytes(needed)}" if needed else "this is the run's first checkpoint"
+    return CheckpointSaveError(
+        f"could not save checkpoint {folder}: {reason}. {size}; {_megabytes(free)} free on its disk. "
+        f"Earlier checkpoints are intact: free some space and resume with --config.load_checkpoint={folder.parent.parent}"
+    )
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+def check_free_space(folder: Path, needed: int | None) -> None:
+    """Refuse to start writing checkpoint ``folder`` when its disk has less free space than the
+    previous checkpoint took (``needed``; no check before the first)."""
+    if needed and shutil.disk_usage(folder.parent).free < needed:
+        raise save_failure(folder, "not enough free space to start writing it", needed)
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

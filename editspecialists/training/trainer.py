@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +19,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from editspecialists.config_checks import validate_training_config
 from editspecialists.data.dataset import EditDataset
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
 from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
                                                 place_encoders)
-from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS, policy_from_config
+from editspecialists.diffusion.policy import policy_from_config
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
-from editspecialists.precision import MIXED_PRECISION, mixed_precision_dtype
-from editspecialists.rewards.masks import MASK_FALLBACKS
+from editspecialists.precision import mixed_precision_dtype
 from editspecialists.rewards.registry import feedback_model_keys
 from editspecialists.training import checkpoint as ckpt
+from editspecialists.training import run_folder
 from editspecialists.training.launch import process_state
 from editspecialists.training.overlap import BackgroundScoring
-from editspecialists.training.ranking import (STANDARDIZE_MODES, RatioStats, combine_scores, preference_loss,
+from editspecialists.training.ranking import (RatioStats, combine_scores, preference_loss,
                                               rank_edits, standardization_groups)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
 
@@ -86,31 +88,6 @@ def plan_batches(config, num_processes: int, num_trainable_steps: int) -> BatchP
     )
 
 
-def validate_config(config) -> None:
-    """Refuse settings the method cannot run with, naming the key at fault."""
-    checks = [
-        (config.sample.nb_gen >= 2, "sample.nb_gen must be >= 2 (edits are ranked against each other)"),
-        (0 < config.train.eps < 1, "train.eps must lie in (0, 1)"),
-        (config.train.beta > 0, "train.beta must be > 0"),
-        (0 < config.train.timestep_fraction <= 1, "train.timestep_fraction must lie in (0, 1]"),
-        (config.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {sorted(MIXED_PRECISION)}"),
-        (config.pretrained.scheduler != "ddim" or config.sample.eta > 0,
-         "sample.eta must be > 0 with the DDIM scheduler (eta 0 has no log-probability)"),
-        (min(config.sample.batch_size, config.sample.num_batches_per_epoch, config.train.batch_size,
-             config.train.gradient_accumulation_steps, config.train.num_inner_epochs) >= 1,
-         "batch sizes, num_batches_per_epoch, gradient_accumulation_steps and num_inner_epochs must be >= 1"),
-        (len(config.reward.weights) > 0, "reward.weights names no score"),
-        (config.reward.standardize in STANDARDIZE_MODES, f"reward.standardize must be one of {STANDARDIZE_MODES}"),
-        (config.reward.mask_fallback in MASK_FALLBACKS, f"reward.mask_fallback must be one of {MASK_FALLBACKS}"),
-        (config.lora_init in LORA_INITS, f"lora_init must be one of {sorted(LORA_INITS)}"),
-        (config.gradient_checkpointing in GRADIENT_CHECKPOINTING,
-         f"gradient_checkpointing must be one of {list(GRADIENT_CHECKPOINTING)}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
-
 def optimizer_class(use_8bit_adam: bool):
     """AdamW, or bitsandbytes' 8-bit AdamW (checked before any model is loaded)."""
     if not use_8bit_adam:
@@ -153,19 +130,20 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration, set_seed
 
         # A resumed run goes on with its own settings, checked before any model loads.
-        self.checkpoint = ckpt.resolve_checkpoint(config.load_checkpoint) if config.load_checkpoint else None
+        self.checkpoint = (ckpt.resolve_checkpoint(config.load_checkpoint, with_state=True)
+                           if config.load_checkpoint else None)
         if self.checkpoint:
             config = ckpt.resumed_config(config, self.checkpoint)
-        validate_config(config)
+        validate_training_config(config)
         self.config = config
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
+        self.feedback_ids = model_ids_of(config, feedback_model_keys(config))
+        validate_model_ids({"pretrained.model": config.pretrained.model, **self.feedback_ids},
+                           {"pretrained.model": config.pretrained.revision})
         if dataset is None:
             dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
                                   config.style_name, config.data_resize)
         self.dataset = dataset
-        self.feedback_ids = model_ids_of(config, feedback_model_keys(config))
-        validate_model_ids({"pretrained.model": config.pretrained.model, **self.feedback_ids},
-                           {"pretrained.model": config.pretrained.revision})
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -196,15 +174,25 @@ class Trainer:
 
     # ---------------------------------------------------------------- construction
     def _make_run_dir(self) -> Path:
+        """The run folder, chosen and started by the main process (:mod:`run_folder`); an error
+        there (a folder that holds another run) is raised on every process."""
         from accelerate.utils import broadcast_object_list
 
-        name = [self.config.run_name or time.strftime("%Y.%m.%d_%H.%M.%S")]
-        broadcast_object_list(name)
-        run_dir = Path(self.config.logdir) / name[0]
+        outcome = [None]
         if self.accelerator.is_main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
-        return run_dir
+            try:
+                run_dir = run_folder.choose_run_dir(self.config, self.checkpoint)
+                first_epoch = ckpt.read_trainer_state(self.checkpoint)["epoch"] if self.checkpoint else 0
+                run_folder.start_run_folder(run_dir, self.config.to_json_best_effort(indent=2), self.checkpoint,
+                                            first_epoch)
+                outcome = [("ok", str(run_dir))]
+            except (ValueError, OSError) as error:
+                outcome = [("error", error)]
+        broadcast_object_list(outcome)
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        return Path(value)
 
     def _load_models(self) -> None:
         config, acc = self.config, self.accelerator
@@ -411,23 +399,42 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, next_epoch: int) -> Path:
-        """Write checkpoint_<next_epoch> atomically (weights, trainer state, accelerate state)."""
+        """Write checkpoint_<next_epoch> atomically (weights, trainer state, accelerate state,
+        hashes of them all).
+
+        A failed write (full disk, any OS error) on any process removes the partial folder, leaves
+        earlier checkpoints untouched and stops the run on every process with a
+        :class:`~editspecialists.training.checkpoint.CheckpointSaveError` naming the folder, the
+        space a checkpoint takes and the space free.
+        """
         acc = self.accelerator
         final = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(next_epoch)
         tmp = ckpt.temporary_path(final)
-        if acc.is_main_process:
+        previous = ckpt.list_checkpoints(self.run_dir)
+        needed = ckpt.folder_bytes(previous[-1]) if previous else None
+
+        def prepare():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            ckpt.check_free_space(final, needed)
             ckpt.temporary_folder(final)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp / ckpt.ACCELERATE_STATE))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+
+        def write_and_commit():
             ckpt.save_weights(tmp / ckpt.WEIGHTS, self.unwrapped_policy.trainable_state_dict(),
                               ckpt.architecture_of(self.config))
-            (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(
-                {"epoch": next_epoch, "global_step": self.global_step}))
+            (tmp / ckpt.TRAINER_STATE).write_text(json.dumps({"epoch": next_epoch, "global_step": self.global_step}))
+            ckpt.record_hashes(tmp)
             ckpt.commit_folder(tmp, final)
             ckpt.prune_checkpoints(self.run_dir, self.config.num_checkpoint_limit)
-        acc.wait_for_everyone()
+
+        steps = [(prepare, True), (lambda: acc.save_state(str(tmp / ckpt.ACCELERATE_STATE)), False),
+                 (write_and_commit, True)]
+        for step, main_only in steps:
+            failure = attempt(step) if acc.is_main_process or not main_only else ""
+            failures = [f for f in gather_object(acc, failure) if f]
+            if failures:
+                if acc.is_main_process:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise ckpt.save_failure(final, failures[0], needed)
         return final
 
     def resume(self, checkpoint: Path) -> None:
@@ -437,6 +444,23 @@ class Trainer:
         state = ckpt.read_trainer_state(checkpoint)
         self.first_epoch, self.global_step = state["epoch"], state["global_step"]
         self.accelerator.print(f"resumed from {checkpoint} at epoch {self.first_epoch}")
+
+
+def attempt(write) -> str:
+    """Run ``write()``; "" if it succeeded, else what went wrong (OS errors and the RuntimeError
+    torch raises when a file write fails part-way)."""
+    try:
+        write()
+    except (OSError, RuntimeError) as error:
+        return f"{error.__class__.__name__}: {error}"
+    return ""
+
+
+def gather_object(accelerator, value) -> list:
+    """``value`` of every process, in process order (after a barrier)."""
+    from accelerate.utils import gather_object as gather
+
+    return gather([value]) if accelerator.num_processes > 1 else [value]
 
 
 def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: list[int], reward):

@@ -1,0 +1,327 @@
+"""Every config key of training, generation and evaluation checked before anything loads.
+
+Each script's keys are a table of :class:`Rule` (key, check); a check returns what the value must
+be when it is wrong, so every error is one line naming the key, the allowed values and the value
+given: ``train.learning_rate must be > 0, got -0.001``. All wrong keys are reported at once, one
+line each, in one ``ValueError``.
+
+Types are checked as well: ml_collections lets ``True`` into an integer key and ``None`` into any
+key, and a config built in Python or read from a run's config.json has no types at all.
+Model ids are checked by :mod:`editspecialists.model_ids` (training and generation call it before
+loading; evaluation skips a family whose model cannot load, by design).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from editspecialists.data.dataset import GENERATION_PROMPTS
+from editspecialists.diffusion.pipeline import SCHEDULERS
+from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
+from editspecialists.evaluation.families import parse_metrics
+from editspecialists.model_ids import validate_model_ids
+from editspecialists.precision import DTYPES, MIXED_PRECISION
+from editspecialists.rewards.depth import ALIGNMENTS
+from editspecialists.rewards.masks import MASK_FALLBACKS
+from editspecialists.rewards.registry import SCORES, SEMANTIC_BACKBONE_KEYS
+from editspecialists.training.ranking import STANDARDIZE_MODES
+
+MAX_SEED = 2**32 - 1  # numpy's global seed (set by accelerate's set_seed) takes no more
+
+# A check returns what the value must be ("must be >= 1") when it is wrong, else None.
+Check = Callable[[object], "str | None"]
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``key``'s value must pass ``check`` (only where ``applies(config)``); ``why`` follows the
+    requirement in the message."""
+
+    key: str
+    check: Check
+    why: str = ""
+    applies: Callable[[object], bool] = lambda config: True
+
+
+# ------------------------------------------------------------------------------ kinds of check
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounds(low, high, low_open: bool, high_open: bool) -> str:
+    """``>= 1``, ``> 0``, ``in [0, 1)``, or empty without bounds."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return ""
+
+
+def _within(value, low, high, low_open: bool, high_open: bool) -> bool:
+    above = low is None or (value > low if low_open else value >= low)
+    below = high is None or (value < high if high_open else value <= high)
+    return above and below
+
+
+def integer(low=None, high=None) -> Check:
+    """An int (not a bool) in ``[low, high]``."""
+    bounds = _bounds(low, high, False, False)
+
+    def check(value):
+        if not _is_integer(value):
+            return f"must be an integer {bounds}".rstrip()
+        return None if _within(value, low, high, False, False) else f"must be {bounds}"
+
+    return check
+
+
+def number(low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> Check:
+    """A finite int or float (not a bool) between ``low`` and ``high`` (open ends as told)."""
+    bounds = _bounds(low, high, low_open, high_open)
+
+    def check(value):
+        if not _is_finite_number(value):
+            return f"must be a finite number {bounds}".rstrip()
+        return None if _within(value, low, high, low_open, high_open) else f"must be {bounds}"
+
+    return check
+
+
+def multiple_of(factor: int) -> Check:
+    """A positive int divisible by ``factor``."""
+    def check(value):
+        ok = _is_integer(value) and value > 0 and value % factor == 0
+        return None if ok else f"must be a positive multiple of {factor}"
+
+    return check
+
+
+def one_of(options) -> Check:
+    def check(value):
+        return None if isinstance(value, str) and value in options else f"must be one of {list(options)}"
+
+    return check
+
+
+def boolean(value):
+    return None if isinstance(value, bool) else "must be True or False"
+
+
+def text(value):
+    return None if isinstance(value, str) else "must be a string"
+
+
+def name(value):
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def score_weights(weights):
+    """``{registered score: finite weight}``, at least one weight non-zero."""
+    if not hasattr(weights, "items") or not len(weights):
+        return "must name at least one score ({score: weight})"
+    unknown = [score for score in weights.keys() if score not in SCORES]
+    if unknown:
+        return f"must name registered scores ({', '.join(SCORES)}); unknown: {', '.join(map(str, unknown))}"
+    if not all(_is_finite_number(weight) for weight in weights.values()):
+        return "must map each score to a finite number"
+    if not any(weights.values()):
+        return "must have a non-zero weight (else every edit ties and nothing is learnt)"
+    return None
+
+
+def metric_selection(value):
+    try:
+        parse_metrics(value)
+    except (ValueError, AttributeError, TypeError) as error:
+        return f"must be 'all' or a comma-separated list of metric names ({error})"
+    return None
+
+
+def torch_device(value):
+    if value == "auto":
+        return None
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return "must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:1', ...)"
+    return None
+
+
+# ------------------------------------------------------------------------------ the tables
+def _uses_lora(config) -> bool:
+    return _value(config, "use_lora") is True
+
+
+def _uses_ddim(config) -> bool:
+    return _value(config, "pretrained.scheduler") == "ddim"
+
+
+SEED = integer(0, MAX_SEED)
+THRESHOLD = number(0, 1)
+
+# What generation and training read alike (generation from its own config).
+SHARED_RULES = (
+    Rule("seed", SEED),
+    Rule("load_checkpoint", text),
+    Rule("demo_root", text),
+    Rule("overwrite", boolean),
+    Rule("inputimg_dir", text),
+    Rule("styleimg_dir", text),
+    Rule("input_name", name),
+    Rule("style_name", name),
+    Rule("whole_frame", boolean),
+    Rule("data_resize", multiple_of(8), "(the VAE works on 8x8 pixel blocks)"),
+    Rule("pretrained.scheduler", one_of(SCHEDULERS)),
+    Rule("sample.num_steps", integer(1)),
+    Rule("sample.eta", number(0)),
+    Rule("sample.guidance_scale", number()),
+    Rule("sample.image_guidance_scale", number()),
+    Rule("sample.style_image_guidance_scale", number()),
+    Rule("sample.batch_size", integer(1)),
+    Rule("sample.sample_savedir", text),
+    Rule("sample.generation_prompt", one_of(GENERATION_PROMPTS)),
+)
+
+# What defines the policy: the run's config (a checkpoint's own when generating from one).
+POLICY_RULES = (
+    Rule("pretrained.revision", text),
+    Rule("use_lora", boolean),
+    Rule("lora_rank", integer(1), "with use_lora", _uses_lora),
+    Rule("lora_alpha", number(0, low_open=True), "with use_lora", _uses_lora),
+    Rule("lora_init", one_of(LORA_INITS)),
+    Rule("gradient_checkpointing", one_of(GRADIENT_CHECKPOINTING)),
+)
+
+TRAINING_RULES = SHARED_RULES + POLICY_RULES + (
+    Rule("run_name", text),
+    Rule("logdir", text),
+    Rule("num_epochs", integer(1)),
+    Rule("save_freq", integer(1)),
+    Rule("num_checkpoint_limit", integer(0), "(0 keeps all)"),
+    Rule("mixed_precision", one_of(MIXED_PRECISION)),
+    Rule("allow_tf32", boolean),
+    Rule("wandb_project", text),
+    Rule("sample.eta", number(0, low_open=True), "with the DDIM scheduler (eta 0 has no log-probability)",
+         _uses_ddim),
+    Rule("sample.num_batches_per_epoch", integer(1)),
+    Rule("sample.nb_gen", integer(2), "(edits are ranked against each other)"),
+    Rule("train.batch_size", integer(1)),
+    Rule("train.use_8bit_adam", boolean),
+    Rule("train.learning_rate", number(0, low_open=True)),
+    Rule("train.adam_beta1", number(0, 1, high_open=True)),
+    Rule("train.adam_beta2", number(0, 1, high_open=True)),
+    Rule("train.adam_weight_decay", number(0)),
+    Rule("train.adam_epsilon", number(0, low_open=True)),
+    Rule("train.gradient_accumulation_steps", integer(1)),
+    Rule("train.max_grad_norm", number(0, low_open=True)),
+    Rule("train.num_inner_epochs", integer(1)),
+    Rule("train.timestep_fraction", number(0, 1, low_open=True)),
+    Rule("train.eps", number(0, 1, low_open=True, high_open=True)),
+    Rule("train.beta", number(0, low_open=True)),
+    Rule("train.score_alpha", number()),
+    Rule("train.rec_lambda", number(0)),
+    Rule("reward.weights", score_weights),
+    Rule("reward.rec_lambda", number(0)),
+    Rule("reward.box_threshold", THRESHOLD),
+    Rule("reward.text_threshold", THRESHOLD),
+    Rule("reward.structural_align", one_of(ALIGNMENTS)),
+    Rule("reward.semantic_backbone", one_of(SEMANTIC_BACKBONE_KEYS)),
+    Rule("reward.batch_size", integer(1)),
+    Rule("reward.dtype", one_of(DTYPES)),
+    Rule("reward.overlap", boolean),
+    Rule("reward.standardize", one_of(STANDARDIZE_MODES)),
+    Rule("reward.mask_fallback", one_of(MASK_FALLBACKS)),
+    Rule("models.dreamsim_cache", text),
+)
+
+EVALUATION_RULES = (
+    Rule("inputimg_dir", text),
+    Rule("styleimg_dir", text),
+    Rule("sample_savedir", text),
+    Rule("eval_savedir", text),
+    Rule("input_name", name),
+    Rule("style_name", name),
+    Rule("whole_frame", boolean),
+    Rule("structural_align", one_of(ALIGNMENTS)),
+    Rule("metrics", metric_selection),
+    Rule("batch_size", integer(1)),
+    Rule("seed", SEED),
+    Rule("device", torch_device),
+    Rule("dtype", one_of(DTYPES)),
+    Rule("box_threshold", THRESHOLD),
+    Rule("text_threshold", THRESHOLD),
+    Rule("report_rows", integer(1)),
+    Rule("demo_root", text),
+    Rule("models.dreamsim_cache", text),
+)
+
+
+# ------------------------------------------------------------------------------ checking
+def _value(config, key: str, default=_MISSING):
+    """The value of dotted ``key`` in ``config``; ``default`` when a part is missing."""
+    value = config
+    for part in key.split("."):
+        if not hasattr(value, "keys") or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def problems(config, rules) -> list[str]:
+    """One line per key of ``rules`` that ``config`` gets wrong (the first failed rule of each)."""
+    found = {}
+    for rule in rules:
+        if rule.key in found or not rule.applies(config):
+            continue
+        value = _value(config, rule.key)
+        if value is _MISSING:
+            found[rule.key] = f"{rule.key} is missing from the config"
+            continue
+        requirement = rule.check(value)
+        if requirement:
+            why = f" {rule.why}" if rule.why else ""
+            shown = value.to_dict() if hasattr(value, "to_dict") else value  # a ConfigDict's repr is YAML
+            found[rule.key] = f"{rule.key} {requirement}{why}, got {shown!r}"
+    return list(found.values())
+
+
+def check_rules(config, rules) -> None:
+    """Raise one ``ValueError`` listing every key of ``rules`` that ``config`` gets wrong."""
+    found = problems(config, rules)
+    if found:
+        raise ValueError("\n".join(found))
+
+
+def validate_training_config(config) -> None:
+    """Refuse a training config (config/base.py's keys) the method cannot run with, naming each
+    key at fault. Batch divisibility and the number of trainable steps depend on the process count
+    and the scheduler: the trainer's ``plan_batches`` checks them."""
+    check_rules(config, TRAINING_RULES)
+
+
+def validate_generation_config(config, run_config=None) -> None:
+    """Refuse a generation config naming each key at fault, then the policy keys and the model id
+    of ``run_config``, the config that defines the model (a checkpoint's run config; default
+    ``config``). Reads no model and no image."""
+    run_config = config if run_config is None else run_config
+    check_rules(config, SHARED_RULES)
+    check_rules(run_config, POLICY_RULES)
+    validate_model_ids({"pretrained.model": run_config.pretrained.model},
+                       {"pretrained.model": run_config.pretrained.revision})
+
+
+def validate_evaluation_config(config) -> None:
+    """Refuse an evaluation config (config/eval.py's keys) naming each key at fault."""
+    check_rules(config, EVALUATION_RULES)
