@@ -26,7 +26,9 @@ setup(
         "filelock>=3.12",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # gradio: the app's tests (tests/test_app.py) run in CI; it brings gradio_client
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "gradio>=6.0,<7"],
         "8bit": ["bitsandbytes>=0.43"],
+        "app": ["gradio>=6.0,<7"],  # scripts/app.py
     },
 )

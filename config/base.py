@@ -97,6 +97,12 @@ def get_config():
     reward.batch_size = 8  # images per feedback-model call
     reward.dtype = "fp32"  # "fp32", "fp16" or "bf16" for the frozen feedback models
     reward.overlap = True  # on CUDA, score batch k while batch k+1 samples (no effect on CPU)
+    # Masks, style tokens and input depth maps computed once per image for the whole run (masks
+    # up front, see <run>/masks/), not at every batch; False recomputes them as the original did.
+    reward.per_image_constants = True
+    # Feedback models kept on the CPU and moved to the GPU only to score each epoch's edits (after
+    # sampling, not overlapped with it): less GPU memory, a host-device copy per epoch.
+    reward.offload = False
     reward.standardize = "batch"  # scores standardised over each sampling batch, or "epoch"
     reward.mask_fallback = "whole_box"  # no detection: SAM on the whole-image box, or "ones"
 

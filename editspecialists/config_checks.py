@@ -1,4 +1,6 @@
-"""Every config key of training, generation and evaluation checked before anything loads.
+"""Config keys checked before anything loads: the kinds of check, the rules of the keys generation
+and training share, and generation's check. Training's and evaluation's own keys have their
+tables beside their code (``training/config_rules.py``, ``evaluation/config_rules.py``).
 
 Each script's keys are a table of :class:`Rule` (key, check); a check returns what the value must
 be when it is wrong, so every error is one line naming the key, the allowed values and the value
@@ -18,18 +20,10 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from editspecialists.data.dataset import GENERATION_PROMPTS
 from editspecialists.diffusion.pipeline import SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
-from editspecialists.evaluation.families import parse_metrics
 from editspecialists.model_ids import validate_model_ids
-from editspecialists.precision import DTYPES, MIXED_PRECISION
-from editspecialists.rewards.depth import ALIGNMENTS
-from editspecialists.rewards.masks import MASK_FALLBACKS
-from editspecialists.rewards.registry import SCORES, SEMANTIC_BACKBONE_KEYS
-from editspecialists.training.ranking import STANDARDIZE_MODES
 
 MAX_SEED = 2**32 - 1  # numpy's global seed (set by accelerate's set_seed) takes no more
 
@@ -54,7 +48,7 @@ def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_finite_number(value) -> bool:
+def is_finite_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -92,7 +86,7 @@ def number(low=None, high=None, *, low_open: bool = False, high_open: bool = Fal
     bounds = _bounds(low, high, low_open, high_open)
 
     def check(value):
-        if not _is_finite_number(value):
+        if not is_finite_number(value):
             return f"must be a finite number {bounds}".rstrip()
         return None if _within(value, low, high, low_open, high_open) else f"must be {bounds}"
 
@@ -127,49 +121,13 @@ def name(value):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
 
-def score_weights(weights):
-    """``{registered score: finite weight}``, at least one weight non-zero."""
-    if not hasattr(weights, "items") or not len(weights):
-        return "must name at least one score ({score: weight})"
-    unknown = [score for score in weights.keys() if score not in SCORES]
-    if unknown:
-        return f"must name registered scores ({', '.join(SCORES)}); unknown: {', '.join(map(str, unknown))}"
-    if not all(_is_finite_number(weight) for weight in weights.values()):
-        return "must map each score to a finite number"
-    if not any(weights.values()):
-        return "must have a non-zero weight (else every edit ties and nothing is learnt)"
-    return None
-
-
-def metric_selection(value):
-    try:
-        parse_metrics(value)
-    except (ValueError, AttributeError, TypeError) as error:
-        return f"must be 'all' or a comma-separated list of metric names ({error})"
-    return None
-
-
-def torch_device(value):
-    if value == "auto":
-        return None
-    try:
-        torch.device(value)
-    except (RuntimeError, TypeError):
-        return "must be 'auto' or a torch device ('cpu', 'cuda', 'cuda:1', ...)"
-    return None
-
-
 # ------------------------------------------------------------------------------ the tables
 def _uses_lora(config) -> bool:
-    return _value(config, "use_lora") is True
-
-
-def _uses_ddim(config) -> bool:
-    return _value(config, "pretrained.scheduler") == "ddim"
+    return value_of(config, "use_lora") is True
 
 
 SEED = integer(0, MAX_SEED)
-THRESHOLD = number(0, 1)
+THRESHOLD = number(0, 1)  # detector score thresholds
 
 # What generation and training read alike (generation from its own config).
 SHARED_RULES = (
@@ -204,72 +162,8 @@ POLICY_RULES = (
     Rule("gradient_checkpointing", one_of(GRADIENT_CHECKPOINTING)),
 )
 
-TRAINING_RULES = SHARED_RULES + POLICY_RULES + (
-    Rule("run_name", text),
-    Rule("logdir", text),
-    Rule("num_epochs", integer(1)),
-    Rule("save_freq", integer(1)),
-    Rule("num_checkpoint_limit", integer(0), "(0 keeps all)"),
-    Rule("mixed_precision", one_of(MIXED_PRECISION)),
-    Rule("allow_tf32", boolean),
-    Rule("wandb_project", text),
-    Rule("sample.eta", number(0, low_open=True), "with the DDIM scheduler (eta 0 has no log-probability)",
-         _uses_ddim),
-    Rule("sample.num_batches_per_epoch", integer(1)),
-    Rule("sample.nb_gen", integer(2), "(edits are ranked against each other)"),
-    Rule("train.batch_size", integer(1)),
-    Rule("train.use_8bit_adam", boolean),
-    Rule("train.learning_rate", number(0, low_open=True)),
-    Rule("train.adam_beta1", number(0, 1, high_open=True)),
-    Rule("train.adam_beta2", number(0, 1, high_open=True)),
-    Rule("train.adam_weight_decay", number(0)),
-    Rule("train.adam_epsilon", number(0, low_open=True)),
-    Rule("train.gradient_accumulation_steps", integer(1)),
-    Rule("train.max_grad_norm", number(0, low_open=True)),
-    Rule("train.num_inner_epochs", integer(1)),
-    Rule("train.timestep_fraction", number(0, 1, low_open=True)),
-    Rule("train.eps", number(0, 1, low_open=True, high_open=True)),
-    Rule("train.beta", number(0, low_open=True)),
-    Rule("train.score_alpha", number()),
-    Rule("train.rec_lambda", number(0)),
-    Rule("reward.weights", score_weights),
-    Rule("reward.rec_lambda", number(0)),
-    Rule("reward.box_threshold", THRESHOLD),
-    Rule("reward.text_threshold", THRESHOLD),
-    Rule("reward.structural_align", one_of(ALIGNMENTS)),
-    Rule("reward.semantic_backbone", one_of(SEMANTIC_BACKBONE_KEYS)),
-    Rule("reward.batch_size", integer(1)),
-    Rule("reward.dtype", one_of(DTYPES)),
-    Rule("reward.overlap", boolean),
-    Rule("reward.standardize", one_of(STANDARDIZE_MODES)),
-    Rule("reward.mask_fallback", one_of(MASK_FALLBACKS)),
-    Rule("models.dreamsim_cache", text),
-)
-
-EVALUATION_RULES = (
-    Rule("inputimg_dir", text),
-    Rule("styleimg_dir", text),
-    Rule("sample_savedir", text),
-    Rule("eval_savedir", text),
-    Rule("input_name", name),
-    Rule("style_name", name),
-    Rule("whole_frame", boolean),
-    Rule("structural_align", one_of(ALIGNMENTS)),
-    Rule("metrics", metric_selection),
-    Rule("batch_size", integer(1)),
-    Rule("seed", SEED),
-    Rule("device", torch_device),
-    Rule("dtype", one_of(DTYPES)),
-    Rule("box_threshold", THRESHOLD),
-    Rule("text_threshold", THRESHOLD),
-    Rule("report_rows", integer(1)),
-    Rule("demo_root", text),
-    Rule("models.dreamsim_cache", text),
-)
-
-
 # ------------------------------------------------------------------------------ checking
-def _value(config, key: str, default=_MISSING):
+def value_of(config, key: str, default=_MISSING):
     """The value of dotted ``key`` in ``config``; ``default`` when a part is missing."""
     value = config
     for part in key.split("."):
@@ -285,7 +179,7 @@ def problems(config, rules) -> list[str]:
     for rule in rules:
         if rule.key in found or not rule.applies(config):
             continue
-        value = _value(config, rule.key)
+        value = value_of(config, rule.key)
         if value is _MISSING:
             found[rule.key] = f"{rule.key} is missing from the config"
             continue
@@ -304,13 +198,6 @@ def check_rules(config, rules) -> None:
         raise ValueError("\n".join(found))
 
 
-def validate_training_config(config) -> None:
-    """Refuse a training config (config/base.py's keys) the method cannot run with, naming each
-    key at fault. Batch divisibility and the number of trainable steps depend on the process count
-    and the scheduler: the trainer's ``plan_batches`` checks them."""
-    check_rules(config, TRAINING_RULES)
-
-
 def validate_generation_config(config, run_config=None) -> None:
     """Refuse a generation config naming each key at fault, then the policy keys and the model id
     of ``run_config``, the config that defines the model (a checkpoint's run config; default
@@ -320,8 +207,3 @@ def validate_generation_config(config, run_config=None) -> None:
     check_rules(run_config, POLICY_RULES)
     validate_model_ids({"pretrained.model": run_config.pretrained.model},
                        {"pretrained.model": run_config.pretrained.revision})
-
-
-def validate_evaluation_config(config) -> None:
-    """Refuse an evaluation config (config/eval.py's keys) naming each key at fault."""
-    check_rules(config, EVALUATION_RULES)

@@ -5,6 +5,10 @@ stem>.png``, and a line in ``manifest.jsonl``: input file, style file, prompt te
 prompt, seed, edit file, and the model (:func:`model_record`). Unreadable inputs and styles are
 skipped as training skips them (one warning names them).
 
+Each batch is edited by :meth:`EditSpecialistPipeline.edit_tensors
+<editspecialists.specialist.pipeline.EditSpecialistPipeline.edit_tensors>`, so the pipeline gives
+generate.py's pixels for the same image, prompt and seed (at batch size 1).
+
 Every image has its own seed, which draws its style image, (``sample.generation_prompt``
 "per_image") its prompt template, and its noise: with the same seed and the same batches an edit
 is reproduced exactly (on one machine and thread count). Other batches (another
@@ -33,10 +37,8 @@ from editspecialists.data.dataset import GENERATION_PROMPTS, PROMPT_TEMPLATES
 from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
 from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
-from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, place_encoders
-from editspecialists.diffusion.policy import policy_from_config
-from editspecialists.diffusion.sampler import sample_edits
+from editspecialists.diffusion.guidance import GuidanceScales
+from editspecialists.specialist.pipeline import EditSpecialistPipeline
 from editspecialists.training import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
@@ -103,21 +105,15 @@ def check_one_model(folder: Path, manifest: dict[str, dict], model: dict) -> Non
                          f"another sample.sample_savedir")
 
 
-def load_editor(config, device):
-    """(pipeline parts, policy) with the checkpoint of ``config.load_checkpoint`` applied."""
-    trained = model_config(config)
-    pipe = load_pipeline(trained.pretrained.model, revision=trained.pretrained.revision,
-                         scheduler=config.pretrained.scheduler)
-    policy = policy_from_config(pipe.unet, trained)
+def load_editor(config, device) -> EditSpecialistPipeline:
+    """The specialist of ``config.load_checkpoint`` (else the base model ``pretrained.model``) on
+    ``device`` in fp32, sampling with ``pretrained.scheduler``."""
     if config.load_checkpoint:
-        checkpoint = ckpt.resolve_checkpoint(config.load_checkpoint)
-        ckpt.load_weights(policy, checkpoint, ckpt.architecture_of(trained))
-        logger.info("loaded %s", checkpoint)
+        editor = EditSpecialistPipeline.from_checkpoint(config.load_checkpoint, scheduler=config.pretrained.scheduler)
     else:
-        print("No load_checkpoint given: editing with the base InstructPix2Pix model "
-              "(visual-prompt modules at their initial, identity state).")
-    place_encoders(pipe, device)
-    return pipe, policy.to(device).eval()
+        editor = EditSpecialistPipeline.from_base(config.pretrained.model, revision=config.pretrained.revision,
+                                                  scheduler=config.pretrained.scheduler)
+    return editor.to(device)
 
 
 def planned_edits(config) -> list[dict]:
@@ -204,22 +200,18 @@ def generate_edits(config) -> Path:
     if not todo:
         print(f"all edits already exist in {folder} (--config.overwrite=True redoes them)")
         return folder
-    pipe, policy = load_editor(config, device)
-    pipe.scheduler.set_timesteps(config.sample.num_steps, device=device)
+    editor = load_editor(config, device)
     scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
                             config.sample.style_image_guidance_scale)
-    empty = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""])
     size = config.data_resize
     for start in tqdm(range(0, len(todo), config.sample.batch_size), desc="editing"):
         chunk = todo[start:start + config.sample.batch_size]
-        inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size) for e in chunk]).to(device)
-        styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size) for e in chunk]).to(device)
-        cond = EditConditioning(encode_images(pipe.vae, inputs), encode_images(pipe.vae, styles),
-                                encode_prompts(pipe.tokenizer, pipe.text_encoder, [e["prompt"] for e in chunk]),
-                                empty)
-        generators = [torch.Generator(device).manual_seed(e["seed"]) for e in chunk]
-        edits = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=1, scales=scales,
-                             eta=config.sample.eta, generator=generators).images[:, 0]
+        inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size) for e in chunk])
+        styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size) for e in chunk])
+        edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
+                                    [editor.generator(e["seed"]) for e in chunk],
+                                    num_inference_steps=config.sample.num_steps, scales=scales,
+                                    eta=config.sample.eta)[:, 0]
         for entry, edit in zip(chunk, edits):
             image = tensor_to_image(edit)
             write_then_rename(folder / entry["edit"], lambda tmp: image.save(tmp, format="PNG"))

@@ -82,7 +82,7 @@ def load_policy(ctx: CheckContext):
 def run_policy(parts, ctx: CheckContext) -> None:
     """Two sampling steps for ``sample.nb_gen`` edits of the image, then one training micro-step
     (loss and backward of the trainer) on them, under the trainer's autocast."""
-    from editspecialists.benchmark import training_micro_step
+    from editspecialists.benchmarks.micro_step import training_micro_step
     from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
     from editspecialists.diffusion.pipeline import encode_images, encode_prompts
     from editspecialists.diffusion.sampler import sample_edits
@@ -284,7 +284,7 @@ def describe(result: CheckResult, loaded) -> None:
 def run_check(check: ModelCheck, use: str, ctx: CheckContext) -> CheckResult:
     """Validate the row's ids, load them (errors explained by role and id), run one image; the
     models are freed before returning."""
-    from editspecialists.benchmark import PeakMemory, synchronize
+    from editspecialists.benchmarks.measuring import PeakMemory, synchronize
 
     config = ctx.config
     ids = model_ids_of(config, check.keys)

@@ -3,7 +3,7 @@
     python scripts/benchmark.py --model=tiny --out=bench.json
     python scripts/benchmark.py --model=sd15 --dtype=bf16 --out=bench_sd15.json   # on a GPU
 
-Prints a table and writes the JSON report (see editspecialists.benchmark).
+Prints a table and writes the JSON report (see editspecialists.benchmarks).
 """
 
 import json
@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from editspecialists.benchmark import SIZES, BenchSettings, format_table, run_benchmark, tiny_feedback_config
+from editspecialists.benchmarks.feedback import realsize_feedback_config, tiny_feedback_config
+from editspecialists.benchmarks.report import format_table, run_benchmark
+from editspecialists.benchmarks.settings import BenchSettings
+from editspecialists.benchmarks.sizes import SIZES
+from editspecialists.command_line import define_config_flag
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "tiny", sorted(SIZES), "Model size: tiny (CI), small (CPU), sd15 (GPU).")
@@ -33,10 +36,11 @@ flags.DEFINE_integer("repeats", None, "Timed repeats, medians reported (default:
 flags.DEFINE_integer("warmup", 1, "Untimed warm-up repeats.")
 flags.DEFINE_string("device", "", "cuda or cpu (default: cuda when available).")
 flags.DEFINE_string("cache", "", "Cache folder for the built models (default: editspecialists' cache).")
-flags.DEFINE_enum("feedback", "tiny", ["tiny", "config", "none"],
-                  "Feedback models: tiny random ones (plumbing only), the ids of --config, or none.")
-config_flags.DEFINE_config_file("config", str(Path(__file__).resolve().parents[1] / "config" / "base.py"),
-                                "Configuration naming the feedback models and reward settings.")
+flags.DEFINE_enum("feedback", "tiny", ["tiny", "realsize", "config", "none"],
+                  "Feedback models: tiny random ones (plumbing only), real-size ones with random weights "
+                  "(built once, 3.3 GB), the ids of --config, or none.")
+define_config_flag(str(Path(__file__).resolve().parents[1] / "config" / "base.py"),
+                   "Configuration naming the feedback models and reward settings.")
 
 
 def main(_):
@@ -49,8 +53,11 @@ def main(_):
     )
 
     def feedback_config():
+        cache = Path(FLAGS.cache) if FLAGS.cache else None
         if FLAGS.feedback == "tiny":
-            return tiny_feedback_config(FLAGS.config, Path(FLAGS.cache) if FLAGS.cache else None)
+            return tiny_feedback_config(FLAGS.config, cache)
+        if FLAGS.feedback == "realsize":
+            return realsize_feedback_config(FLAGS.config, cache)
         return FLAGS.config
 
     command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])

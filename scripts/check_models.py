@@ -11,13 +11,13 @@ what to do) and the estimated GPU memory of a training run; exits with status 1 
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from editspecialists.model_check import check_models, report
-from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
+from editspecialists.command_line import define_config_flag, run_script
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "config/base.py", "Training or evaluation configuration file.")
+define_config_flag("config/base.py", "Training or evaluation configuration file.")
 flags.DEFINE_string("device", "auto", "auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...")
 
 

@@ -7,12 +7,11 @@ Each evaluation writes new files (<input>_<style>.json, then <input>_<style>.2.j
 replacing an earlier one.
 """
 
-from ml_collections import config_flags
-
+from editspecialists.command_line import define_config_flag, run_script
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
 
-_CONFIG = config_flags.DEFINE_config_file("config", "config/eval.py", "Evaluation configuration file.")
+_CONFIG = define_config_flag("config/eval.py", "Evaluation configuration file.")
 
 
 def main(_):

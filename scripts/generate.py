@@ -8,13 +8,13 @@ that made them) are kept, the others redone. Edits of another model are replaced
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from editspecialists.generation import generate_edits
-from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
+from editspecialists.command_line import define_config_flag, run_script
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "config/base.py", "Generation configuration file.")
+define_config_flag("config/base.py", "Generation configuration file.")
 
 
 def main(_):

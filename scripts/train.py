@@ -4,13 +4,13 @@
 """
 
 from absl import flags
-from ml_collections import config_flags
 
-from editspecialists.training.launch import prepare_demo_assets, run_script, setup_logging
+from editspecialists.command_line import define_config_flag, run_script
+from editspecialists.training.launch import prepare_demo_assets, setup_logging
 from editspecialists.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "config/base.py", "Training configuration file.")
+define_config_flag("config/base.py", "Training configuration file.")
 
 
 def main(_):

@@ -5,15 +5,11 @@ import math
 
 import torch
 
-from editspecialists.benchmark import (
-    BenchSettings,
-    format_table,
-    load_models,
-    measure_feedback,
-    naive_sample_edits,
-    run_benchmark,
-    tiny_feedback_config,
-)
+from editspecialists.benchmarks.feedback import measure_feedback, tiny_feedback_config
+from editspecialists.benchmarks.models import load_models
+from editspecialists.benchmarks.naive_sampler import naive_sample_edits
+from editspecialists.benchmarks.report import format_table, run_benchmark
+from editspecialists.benchmarks.settings import BenchSettings
 from editspecialists.diffusion.sampler import transition_log_probs
 from tests.helpers import load_config
 
@@ -46,6 +42,8 @@ def test_tiny_benchmark_reports_every_figure(tiny_root):
         assert set(keys) <= set(report[section])
     assert report["feedback"]["skipped"] == "" and report["feedback"]["models"]
     assert report["feedback_overlap_speedup"] > 0
+    assert report["feedback_speedup_constants"] > 0
+    assert "feedback with per-image constants, speed-up" in format_table(report)
     assert report["machine"]["threads"] == 1 and report["date"] and report["command"] == "pytest"
     for path, value in numbers(report):
         if not path.startswith((".settings", ".machine")):
@@ -76,5 +74,5 @@ def test_feedback_failure_is_reported_not_raised(tiny_root):
 
     edits = torch.rand(1, 2, 3, settings.resolution, settings.resolution)
     result = measure_feedback(missing_models, models, settings, edits)
-    assert result == {"models": {}, "overlap_speedup": None,
+    assert result == {"models": {}, "constants_speedup": None, "overlap_speedup": None,
                       "skipped": "feedback failed: OSError: no such model folder"}

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from editspecialists.command_line import raised_by_us
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training import run_folder
-from editspecialists.training.launch import raised_by_us
 from editspecialists.training.tracking import METRICS_FILE, read_metrics
 from editspecialists.training.trainer import Trainer
 from tests.helpers import tiny_brightness_config

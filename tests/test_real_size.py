@@ -105,7 +105,7 @@ def run_ip2p(root: Path) -> dict:
     training micro-step on its stochastic step. At initialisation policy = reference: loss = log 2."""
     import torch
 
-    from editspecialists.benchmark import training_micro_step
+    from editspecialists.benchmarks.micro_step import training_micro_step
     from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
     from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline
     from editspecialists.diffusion.policy import build_policy
@@ -213,7 +213,7 @@ RUNS = {
 
 
 def peak_rss_mb() -> float:
-    from editspecialists.benchmark import process_peak_rss_mb
+    from editspecialists.benchmarks.measuring import process_peak_rss_mb
 
     return process_peak_rss_mb()
 

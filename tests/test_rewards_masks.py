@@ -93,7 +93,7 @@ def test_an_image_without_a_box_gets_sams_mask_of_the_whole_image_box(model_ids,
     masks = result.masks
     assert masks.shape == (4, 48, 64) and masks.dtype == torch.bool
     assert result.fallback.tolist() == [not found for found in has_box] and sum(has_box) == 2
-    boxes = predictor.detect(images, [NAME] * 4)
+    boxes, _ = predictor.detect(images, [NAME] * 4)
     assert [bool(len(image_boxes)) for image_boxes in boxes] == has_box
     for i in range(4):
         prompt = boxes[i] if has_box[i] else WHOLE_IMAGE_BOX
@@ -125,7 +125,7 @@ def test_masks_are_the_union_over_every_box(model_ids, images):
     result = predictor(images, NAME)
     masks = result.masks
     assert not result.fallback.any()
-    boxes = predictor.detect(images, [NAME] * len(images))
+    boxes, _ = predictor.detect(images, [NAME] * len(images))
     assert all(len(image_boxes) == 10 for image_boxes in boxes)  # every query of the tiny detector
     first_box_only = torch.cat([predictor.segment(images[i : i + 1], [boxes[i][:1]]) for i in range(len(images))])
     assert (masks & ~first_box_only).any(), "further boxes should add to the first box's mask"

@@ -9,7 +9,7 @@ import torch
 from editspecialists.rewards import SCORES, FeedbackBatch, build_scorer, register_score, registry
 from editspecialists.rewards.depth import DepthEstimator
 from editspecialists.rewards.features import load_patch_embedder
-from editspecialists.rewards.masks import MaskPredictor
+from editspecialists.rewards.masks import MaskPredictor, Masks
 from editspecialists.rewards.semantic import downsample_mask, patch_distance, reconstruction_outside
 from editspecialists.demo import feedback_standins
 from tests.helpers import load_config
@@ -94,7 +94,7 @@ def test_masks_are_computed_once_per_input_and_style_image_and_shared_by_scores(
 
     def counting_mask_fn(images, name):
         calls.append((images.shape[0], name))
-        return images[:, 0] > 0.5
+        return Masks(images[:, 0] > 0.5, torch.zeros(len(images), dtype=torch.bool))
 
     seen = []
     for name in ("reads_masks_a", "reads_masks_b"):
@@ -388,3 +388,26 @@ def test_reward_dtype_loads_and_runs_the_feedback_models_in_that_dtype(folders, 
     for role, sizes in recorder.calls.items():
         assert {d for _, d in sizes} == {dtype}, role  # pixels are fed in the model's dtype
     assert all(value.dtype == torch.float32 and torch.isfinite(value).all() for value in scores.values())
+
+
+def parameter_devices(model) -> set[str]:
+    return {param.device.type for value in vars(model).values() if isinstance(value, torch.nn.Module)
+            for param in value.parameters()}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="moving the feedback models needs a GPU to move them to"))])
+def test_offloaded_feedback_models_live_on_the_cpu_and_score_on_the_device(folders, device):
+    resident = build_scorer(feedback_config(folders), device)
+    offloaded = build_scorer(feedback_config(folders, offload=True), device)
+    models = offloaded.feedback_models
+    assert {type(m).__name__ for m in models} == {"DepthEstimator", "DreamSimPatches", "MaskPredictor"}
+    assert all(parameter_devices(m) == {"cpu"} and m.device.type == "cpu" for m in models)
+    edits, inputs, styles = make_images()
+    with offloaded.models_on_device():
+        assert all(parameter_devices(m) == {device} for m in models)
+        scores = offloaded(edits, inputs, styles)
+    assert all(parameter_devices(m) == {"cpu"} for m in models), "back on the CPU after scoring"
+    expected = resident(edits, inputs, styles)
+    for name, value in expected.items():
+        assert torch.allclose(scores[name], value, atol=1e-5), name

@@ -63,12 +63,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Resize so the short side is ``size`` (up or down), then crop the central square."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    return resize_cover(image, (size, size))
+
+
+def resize_cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize (bicubic, aspect kept) to cover ``size`` = (W, H), then crop the centre to it."""
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    covering = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = resize_to(image, covering)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` resized (bicubic) to ``size`` = (W, H); the same image when it has that size already."""
+    return image if image.size == tuple(size) else image.resize(size, Image.BICUBIC)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

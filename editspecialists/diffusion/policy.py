@@ -139,10 +139,16 @@ class VisualPromptPolicy(nn.Module):
         """
         if isinstance(cond, EditConditioning):
             cond = self.branch_inputs(cond)
-        unet = self.unet
+        return branch_epsilon(self.active_unet, cond, scaled_latents, timesteps, scales)
+
+    @property
+    def active_unet(self):
+        """The UNet forward runs: inside :meth:`reference` with full fine-tuning, the frozen
+        initial copy; otherwise the trained UNet (with LoRA, its adapters are off inside
+        :meth:`reference`)."""
         if self._use_reference and self._reference_parts.unet is not None:
-            unet = self._reference_parts.unet
-        return branch_epsilon(unet, cond, scaled_latents, timesteps, scales)
+            return self._reference_parts.unet
+        return self.unet
 
     def branch_inputs(self, cond: EditConditioning) -> BranchInputs:
         """The step-invariant UNet inputs of ``cond`` (style channels of the active style module)."""

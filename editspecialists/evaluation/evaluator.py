@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from editspecialists.config_checks import validate_evaluation_config
+from editspecialists.evaluation.config_rules import validate_evaluation_config
 from editspecialists.data.images import UnreadableImageError, image_to_tensor, read_rgb
 from editspecialists.evaluation.families import FAMILIES, METRIC_DEFINITIONS, EvalBatch, FamilySettings, parse_metrics
 from editspecialists.evaluation.images import resize_center_crop

@@ -9,7 +9,7 @@ takes the whole image as the mask without calling SAM2. Either way the image is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,10 +60,20 @@ MASK_KEYS = ("models.detector", "models.segmenter")  # config keys of the detect
 @dataclass
 class Masks:
     """Masks ``(B, H, W)`` bool on the images' device, and ``fallback`` ``(B,)`` bool on the CPU:
-    True where the detector found nothing and the mask is the fallback's."""
+    True where the detector found nothing and the mask is the fallback's. ``boxes`` / ``scores``:
+    per image, the detector's boxes ``(N_i, 4)`` xyxy in pixels and their scores ``(N_i,)`` (CPU;
+    empty lists where no detector ran)."""
 
     masks: torch.Tensor
     fallback: torch.Tensor
+    boxes: list[torch.Tensor] = field(default_factory=list)
+    scores: list[torch.Tensor] = field(default_factory=list)
+
+    @staticmethod
+    def cat(parts: list["Masks"]) -> "Masks":
+        """The masks of consecutive chunks of images as one."""
+        return Masks(torch.cat([p.masks for p in parts]), torch.cat([p.fallback for p in parts]),
+                     [box for p in parts for box in p.boxes], [score for p in parts for score in p.scores])
 
 
 class MaskPredictor:
@@ -103,19 +113,20 @@ class MaskPredictor:
         if fallback not in MASK_FALLBACKS:
             raise ValueError(f"mask fallback must be one of {MASK_FALLBACKS}, got {fallback!r}")
         check_images(images)
-        boxes = self.detect(images, per_image_names(names, len(images)))
+        boxes, scores = self.detect(images, per_image_names(names, len(images)))
         missed = torch.tensor([len(image_boxes) == 0 for image_boxes in boxes])
         if fallback == "whole_box":
             masks = self.segment(images, whole_image_box_where_none(boxes, *images.shape[-2:]))
-            return Masks(masks.to(images.device), missed)
+            return Masks(masks.to(images.device), missed, boxes, scores)
         masks = whole_frame_masks(images)
         found = (~missed).nonzero().flatten().tolist()
         if found:
             masks[found] = self.segment(images[found], [boxes[i] for i in found]).to(masks.device)
-        return Masks(masks, missed)
+        return Masks(masks, missed, boxes, scores)
 
-    def detect(self, images: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
-        """Boxes ``(N_i, 4)`` xyxy in pixels (clamped to the image) per image, one detector call."""
+    def detect(self, images: torch.Tensor, names: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per image, boxes ``(N_i, 4)`` xyxy in pixels (clamped to the image) and their scores
+        ``(N_i,)``, from one detector call."""
         height, width = images.shape[-2:]
         prompts = [detector_prompt(name) for name in names]
         inputs = self.detector_processor(images=list(images.float().cpu()), text=prompts, padding="longest",
@@ -126,7 +137,8 @@ class MaskPredictor:
             target_sizes=[(height, width)] * len(images),
         )
         limits = torch.tensor([width, height, width, height], dtype=torch.float32)
-        return [torch.minimum(r["boxes"].float().cpu().clamp_min(0), limits) for r in results]
+        return ([torch.minimum(r["boxes"].float().cpu().clamp_min(0), limits) for r in results],
+                [r["scores"].float().cpu() for r in results])
 
     def segment(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """Union over each image's boxes of SAM2's single-mask output, ``(B, H, W)`` bool, one call."""

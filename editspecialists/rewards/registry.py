@@ -18,7 +18,7 @@ then name it in ``config.reward.weights``. Scores that read ``batch.input_masks`
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
@@ -29,13 +29,14 @@ from editspecialists.rewards import semantic
 from editspecialists.rewards.depth import DepthEstimator, structural_score
 from editspecialists.rewards.features import load_patch_embedder
 from editspecialists.rewards.images import check_images
-from editspecialists.rewards.masks import MASK_FALLBACKS, MASK_KEYS, MaskPredictor, whole_frame_masks
+from editspecialists.rewards.constants import ImageKey, PerImageConstants
+from editspecialists.rewards.masks import MASK_FALLBACKS, MASK_KEYS, Masks, MaskPredictor, whole_frame_masks
 
-MaskFn = Callable[[torch.Tensor, str], torch.Tensor]  # images (B, 3, H, W), name → bool (B, H, W)
+MaskFn = Callable[[torch.Tensor, str], Masks]  # images (B, 3, H, W), name → Masks (bool (B, H, W), ...)
 
 
-def whole_frame_mask_fn(images: torch.Tensor, name: str) -> torch.Tensor:
-    return whole_frame_masks(images)
+def whole_frame_mask_fn(images: torch.Tensor, name: str) -> Masks:
+    return Masks(whole_frame_masks(images), torch.zeros(len(images), dtype=torch.bool))
 
 
 @dataclass(eq=False)
@@ -45,7 +46,12 @@ class FeedbackBatch:
 
     ``input_masks`` / ``style_masks`` (bool ``(B, H, W)`` / ``(B, H', W')``) are computed on first
     access with ``mask_fn`` (default: whole image) and cached: once per input and style image,
-    shared by every score and every edit of the batch.
+    shared by every score and every edit of the batch; ``mask_fallbacks`` records, per name, which
+    images' masks are the fallback's.
+
+    With ``constants`` and the images' keys (:mod:`~editspecialists.rewards.constants`), what a
+    score computes from the inputs or styles alone (:meth:`input_constant`, :meth:`style_constant`,
+    the masks) is computed once per image for the whole run.
     """
 
     edits: torch.Tensor
@@ -54,6 +60,10 @@ class FeedbackBatch:
     input_name: str = ""
     style_name: str = ""
     mask_fn: MaskFn = whole_frame_mask_fn
+    input_keys: list[ImageKey] | None = None
+    style_keys: list[ImageKey] | None = None
+    constants: PerImageConstants | None = None
+    mask_fallbacks: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self):
         check_images(self.edits, "edits", ndim=5)
@@ -81,13 +91,35 @@ class FeedbackBatch:
         """Repeat a per-input tensor ``(B, ...)`` for each edit: ``(B·G, ...)`` aligned with :attr:`flat_edits`."""
         return tensor.repeat_interleave(self.num_edits, dim=0)
 
+    def input_constant(self, kind: tuple, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``compute(inputs)`` ``(B, ...)``, once per input image of the run when constants are kept."""
+        return self._constant(kind, self.inputs, self.input_keys, lambda images: (compute(images),))[0]
+
+    def style_constant(self, kind: tuple, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``compute(styles)`` ``(B, ...)``, once per style image of the run when constants are kept."""
+        return self._constant(kind, self.styles, self.style_keys, lambda images: (compute(images),))[0]
+
+    def _constant(self, kind: tuple, images: torch.Tensor, keys, compute):
+        if self.constants is None or keys is None:
+            return compute(images)
+        return self.constants.lookup(kind, keys, images, compute)
+
     @cached_property
     def input_masks(self) -> torch.Tensor:
-        return self.mask_fn(self.inputs, self.input_name)
+        return self._masks(self.inputs, self.input_keys, self.input_name)
 
     @cached_property
     def style_masks(self) -> torch.Tensor:
-        return self.mask_fn(self.styles, self.style_name)
+        return self._masks(self.styles, self.style_keys, self.style_name)
+
+    def _masks(self, images: torch.Tensor, keys, name: str) -> torch.Tensor:
+        def compute(chunk):
+            masks = self.mask_fn(chunk, name)
+            return masks.masks, masks.fallback.to(chunk.device)
+
+        masks, fallback = self._constant(("mask", name), images, keys, compute)
+        self.mask_fallbacks.setdefault(name, []).append(fallback.cpu())
+        return masks
 
 
 ScoreFn = Callable[[FeedbackBatch], torch.Tensor]
@@ -128,6 +160,22 @@ def load_once(key: tuple, load: Callable[[], object]):
     return _LOADED[key]
 
 
+def uses_models(score: ScoreFn, *models) -> ScoreFn:
+    """Mark ``score`` as running the feedback-model wrappers ``models`` (objects with a ``device``
+    and their ``torch.nn.Module`` attributes), which ``reward.offload`` moves between devices."""
+    score.models = models
+    return score
+
+
+def place_model(model, device: torch.device) -> None:
+    """Move every ``torch.nn.Module`` attribute of a feedback-model wrapper to ``device``, and its
+    ``device`` (where it sends its inputs) with them."""
+    for value in vars(model).values():
+        if isinstance(value, torch.nn.Module):
+            value.to(device)
+    model.device = torch.device(device)
+
+
 def reward_dtype(config) -> torch.dtype:
     return dtype_named(config.reward.dtype, "reward.dtype")
 
@@ -145,18 +193,19 @@ def embed_in_chunks(embedder, images: torch.Tensor, batch_size: int):
 
 @register_score("structural", lower_is_better=True)
 def make_structural(config, device: torch.device) -> ScoreFn:
-    """Mean |depth(input) − depth(edit)| (SPEC §4); the input's depth is computed once per input."""
+    """Mean |depth(input) − depth(edit)| (SPEC §4); the input's depth is computed once per input
+    (per batch, or per run with per-image constants)."""
     dtype, batch_size, align = reward_dtype(config), config.reward.batch_size, config.reward.structural_align
     model_id = config.models.depth
     depth = load_once(("depth", model_id, str(device), dtype),
                       lambda: DepthEstimator.from_pretrained(model_id, device=device, dtype=dtype))
 
     def score(batch: FeedbackBatch) -> torch.Tensor:
-        depth_inputs = in_chunks(depth, batch.inputs, batch_size)
+        depth_inputs = batch.input_constant(("depth", model_id), lambda inputs: in_chunks(depth, inputs, batch_size))
         depth_edits = in_chunks(depth, batch.flat_edits, batch_size)
         return structural_score(batch.per_edit(depth_inputs), depth_edits, align).view(-1, batch.num_edits)
 
-    return score
+    return uses_models(score, depth)
 
 
 # The config key of each reward.semantic_backbone's model.
@@ -203,20 +252,22 @@ def make_semantic(config, device: torch.device) -> ScoreFn:
 
     def score(batch: FeedbackBatch) -> torch.Tensor:
         edit_tokens, grid = embed_in_chunks(embedder, batch.flat_edits, batch_size)
-        style_tokens, style_grid = embed_in_chunks(embedder, batch.styles, batch_size)
+        # The embedder resizes every image to its one input size: style tokens have the edits' grid.
+        style_tokens = batch.style_constant(("patches", backbone, model_id),
+                                            lambda styles: embed_in_chunks(embedder, styles, batch_size)[0])
         input_masks = batch.per_edit(batch.input_masks)
         reconstruction = semantic.reconstruction_outside(batch.flat_edits, batch.per_edit(batch.inputs), input_masks)
         value = semantic.semantic_score(
             edit_tokens,
             batch.per_edit(style_tokens),
             semantic.downsample_mask(input_masks, grid),
-            batch.per_edit(semantic.downsample_mask(batch.style_masks, style_grid)),
+            batch.per_edit(semantic.downsample_mask(batch.style_masks, grid)),
             reconstruction,
             rec_lambda,
         )
         return value.view(-1, batch.num_edits)
 
-    return score
+    return uses_models(score, embedder)
 
 
 @register_score("brightness", lower_is_better=False)
@@ -230,30 +281,65 @@ def make_brightness(config, device: torch.device) -> ScoreFn:
 
 
 class Scorer:
-    """``scorer(edits (B, G, 3, H, W), inputs (B, 3, H, W), styles (B, 3, H, W)) -> {name: (B, G)}``.
+    """``scorer(edits (B, G, 3, H, W), inputs (B, 3, H, W), styles (B, 3, H, W), input_keys,
+    style_keys) -> {name: (B, G)}``.
 
     Everything runs in inference mode on ``device``; the returned float32 tensors are ordinary
-    (non-inference) tensors, safe to gather and combine. Which masked images fell back (the
-    detector found nothing) is kept until :meth:`take_mask_fallbacks`.
+    (non-inference) tensors, safe to gather and combine. With ``constants`` (and the images' keys)
+    per-image values are computed once per run. Which masked images fell back (the detector found
+    nothing) is kept until :meth:`take_mask_fallbacks`.
     """
 
     def __init__(self, scores: dict[str, ScoreFn], mask_fn: MaskFn, input_name: str, style_name: str,
-                 device: torch.device):
+                 device: torch.device, constants: PerImageConstants | None = None, offload: bool = False):
         self.scores, self.mask_fn, self.device = scores, mask_fn, device
         self.input_name, self.style_name = input_name, style_name
+        self.constants, self.offload = constants, offload
+        self.fell_back: dict[str, list[torch.Tensor]] = {}
 
-    def make_batch(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor) -> FeedbackBatch:
+    @property
+    def feedback_models(self) -> list:
+        """The feedback-model wrappers the scores run (each once)."""
+        models = [model for fn in self.scores.values() for model in getattr(fn, "models", ())]
+        if self.predicts_masks:
+            models.append(self.mask_fn.predictor)
+        return list({id(model): model for model in models}.values())
+
+    @contextlib.contextmanager
+    def models_on_device(self):
+        """With ``offload`` (``reward.offload``), the feedback models are kept on the CPU and moved
+        to the scorer's device inside this block only (then back, the device's cache emptied);
+        without, a no-op: they stay on the device."""
+        if not self.offload:
+            yield
+            return
+        for model in self.feedback_models:
+            place_model(model, self.device)
+        try:
+            yield
+        finally:
+            for model in self.feedback_models:
+                place_model(model, torch.device("cpu"))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def make_batch(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor,
+                   input_keys: list[ImageKey] | None = None, style_keys: list[ImageKey] | None = None) -> FeedbackBatch:
         """A validated :class:`FeedbackBatch` on the scorer's device (its masks are read after scoring)."""
         return FeedbackBatch(edits.to(self.device), inputs.to(self.device), styles.to(self.device),
-                             self.input_name, self.style_name, self.mask_fn)
+                             self.input_name, self.style_name, self.mask_fn, input_keys, style_keys, self.constants)
 
     def score(self, batch: FeedbackBatch) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
             values = {name: fn(batch).float() for name, fn in self.scores.items()}
+        for name, flags in batch.mask_fallbacks.items():
+            self.fell_back.setdefault(name, []).extend(flags)
         return {name: value.clone() for name, value in values.items()}
 
-    def __call__(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.score(self.make_batch(edits, inputs, styles))
+    def __call__(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor,
+                 input_keys: list[ImageKey] | None = None,
+                 style_keys: list[ImageKey] | None = None) -> dict[str, torch.Tensor]:
+        return self.score(self.make_batch(edits, inputs, styles, input_keys, style_keys))
 
     @property
     def predicts_masks(self) -> bool:
@@ -261,27 +347,21 @@ class Scorer:
         return isinstance(self.mask_fn, PredictedMasks)
 
     def take_mask_fallbacks(self) -> dict[str, torch.Tensor]:
-        """``{name: (n,) bool}``: which images masked since the last call fell back (no detection)."""
-        return self.mask_fn.take_fallbacks() if self.predicts_masks else {}
+        """``{name: (n,) bool}`` over the n images whose masks were read for ``name`` since the last
+        call (each time an image is scored, computed or looked up): which fell back (CPU)."""
+        taken, self.fell_back = self.fell_back, {}
+        return {name: torch.cat(flags) for name, flags in taken.items()} if self.predicts_masks else {}
 
 
 class PredictedMasks:
-    """A :data:`MaskFn` over a :class:`MaskPredictor`, chunked by ``batch_size``, that records per
-    image whether the detector found nothing (the image's mask is then ``fallback``'s)."""
+    """A :data:`MaskFn` over a :class:`MaskPredictor`, chunked by ``batch_size``; images where the
+    detector finds nothing get ``fallback``'s mask."""
 
     def __init__(self, predictor: MaskPredictor, batch_size: int, fallback: str):
         self.predictor, self.batch_size, self.fallback = predictor, batch_size, fallback
-        self.fell_back: dict[str, list[torch.Tensor]] = {}
 
-    def __call__(self, images: torch.Tensor, name: str) -> torch.Tensor:
-        results = [self.predictor(chunk, name, self.fallback) for chunk in images.split(self.batch_size)]
-        self.fell_back.setdefault(name, []).extend(result.fallback for result in results)
-        return torch.cat([result.masks for result in results])
-
-    def take_fallbacks(self) -> dict[str, torch.Tensor]:
-        """``{name: (n,) bool}`` over the n images masked for ``name`` since the last call (CPU)."""
-        taken, self.fell_back = self.fell_back, {}
-        return {name: torch.cat(flags) for name, flags in taken.items()}
+    def __call__(self, images: torch.Tensor, name: str) -> Masks:
+        return Masks.cat([self.predictor(chunk, name, self.fallback) for chunk in images.split(self.batch_size)])
 
 
 def mask_function(config, device: torch.device) -> MaskFn:
@@ -300,15 +380,19 @@ def mask_function(config, device: torch.device) -> MaskFn:
 
 def build_scorer(config, device, accelerator=None) -> Scorer:
     """A :class:`Scorer` for the names in ``config.reward.weights``; models load once per process,
-    on the main process first when an ``accelerator`` is given (no download/cache races)."""
+    on the main process first when an ``accelerator`` is given (no download/cache races), on
+    ``device``, or on the CPU with ``reward.offload`` (see :meth:`Scorer.models_on_device`)."""
     names = list(config.reward.weights.keys())
     unknown = [name for name in names if name not in SCORES]
     if unknown:
         raise ValueError(f"unknown score(s) {unknown} in reward.weights; registered: {', '.join(SCORES)}")
     device = torch.device(device)
+    load_device = torch.device("cpu") if config.reward.offload else device
     first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
     with first:
-        scores = {name: SCORES[name].factory(config, device) for name in names}
+        scores = {name: SCORES[name].factory(config, load_device) for name in names}
         needs_masks = any(SCORES[name].needs_masks for name in names)
-        mask_fn = mask_function(config, device) if needs_masks else whole_frame_mask_fn
-    return Scorer(scores, mask_fn, config.input_name, config.style_name, device)
+        mask_fn = mask_function(config, load_device) if needs_masks else whole_frame_mask_fn
+    constants = PerImageConstants() if config.reward.per_image_constants else None
+    return Scorer(scores, mask_fn, config.input_name, config.style_name, device, constants,
+                  offload=config.reward.offload)

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from editspecialists.config_keys import flat_items
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS = "weights.safetensors"
@@ -148,9 +150,14 @@ def verify_checkpoint(checkpoint: str | Path, *, with_state: bool = False) -> No
     for name in (WEIGHTS, TRAINER_STATE):
         if name not in record:
             raise CheckpointError(f"{checkpoint / HASHES} does not list {name}")
-    names = record if with_state else [WEIGHTS, TRAINER_STATE]
+    verify_files(checkpoint, record, record if with_state else [WEIGHTS, TRAINER_STATE])
+
+
+def verify_files(folder: Path, record: dict[str, dict], names) -> None:
+    """Check the files ``names`` of ``folder`` against ``record`` (a hashes.json ``files`` record):
+    a :class:`CheckpointError` names the first file missing or whose size or SHA-256 differs."""
     for name in names:
-        path = checkpoint / name
+        path = Path(folder) / name
         if not path.is_file():
             raise CheckpointError(f"{path} is missing")
         if path.stat().st_size != record[name]["bytes"]:
@@ -244,7 +251,8 @@ def check_same_model(config, saved, checkpoint: Path) -> None:
 # what is trained. Every other key keeps the run's value.
 RESUME_SETTINGS = ("load_checkpoint", "run_name", "logdir", "num_epochs", "save_freq", "num_checkpoint_limit",
                    "wandb_project", "demo_root", "overwrite", "gradient_checkpointing", "inputimg_dir",
-                   "styleimg_dir", "sample.sample_savedir", "reward.batch_size", "reward.overlap")
+                   "styleimg_dir", "sample.sample_savedir", "reward.batch_size", "reward.overlap",
+                   "reward.per_image_constants", "reward.offload")
 # Dict-valued keys, replaced as a whole.
 WHOLE_DICT_KEYS = ("reward.weights",)
 
@@ -260,8 +268,8 @@ def resumed_config(config, checkpoint: Path):
     saved = saved_run_config(checkpoint)
     check_same_model(config, saved, checkpoint)
     resumed = copy.deepcopy(config)
-    saved_values = dict(_leaves(saved))
-    for key, value in _leaves(config):
+    saved_values = dict(flat_items(saved, WHOLE_DICT_KEYS))
+    for key, value in flat_items(config, WHOLE_DICT_KEYS):
         if key in RESUME_SETTINGS:
             continue
         if key not in saved_values:
@@ -282,18 +290,6 @@ def _set_key(config, key: str, value, checkpoint: Path) -> None:
     except TypeError as error:
         raise ValueError(f"the run of {checkpoint} has {key} = {value!r}, which this config cannot take: "
                          f"{error}") from error
-
-
-def _leaves(config, prefix: str = ""):
-    """(dotted key, value) of every setting of ``config``; :data:`WHOLE_DICT_KEYS` as plain dicts."""
-    for name, value in config.items():
-        key = prefix + name
-        if key in WHOLE_DICT_KEYS:
-            yield key, value.to_dict()
-        elif hasattr(value, "items"):
-            yield from _leaves(value, key + ".")
-        else:
-            yield key, value
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], architecture: dict[str, str]) -> None:

@@ -16,13 +16,14 @@ from typing import Callable
 
 import torch
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+ScoreFn = Callable[..., dict[str, torch.Tensor]]
 
 
 class BackgroundScoring:
     """Scores batches in submission order; :meth:`results` waits for all of them.
 
-    ``scorer(edits (B, G, 3, H, W), inputs (B, 3, H, W), styles (B, 3, H, W)) -> {name: (B, G)}``.
+    ``scorer(edits (B, G, 3, H, W), inputs (B, 3, H, W), styles (B, 3, H, W), *keys) -> {name: (B, G)}``
+    (``keys``: the images' keys, passed through; see :class:`~editspecialists.rewards.registry.Scorer`).
     With ``enabled=False`` each batch is scored inline by :meth:`submit`, same results.
     """
 
@@ -34,10 +35,10 @@ class BackgroundScoring:
         self._stream = torch.cuda.Stream(self.device) if self.cuda else None
         self._pending: list[Future | dict] = []
 
-    def submit(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor) -> None:
+    def submit(self, edits: torch.Tensor, inputs: torch.Tensor, styles: torch.Tensor, *keys) -> None:
         """Queue one batch (its tensors must not be modified in place until :meth:`results`)."""
         if not self.enabled:
-            self._pending.append(self.scorer(edits, inputs, styles))
+            self._pending.append(self.scorer(edits, inputs, styles, *keys))
             return
         ready = None
         if self.cuda:
@@ -46,14 +47,14 @@ class BackgroundScoring:
             for tensor in (edits, inputs, styles):
                 if tensor.is_cuda:  # keep its memory from being reused before the worker is done
                     tensor.record_stream(self._stream)
-        self._pending.append(self._pool.submit(self._score, ready, edits, inputs, styles))
+        self._pending.append(self._pool.submit(self._score, ready, edits, inputs, styles, *keys))
 
-    def _score(self, ready, edits, inputs, styles):
+    def _score(self, ready, edits, inputs, styles, *keys):
         if ready is None:
-            return self.scorer(edits, inputs, styles), None
+            return self.scorer(edits, inputs, styles, *keys), None
         with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
             self._stream.wait_event(ready)
-            scores = self.scorer(edits, inputs, styles)
+            scores = self.scorer(edits, inputs, styles, *keys)
             done = torch.cuda.Event()
             done.record(self._stream)
         return scores, done

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from editspecialists.config_checks import validate_training_config
+from editspecialists.training.config_rules import validate_training_config
 from editspecialists.data.dataset import EditDataset
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
@@ -29,10 +29,12 @@ from editspecialists.diffusion.policy import policy_from_config
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
 from editspecialists.precision import mixed_precision_dtype
+from editspecialists.rewards.constants import image_keys
 from editspecialists.rewards.registry import feedback_model_keys
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training import run_folder
 from editspecialists.training.launch import process_state
+from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, combine_scores, preference_loss,
                                               rank_edits, standardization_groups)
@@ -162,8 +164,8 @@ class Trainer:
         acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
         self.scorer = self._load_scorer()
-        self.scoring = BackgroundScoring(self.scorer, acc.device,
-                                         enabled=config.reward.overlap and acc.device.type == "cuda")
+        self.scoring = BackgroundScoring(self.scorer, acc.device, enabled=config.reward.overlap and not config.reward.offload
+                                         and acc.device.type == "cuda")
         self.run_logger = RunLogger(self.run_dir, enabled=acc.is_main_process,
                                     wandb_project=config.wandb_project, config=config.to_dict(),
                                     run_name=self.run_dir.name)
@@ -171,6 +173,7 @@ class Trainer:
         if self.checkpoint:
             self.resume(self.checkpoint)
         acc.print(self.plan.describe())
+        self.precompute_masks()
 
     # ---------------------------------------------------------------- construction
     def _make_run_dir(self) -> Path:
@@ -278,14 +281,21 @@ class Trainer:
         generator = derived_generator(self.config.seed, SAMPLING, epoch, acc.process_index, device=acc.device)
         policy = self.unwrapped_policy
         policy.eval()
-        parts = []
+        parts, deferred = [], []
         for batch in tqdm(batches, desc="sampling", leave=False, disable=not acc.is_local_main_process):
             trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
                                         nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
                                         generator=generator, autocast=acc.autocast)
             parts.append(trajectories)
-            self.scoring.submit(trajectories.images, batch.inputs.to(acc.device), batch.styles.to(acc.device))
-        scores = self.scoring.results()
+            deferred.append((trajectories.images, batch.inputs.to(acc.device), batch.styles.to(acc.device),
+                             image_keys("input", batch.input_files, batch.inputs),
+                             image_keys("style", batch.style_files, batch.styles)))
+            if not self.scorer.offload:  # scored while the next batch samples (reward.overlap)
+                self.scoring.submit(*deferred.pop())
+        with self.scorer.models_on_device():
+            for args in deferred:
+                self.scoring.submit(*args)
+            scores = self.scoring.results()
         merged = {name: torch.cat([s[name] for s in scores]) for name in scores[0]}
         return Trajectories.cat(parts), batches, merged
 
@@ -298,6 +308,49 @@ class Trainer:
             encode_prompts(self.tokenizer, self.text_encoder, batch.prompts).float(),
             self.empty_embeds.float(),
         )
+
+    def precompute_masks(self) -> None:
+        """Masks of every input and style image of the dataset, before the first epoch, kept as
+        per-image constants (``reward.per_image_constants`` with predicted masks and an
+        :class:`EditDataset`; otherwise masks are computed when first scored).
+
+        Each process computes a share of the images, one image per call (so that a mask does not
+        depend on how images are grouped, nor on the number of processes), and every process
+        gets all of them. The main process writes ``<run>/masks/`` and prints how many images
+        have no detection.
+        """
+        scorer, dataset, acc = self.scorer, self.dataset, self.accelerator
+        if not (scorer.predicts_masks and scorer.constants is not None and isinstance(dataset, EditDataset)):
+            return
+        roles = (("input", dataset.inputs, dataset.input_files, self.config.input_name),
+                 ("style", dataset.styles, dataset.style_files, self.config.style_name))
+        records, images, masks = [], [], []
+        with scorer.models_on_device():
+            for role, role_images, files, name in roles:
+                names = [path.name for path in files]
+                role_masks, role_records = self.masks_of(role, role_images, names, name)
+                records += role_records
+                images += list(role_images)
+                masks += list(role_masks.cpu())
+        if acc.is_main_process:
+            folder = write_mask_preview(self.run_dir, records, images, masks)
+            tqdm.write(detection_summary(records, folder))
+
+    def masks_of(self, role: str, images: torch.Tensor, files: list[str], name: str):
+        """Masks ``(N, H, W)`` of ``name`` in ``images`` (N, 3, H, W) of ``role``, this process's
+        share computed here and the others' gathered, kept as the images' constants; returns them
+        with their :class:`MaskRecord` list."""
+        acc, scorer = self.accelerator, self.scorer
+        mine = range(acc.process_index, len(files), acc.num_processes)
+        local = [(index, detection_of(scorer.mask_fn(images[index:index + 1].to(acc.device), name)))
+                 for index in tqdm(mine, desc=f"masks of the {role} images", leave=False,
+                                   disable=not acc.is_local_main_process)]
+        found = sorted(gather_list(acc, local), key=lambda item: item[0])
+        masks = torch.stack([mask for _, (mask, *_) in found]).to(acc.device)
+        fallback = torch.tensor([fell_back for _, (_, fell_back, *_) in found], device=acc.device)
+        scorer.constants.put(("mask", name), image_keys(role, files, images), (masks, fallback))
+        return masks, [MaskRecord(files[index], role, name, boxes, box_scores, fell_back)
+                       for index, (_, fell_back, boxes, box_scores) in found]
 
     def rank_and_log(self, epoch: int, scores: dict[str, torch.Tensor], batch_sizes: list[int]):
         """Rank every process's edits (:func:`rank_gathered`); log the score statistics and the
@@ -456,11 +509,22 @@ def attempt(write) -> str:
     return ""
 
 
-def gather_object(accelerator, value) -> list:
-    """``value`` of every process, in process order (after a barrier)."""
+def detection_of(masks) -> tuple:
+    """(mask (H, W) bool on the CPU, fell back, boxes, box scores) of a one-image :class:`Masks`."""
+    return (masks.masks[0].cpu(), bool(masks.fallback[0]), masks.boxes[0].tolist() if masks.boxes else [],
+            masks.scores[0].tolist() if masks.scores else [])
+
+
+def gather_list(accelerator, items: list) -> list:
+    """The concatenation of every process's ``items``, in process order."""
     from accelerate.utils import gather_object as gather
 
-    return gather([value]) if accelerator.num_processes > 1 else [value]
+    return gather(items) if accelerator.num_processes > 1 else list(items)
+
+
+def gather_object(accelerator, value) -> list:
+    """``value`` of every process, in process order."""
+    return gather_list(accelerator, [value])
 
 
 def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: list[int], reward):

@@ -1,0 +1,229 @@
+"""The scripts' command line: absl's flag parsing with plain one-line error messages (a misspelt
+config key gets a did-you-mean hint) and a ``--help`` that lists the config keys with their values
+and meanings."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from editspecialists.config_keys import flat_items, key_meanings
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+# What ml_collections raises when a config file fails to load or an override fails to apply.
+CONFIG_ERRORS = (KeyError, AttributeError, OSError, ValueError)
+
+
+def define_config_flag(default: str, help_text: str, name: str = "config"):
+    """``config_flags.DEFINE_config_file(name, default, help_text)`` for the scripts; returns the
+    flag holder.
+
+    Without ``--config`` on the command line, ml_collections loads ``default`` and applies the
+    ``--config.KEY=VALUE`` overrides here, as the script defines the flag, before :func:`run_script`
+    parses the command line; an override naming no key then ends the program with the message it
+    gets when ``--config`` is given.
+    """
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_text)
+    except CONFIG_ERRORS as error:
+        exit_with_message(command_line_error_message(error, sys.argv, name, default), status=2)
+
+
+def run_script(main: Callable, usage: str, config_flag: str | None = "config") -> None:
+    """``absl.app.run(main)`` for the scripts, where config and input errors end the program with
+    the message alone (``error: ...`` on stderr, exit status 2 for the command line, 1 for input
+    found bad while running) instead of a traceback, and ``--help`` lists the config keys.
+
+    usage: the script's docstring, printed first by ``--help``; config_flag: the script's config
+    flag, None for a script without one (its ``--help`` lists its flags).
+    """
+    from absl import app
+
+    def parse(argv: list[str]) -> list[str]:
+        return parse_command_line(argv, usage, config_flag)
+
+    def main_reporting_input_errors(argv):
+        try:
+            return main(argv)
+        except (ValueError, OSError) as error:
+            if not raised_by_us(error):
+                raise
+            exit_with_message(str(error), status=1)
+
+    app.run(main_reporting_input_errors, flags_parser=parse)
+
+
+def parse_command_line(argv: list[str], usage: str, config_flag: str | None) -> list[str]:
+    """absl's flag parsing, with ``--help`` answered by :func:`print_help` and every config or flag
+    error answered by :func:`exit_with_message`."""
+    from absl import flags
+
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        if config_flag is None:
+            print(usage.strip() + "\n\n" + flags.FLAGS.main_module_help())
+        else:
+            print_help(argv, usage, config_flag, full="--helpfull" in argv)
+        sys.exit(0)
+    try:
+        remaining = flags.FLAGS(argv)
+        if config_flag is not None:
+            flags.FLAGS[config_flag].value.keys()  # ml_collections raises a config file's load error at first use
+        return remaining
+    except (flags.Error, *CONFIG_ERRORS) as error:
+        if config_flag is None:
+            exit_with_message(str(error).strip().splitlines()[0], status=2)
+        message = command_line_error_message(error, argv, config_flag, config_argument(argv, config_flag))
+        exit_with_message(message, status=2)
+
+
+def command_line_error_message(error: BaseException, argv: list[str], config_flag: str, config_file: str) -> str:
+    """One or two lines naming the flag, config file or config key at fault.
+
+    config_file: the ``path[:preset]`` the config was loaded from.
+    """
+    root = innermost_cause(error)
+    if isinstance(root, KeyError):  # ml_collections: an override names no key of the config
+        return unknown_key_message(root.args[0] if root.args else "", argv, config_flag, config_file)
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) == 1:  # absl's own "flag --x=y: reason"
+        return lines[0]
+    reason = [line.strip() for line in str(root).strip().splitlines() if line.strip()][-1]
+    return f"--{config_flag} {config_file}: {reason}"
+
+
+def innermost_cause(error: BaseException) -> BaseException:
+    """The first exception of a chain of ``raise ... from`` and exceptions raised while handling."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def unknown_key_message(key: str, argv: list[str], config_flag: str, config_file: str) -> str:
+    """``--config.a.b=...: no key 'b' in config/x.py (did you mean 'c'?)``, the suggestion taken
+    from the keys next to the misspelt one."""
+    prefix = f"--{config_flag}."
+    for arg in argv[1:]:
+        path = arg.split("=", 1)[0][len(prefix):] if arg.startswith(prefix) else ""
+        parts = path.split(".")
+        if key not in parts:
+            continue
+        message = f"{arg.split('=', 1)[0]}: no key '{key}' in {config_file}"
+        siblings = sibling_keys(config_file, parts[: parts.index(key)])
+        close = difflib.get_close_matches(key, siblings, n=1)
+        return message + (f" (did you mean '{'.'.join([*parts[:parts.index(key)], close[0]])}'?)" if close else "")
+    return f"no config key '{key}'"
+
+
+def sibling_keys(config_file: str, parent: list[str]) -> list[str]:
+    """Keys of the config group ``parent`` (a list of keys) in ``config_file``; empty if unreadable."""
+    try:
+        group = load_config_file(config_file)
+        for key in parent:
+            group = group[key]
+        return list(group.keys())
+    except Exception:  # noqa: BLE001 - only a suggestion is lost
+        return []
+
+
+def config_argument(argv: list[str], config_flag: str) -> str:
+    """The value of ``--config`` on the command line (``path[:preset]``), or the flag's default."""
+    from absl import flags
+
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{config_flag}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{config_flag}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return flags.FLAGS[config_flag].default_as_str.strip("'")
+
+
+def load_config_file(argument: str):
+    """The ConfigDict of ``path[:preset]``, loaded as ``--config`` loads it."""
+    from ml_collections.config_flags import config_flags
+
+    return config_flags.ConfigFileFlagParser(name="config").parse(argument)
+
+
+def raised_by_us(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is in this package: a check of ours
+    refused a config value or an input (a bug elsewhere keeps its traceback)."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def exit_with_message(message: str, status: int) -> None:
+    """End the program with ``error: message`` on stderr and ``status``.
+
+    In a launch of several processes the launcher prints its own failure report after ours, so
+    the first local process leaves the message to a small process that prints it once the
+    launcher has exited (our message is then the last line); the other local processes wait to be
+    stopped by the launcher, and report only if they are not (their error is theirs alone).
+    """
+    text = f"error: {message}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            time.sleep(10)
+        subprocess.Popen([sys.executable, "-c", _PRINT_AFTER_EXIT, str(os.getppid()), text],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    else:
+        print(text, file=sys.stderr)
+    sys.exit(status)
+
+
+# Run as ``python -c``: waits (at most 5 minutes) until process argv[1] has exited or is a zombie,
+# then prints argv[2] on stderr.
+_PRINT_AFTER_EXIT = """
+import os, sys, time
+pid, text = int(sys.argv[1]), sys.argv[2]
+def gone():
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+deadline = time.monotonic() + 300
+while not gone() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(text, file=sys.stderr, flush=True)
+"""
+
+
+def print_help(argv: list[str], usage: str, config_flag: str, full: bool) -> None:
+    """The script's usage, then every config key of the chosen config file with its value there and
+    its meaning (the comment next to it in ``config/base.py`` or the file); ``full`` adds absl's flags."""
+    from absl import flags
+
+    argument = config_argument(argv, config_flag)
+    print(usage.strip() + "\n")
+    try:
+        config = load_config_file(argument)
+    except Exception as error:  # noqa: BLE001 - help still shows the flags
+        print(f"(the config {argument} could not be loaded: {error})")
+    else:
+        print(f"Config keys of {argument} (override with --{config_flag}.KEY=VALUE):")
+        meanings = key_meanings(Path(argument.split(":", 1)[0]))
+        rows = [(key, repr(value)) for key, value in flat_items(config)]
+        width = min(40, max(len(f"{key} = {value}") for key, value in rows))
+        for key, value in rows:
+            line = f"{key} = {value}"
+            meaning = meanings.get(key, "")
+            print(f"  {line:<{width}}  {meaning}".rstrip() if meaning else f"  {line}")
+    print(flags.FLAGS.get_help() if full else "\n--helpfull also lists absl's own flags.")
