@@ -71,23 +71,21 @@ def _within(value, low, high, low_open: bool, high_open: bool) -> bool:
 
 def integer(low=None, high=None) -> Check:
     """An int (not a bool) in ``[low, high]``."""
-    bounds = _bounds(low, high, False, False)
-
-    def check(value):
-        if not _is_integer(value):
-            return f"must be an integer {bounds}".rstrip()
-        return None if _within(value, low, high, False, False) else f"must be {bounds}"
-
-    return check
+    return _ranged(_is_integer, "an integer", low, high, False, False)
 
 
 def number(low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> Check:
     """A finite int or float (not a bool) between ``low`` and ``high`` (open ends as told)."""
+    return _ranged(is_finite_number, "a finite number", low, high, low_open, high_open)
+
+
+def _ranged(is_kind: Callable[[object], bool], kind: str, low, high, low_open: bool, high_open: bool) -> Check:
+    """A value of a kind (``is_kind``, named ``kind`` in messages) within the bounds."""
     bounds = _bounds(low, high, low_open, high_open)
 
     def check(value):
-        if not is_finite_number(value):
-            return f"must be a finite number {bounds}".rstrip()
+        if not is_kind(value):
+            return f"must be {kind} {bounds}".rstrip()
         return None if _within(value, low, high, low_open, high_open) else f"must be {bounds}"
 
     return check

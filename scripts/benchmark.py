@@ -14,7 +14,8 @@ from pathlib import Path
 from absl import app, flags
 
 from editspecialists.benchmarks.feedback import realsize_feedback_config, tiny_feedback_config
-from editspecialists.benchmarks.report import format_table, run_benchmark
+from editspecialists.benchmarks.report import (format_feedback_table, format_table, run_benchmark,
+                                               run_feedback_benchmark)
 from editspecialists.benchmarks.settings import BenchSettings
 from editspecialists.benchmarks.sizes import SIZES
 from editspecialists.command_line import define_config_flag
@@ -39,6 +40,8 @@ flags.DEFINE_string("cache", "", "Cache folder for the built models (default: ed
 flags.DEFINE_enum("feedback", "tiny", ["tiny", "realsize", "config", "none"],
                   "Feedback models: tiny random ones (plumbing only), real-size ones with random weights "
                   "(built once, 3.3 GB), the ids of --config, or none.")
+flags.DEFINE_bool("only_feedback", False, "Measure the feedback models alone, on random edits (no sampling, "
+                  "no training): for real-size feedback models on a CPU.")
 define_config_flag(str(Path(__file__).resolve().parents[1] / "config" / "base.py"),
                    "Configuration naming the feedback models and reward settings.")
 
@@ -61,8 +64,12 @@ def main(_):
         return FLAGS.config
 
     command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])
-    report = run_benchmark(settings, feedback_config, command=command)
-    print(format_table(report))
+    if FLAGS.only_feedback:
+        report = run_feedback_benchmark(settings, feedback_config, command=command)
+        print(format_feedback_table(report))
+    else:
+        report = run_benchmark(settings, feedback_config, command=command)
+        print(format_table(report))
     if FLAGS.out:
         Path(FLAGS.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"report written to {FLAGS.out}")

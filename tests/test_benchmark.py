@@ -8,7 +8,8 @@ import torch
 from editspecialists.benchmarks.feedback import measure_feedback, tiny_feedback_config
 from editspecialists.benchmarks.models import load_models
 from editspecialists.benchmarks.naive_sampler import naive_sample_edits
-from editspecialists.benchmarks.report import format_table, run_benchmark
+from editspecialists.benchmarks.report import (format_feedback_table, format_table, run_benchmark,
+                                               run_feedback_benchmark)
 from editspecialists.benchmarks.settings import BenchSettings
 from editspecialists.diffusion.sampler import transition_log_probs
 from tests.helpers import load_config
@@ -65,6 +66,17 @@ def test_naive_baseline_samples_the_same_distribution(tiny_root):
         torch.testing.assert_close(recomputed, trajectories.log_probs[:, :, step], atol=1e-5, rtol=0)
 
 
+def test_the_feedback_alone_is_measured_on_random_edits(tiny_root):
+    settings = BenchSettings(cache=str(tiny_root), **MINIMAL)
+    report = run_feedback_benchmark(settings, lambda: tiny_feedback_config(load_config("base"), tiny_root))
+    feedback = report["feedback"]
+    assert set(feedback["models"]) == {"structural", "semantic", "masks"} and feedback["skipped"] == ""
+    assert report["feedback_speedup_constants"] == feedback["constants_speedup"] > 0
+    assert feedback["overlap_speedup"] is None, "nothing is sampled"
+    table = format_feedback_table(report)
+    assert "feedback with per-image constants, speed-up" in table and "overlapped" not in table
+
+
 def test_feedback_failure_is_reported_not_raised(tiny_root):
     settings = BenchSettings(cache=str(tiny_root), **MINIMAL).resolved()
     models = load_models(settings)
@@ -74,5 +86,5 @@ def test_feedback_failure_is_reported_not_raised(tiny_root):
 
     edits = torch.rand(1, 2, 3, settings.resolution, settings.resolution)
     result = measure_feedback(missing_models, models, settings, edits)
-    assert result == {"models": {}, "constants_speedup": None, "overlap_speedup": None,
+    assert result == {"models": {}, "resident_mb": None, "constants_speedup": None, "overlap_speedup": None,
                       "skipped": "feedback failed: OSError: no such model folder"}

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskGeneration, AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Processor
 
+from editspecialists.rewards import masks as masks_module
 from editspecialists.rewards.masks import (MaskPredictor, detector_prompt, pad_boxes, per_image_names,
                                           whole_frame_masks, whole_image_box_where_none)
 from editspecialists.demo.cache import cached_build
@@ -120,7 +121,9 @@ def test_ones_fallback_gives_all_ones_without_sam(model_ids, images, split_thres
         predictor(images, NAME, fallback="zeros")
 
 
-def test_masks_are_the_union_over_every_box(model_ids, images):
+@pytest.mark.parametrize("boxes_per_call", [16, 3])  # the tiny detector's 10 boxes in one call, or in 4
+def test_masks_are_the_union_over_every_box(model_ids, images, monkeypatch, boxes_per_call):
+    monkeypatch.setattr(masks_module, "BOXES_PER_CALL", boxes_per_call)
     predictor = MaskPredictor.from_pretrained(*model_ids, device="cpu", box_threshold=0.0)
     result = predictor(images, NAME)
     masks = result.masks

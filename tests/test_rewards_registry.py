@@ -338,7 +338,9 @@ class CallRecorder:
                 def hook(module, args, kwargs, role=role):
                     self.record(role, kwargs["pixel_values"] if "pixel_values" in kwargs else args[0])
 
-                self.handles.append(model.register_forward_pre_hook(hook, with_kwargs=True))
+                # SAM2 encodes the images once (its vision encoder), then decodes the boxes in chunks
+                encoder = model.vision_encoder if role == "segmenter" else model
+                self.handles.append(encoder.register_forward_pre_hook(hook, with_kwargs=True))
 
     def detach(self):
         for handle in self.handles:

@@ -15,32 +15,42 @@ from editspecialists.diffusion.sampler import sample_edits
 
 
 def measure_feedback(make_config: Callable[[], object], models: BenchModels, settings: BenchSettings,
-                     edits: torch.Tensor) -> dict:
+                     edits: torch.Tensor, overlap: bool = True) -> dict:
     """Edits scored per second by each score of the config's ``reward.weights`` (masks computed
     beforehand and timed separately as ``masks``: input and style images segmented per second).
 
-    Also the speed-up of overlapping the feedback with sampling (:func:`measure_feedback_overlap`).
+    Also the speed-up of overlapping the feedback with sampling (:func:`measure_feedback_overlap`;
+    with ``overlap`` only, as it samples with the policy).
     And the speed-up of the per-image constants (:func:`measure_constants_speedup`).
     ``make_config()`` returns the config naming the feedback models. Returns
-    ``{"models": {name: {"seconds", "images_per_s"}}, "constants_speedup": x, "overlap_speedup": y,
-    "skipped": ""}``; when the rewards package is missing or the feedback fails (a missing
+    ``{"models": {name: {"seconds", "images_per_s"}}, "resident_mb": GPU memory the loaded feedback
+    models hold (what ``reward.offload`` frees while sampling and training; None on a CPU),
+    "constants_speedup": x, "overlap_speedup": y, "skipped": ""}``; when the rewards package is missing or the feedback fails (a missing
     dependency or model, say), ``models`` is empty, the speed-ups None and ``skipped`` says why,
     so that the other figures of a long run are still reported.
     """
     try:
         from editspecialists.rewards import build_scorer
     except ImportError as error:
-        return {"models": {}, "constants_speedup": None, "overlap_speedup": None,
+        return {"models": {}, "resident_mb": None, "constants_speedup": None, "overlap_speedup": None,
                 "skipped": f"rewards package not available ({error})"}
     try:
         config = make_config()
+        before = allocated_mb(models.device)
         scorer = build_scorer(config, models.device)
-        return {"models": _time_feedback(scorer, models, settings, edits),
+        resident = allocated_mb(models.device) - before if models.device.type == "cuda" else None
+        return {"models": _time_feedback(scorer, models, settings, edits), "resident_mb": resident,
                 "constants_speedup": measure_constants_speedup(config, models, settings, edits),
-                "overlap_speedup": measure_feedback_overlap(scorer, models, settings), "skipped": ""}
+                "overlap_speedup": measure_feedback_overlap(scorer, models, settings) if overlap else None,
+                "skipped": ""}
     except Exception as error:  # noqa: BLE001 - reported in the table and the JSON
-        return {"models": {}, "constants_speedup": None, "overlap_speedup": None,
+        return {"models": {}, "resident_mb": None, "constants_speedup": None, "overlap_speedup": None,
                 "skipped": f"feedback failed: {type(error).__name__}: {error}"}
+
+
+def allocated_mb(device: torch.device) -> float:
+    """CUDA memory allocated on ``device`` now (MB); 0 on a CPU."""
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
 def measure_constants_speedup(config, models: BenchModels, settings: BenchSettings, edits: torch.Tensor) -> float:

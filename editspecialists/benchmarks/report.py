@@ -35,8 +35,9 @@ def run_benchmark(settings: BenchSettings, feedback_config: Callable[[], object]
     if settings.feedback and feedback_config is not None:
         feedback = measure_feedback(feedback_config, models, settings, trajectories.images)
     else:
-        feedback = {"models": {}, "constants_speedup": None, "overlap_speedup": None, "skipped": "not requested"}
-    memory = memory_figures(models, sampling, training)
+        feedback = {"models": {}, "resident_mb": None, "constants_speedup": None, "overlap_speedup": None,
+                    "skipped": "not requested"}
+    memory = memory_figures(models, sampling, training, feedback["resident_mb"])
     return {
         "sampler_speedup_vs_naive": sampling["speedup_vs_naive"],
         "sampling_efficiency": sampling["efficiency"],
@@ -55,9 +56,63 @@ def run_benchmark(settings: BenchSettings, feedback_config: Callable[[], object]
     }
 
 
-def memory_figures(models: BenchModels, sampling: dict, training: dict) -> dict:
-    """Peak memory of the sampling and training phases (MB) and the parameter sizes (MB)."""
+def run_feedback_benchmark(settings: BenchSettings, feedback_config: Callable[[], object], command: str = "") -> dict:
+    """The feedback measurement alone (``--only_feedback``): random edits ``(batch, nb_gen, 3, R, R)``
+    of the random inputs, scored by the feedback models of ``feedback_config()`` (no sampling, no
+    training, no overlap): throughput per model and the per-image constants' speed-up, for
+    feedback models too slow on a CPU for a whole benchmark (``--feedback=realsize``)."""
+    settings = settings.resolved()
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    models = load_models(settings)
+    edits = torch.rand(settings.batch, settings.nb_gen, 3, settings.resolution, settings.resolution,
+                       generator=torch.Generator().manual_seed(settings.seed)).to(models.device)
+    feedback = measure_feedback(feedback_config, models, settings, edits, overlap=False)
     return {
+        "feedback_speedup_constants": feedback["constants_speedup"],
+        "feedback": feedback,
+        "settings": asdict(settings),
+        "machine": machine_info(settings),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+    }
+
+
+def format_feedback_table(report: dict) -> str:
+    """A feedback-only report (:func:`run_feedback_benchmark`) as a two-column text table."""
+    settings, machine, feedback = report["settings"], report["machine"], report["feedback"]
+    rows = [("device", f"{machine['device_name']} ({machine['threads']} threads)"),
+            ("edits scored per call", f"batch {settings['batch']} x nb_gen {settings['nb_gen']} at "
+                                      f"{settings['resolution']} px, {settings['repeats']} rounds")]
+    rows += feedback_rows(feedback)
+    return aligned(rows)
+
+
+def feedback_rows(feedback: dict) -> list[tuple[str, str]]:
+    """The table rows of a feedback measurement."""
+    rows = [(f"feedback {name} images / s", f"{value['images_per_s']:.2f}") for name, value in feedback["models"].items()]
+    if feedback["constants_speedup"] is not None:
+        rows.append(("feedback with per-image constants, speed-up", f"{feedback['constants_speedup']:.2f}x"))
+    if feedback["overlap_speedup"] is not None:
+        rows.append(("feedback overlapped with sampling, speed-up", f"{feedback['overlap_speedup']:.2f}x"))
+    if feedback["skipped"]:
+        rows.append(("feedback", f"skipped: {feedback['skipped']}"))
+    return rows
+
+
+def aligned(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def memory_figures(models: BenchModels, sampling: dict, training: dict, feedback_resident_mb: float | None) -> dict:
+    """Peak memory of the sampling and training phases (MB, measured without feedback models on
+    the device, as with ``reward.offload``), the same with the feedback models resident (their
+    measured size added; CUDA only) and the parameter sizes (MB)."""
+    resident = feedback_resident_mb or 0.0
+    return {
+        "feedback_resident_mb": feedback_resident_mb,
+        "training_peak_mb_feedback_resident": training["peak_memory_mb"] + resident if feedback_resident_mb else None,
         "kind": "cuda_max_allocated" if models.device.type == "cuda" else "cpu_peak_rss",
         "sampling_peak_mb": sampling["peak_memory_mb"],
         "training_peak_mb": training["peak_memory_mb"],
@@ -119,15 +174,11 @@ def format_table(report: dict) -> str:
          f"{1e3 * training['reference_forward_seconds']:.2f}"),
         ("training efficiency", f"{report['training_efficiency']:.3f}"),
     ]
-    feedback = report["feedback"]
-    rows += [(f"feedback {name} images / s", f"{value['images_per_s']:.2f}")
-             for name, value in feedback["models"].items()]
-    if feedback["constants_speedup"] is not None:
-        rows.append(("feedback with per-image constants, speed-up", f"{feedback['constants_speedup']:.2f}x"))
-    if feedback["overlap_speedup"] is not None:
-        rows.append(("feedback overlapped with sampling, speed-up", f"{feedback['overlap_speedup']:.2f}x"))
-    if feedback["skipped"]:
-        rows.append(("feedback", f"skipped: {feedback['skipped']}"))
+    rows += feedback_rows(report["feedback"])
+    if memory["feedback_resident_mb"]:
+        rows.append(("feedback models resident MB; training peak with them / offloaded",
+                     f"{memory['feedback_resident_mb']:.0f}; {memory['training_peak_mb_feedback_resident']:.0f} / "
+                     f"{memory['training_peak_mb']:.0f}"))
     rows += [
         (f"peak memory MB ({memory['kind']})",
          f"{memory['peak_mb']:.0f} (sampling {memory['sampling_peak_mb']:.0f}, "
@@ -136,5 +187,4 @@ def format_table(report: dict) -> str:
          f"{memory['unet_parameters_mb']:.0f} / {memory['policy_parameters_mb']:.0f} / "
          f"{memory['vae_text_encoder_parameters_mb']:.0f}"),
     ]
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+    return aligned(rows)

@@ -54,6 +54,7 @@ def whole_image_box_where_none(boxes: list[torch.Tensor], height: int, width: in
 
 
 MASK_FALLBACKS = ("whole_box", "ones")
+BOXES_PER_CALL = 16  # boxes per image that SAM2 decodes at once (MaskPredictor.segment)
 MASK_KEYS = ("models.detector", "models.segmenter")  # config keys of the detector and segmenter
 
 
@@ -141,13 +142,23 @@ class MaskPredictor:
                 [r["scores"].float().cpu() for r in results])
 
     def segment(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Union over each image's boxes of SAM2's single-mask output, ``(B, H, W)`` bool, one call."""
+        """Union over each image's boxes of SAM2's single-mask output, ``(B, H, W)`` bool.
+
+        The images are encoded once; the boxes are decoded :data:`BOXES_PER_CALL` per image at a
+        time, so that memory stays bounded however many boxes the detector finds (each mask is
+        upsampled to SAM2's 1024 px frame before it is cut to the image).
+        """
         inputs = self.segmenter_processor(images=list(images.float().cpu()), input_boxes=pad_boxes(boxes),
                                           do_rescale=False, return_tensors="pt")
-        outputs = self.segmenter(pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
-                                 input_boxes=inputs["input_boxes"].to(self.device), multimask_output=False)
-        masks = self.segmenter_processor.post_process_masks(outputs.pred_masks.float().cpu(), inputs["original_sizes"])
-        return torch.stack([image_masks.flatten(0, 1).any(dim=0) for image_masks in masks])
+        embeddings = self.segmenter.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+        union = torch.zeros(len(images), *images.shape[-2:], dtype=torch.bool)
+        for chunk in inputs["input_boxes"].split(BOXES_PER_CALL, dim=1):
+            outputs = self.segmenter(image_embeddings=embeddings, input_boxes=chunk.to(self.device),
+                                     multimask_output=False)
+            masks = self.segmenter_processor.post_process_masks(outputs.pred_masks.float().cpu(),
+                                                                inputs["original_sizes"])
+            union |= torch.stack([image_masks.flatten(0, 1).any(dim=0) for image_masks in masks])
+        return union
 
     def on_device(self, inputs) -> dict[str, torch.Tensor]:
         """Processor outputs on the model's device; floating tensors in the model's dtype."""
