@@ -1,6 +1,7 @@
 """Config keys checked before anything loads: each wrong value named with its allowed range."""
 
 import math
+from pathlib import Path
 
 import ml_collections
 import pytest
@@ -13,6 +14,7 @@ from tests.helpers import load_config
 from editspecialists.training.config_rules import TRAINING_RULES, validate_training_config
 from tests.test_demo_runs import launch
 
+REPO = Path(__file__).resolve().parents[1]
 # Keys holding model ids: editspecialists.model_ids checks them.
 MODEL_ID_KEYS = {"pretrained.model"}
 
@@ -274,13 +276,30 @@ def test_train_refuses_save_freq_zero_before_anything_loads(scripts_dir):
     assert_refused_before_anything_is_written(result, "save_freq must be >= 1, got 0", scripts_dir)
 
 
+BRIGHTNESS_CONFIG = """import importlib.util
+
+
+def get_config():
+    spec = importlib.util.spec_from_file_location("base", "{base}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.reward.weights = {{"brightness": 1.0}}
+    return config
+"""
+
+
 def test_train_offline_names_a_missing_model_folder(scripts_dir, tmp_path_factory):
     from editspecialists.demo.images import write_demo_images
 
     inputs, styles = write_demo_images(tmp_path_factory.mktemp("images"), size=32)
-    result = launch(f"HF_HUB_OFFLINE=1 python scripts/train.py --config.pretrained.model=/nonexistent "
-                    f"--config.inputimg_dir={inputs} --config.styleimg_dir={styles} "
-                    "--config.reward.weights=\"{'brightness': 1.0}\"", scripts_dir)
+    # brightness only, so that no feedback model id is checked (a config file: ml_collections 1.0
+    # cannot override a dict on the command line)
+    brightness = tmp_path_factory.mktemp("config") / "brightness.py"
+    brightness.write_text(BRIGHTNESS_CONFIG.format(base=REPO / "config" / "base.py"))
+    result = launch(f"HF_HUB_OFFLINE=1 python scripts/train.py --config={brightness} "
+                    f"--config.pretrained.model=/nonexistent --config.inputimg_dir={inputs} "
+                    f"--config.styleimg_dir={styles}", scripts_dir)
     assert_refused_before_anything_is_written(result, "role pretrained.model: folder /nonexistent does not exist",
                                               scripts_dir)
 
