@@ -23,6 +23,7 @@ from typing import Callable
 from editspecialists.data.dataset import GENERATION_PROMPTS
 from editspecialists.diffusion.pipeline import SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
+from editspecialists.config_keys import value_at
 from editspecialists.model_ids import validate_model_ids
 
 MAX_SEED = 2**32 - 1  # numpy's global seed (set by accelerate's set_seed) takes no more
@@ -121,7 +122,7 @@ def name(value):
 
 # ------------------------------------------------------------------------------ the tables
 def _uses_lora(config) -> bool:
-    return value_of(config, "use_lora") is True
+    return value_at(config, "use_lora") is True
 
 
 SEED = integer(0, MAX_SEED)
@@ -161,23 +162,13 @@ POLICY_RULES = (
 )
 
 # ------------------------------------------------------------------------------ checking
-def value_of(config, key: str, default=_MISSING):
-    """The value of dotted ``key`` in ``config``; ``default`` when a part is missing."""
-    value = config
-    for part in key.split("."):
-        if not hasattr(value, "keys") or part not in value:
-            return default
-        value = value[part]
-    return value
-
-
 def problems(config, rules) -> list[str]:
     """One line per key of ``rules`` that ``config`` gets wrong (the first failed rule of each)."""
     found = {}
     for rule in rules:
         if rule.key in found or not rule.applies(config):
             continue
-        value = value_of(config, rule.key)
+        value = value_at(config, rule.key, _MISSING)
         if value is _MISSING:
             found[rule.key] = f"{rule.key} is missing from the config"
             continue

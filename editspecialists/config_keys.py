@@ -12,6 +12,22 @@ from typing import Collection
 from ml_collections import ConfigDict
 
 
+_REQUIRED = object()
+
+
+def value_at(config, key: str, default=_REQUIRED):
+    """The value of dotted ``key`` (``models.depth``) in a config or nested mapping; ``default`` where
+    a part is missing (without a default, a ``KeyError`` naming the key)."""
+    value = config
+    for part in key.split("."):
+        if not hasattr(value, "keys") or part not in value:
+            if default is _REQUIRED:
+                raise KeyError(f"no config key {key!r}")
+            return default
+        value = value[part]
+    return value
+
+
 def flat_items(config, whole_dicts: Collection[str] = (), prefix: str = "") -> list[tuple[str, object]]:
     """(dotted key, value) of every setting of a ConfigDict, in its key order; each group named in
     ``whole_dicts`` (dotted keys) is one item whose value is a plain dict."""

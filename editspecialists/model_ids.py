@@ -22,6 +22,8 @@ import contextlib
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from editspecialists.config_keys import value_at
+
 # What a role's value may be.
 HUB = "hub"  # a hub repo id or a local model folder
 DREAMSIM = "dreamsim"  # a DreamSim variant name (dinov2_vitb14) or a DreamSim cache folder
@@ -45,17 +47,9 @@ class ModelIdError(ValueError):
 
 
 # ------------------------------------------------------------------------------ ids of config keys
-def config_value(config, key: str) -> str:
-    """The value of a dotted config key (``models.depth``)."""
-    value = config
-    for part in key.split("."):
-        value = value[part]
-    return value
-
-
 def model_ids_of(config, keys: Iterable[str]) -> dict[str, str]:
     """``{role: id}`` for the dotted config keys ``keys`` (in order, without repeats)."""
-    return {key: config_value(config, key) for key in dict.fromkeys(keys)}
+    return {key: value_at(config, key) for key in dict.fromkeys(keys)}
 
 
 # ------------------------------------------------------------------------------ checks without loading

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from editspecialists.config_keys import value_at
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import image_to_tensor, read_rgb, resize_cover, resize_to, tensor_to_image, to_rgb
 from editspecialists.diffusion.guidance import (BranchInputs, EditConditioning, GuidanceScales, branch_epsilon,
@@ -340,11 +341,7 @@ def checkpoint_info(checkpoint: Path, trained, scheduler: str) -> dict:
 
 def config_value(config, dotted_key: str):
     """A config value by dotted key as plain JSON (None when the run's config lacks it)."""
-    value = config
-    for part in dotted_key.split("."):
-        if part not in value:
-            return None
-        value = value[part]
+    value = value_at(config, dotted_key, None)
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 

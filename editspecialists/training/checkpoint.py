@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from editspecialists.config_keys import flat_items
+from editspecialists.config_keys import flat_items, value_at
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ WEIGHTS = "weights.safetensors"
 TRAINER_STATE = "trainer.json"
 ACCELERATE_STATE = "state"
 HASHES = "hashes.json"
+RUN_CONFIG = "config.json"  # the run's resolved config, in the run folder
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
 # Settings that change the set or shape of the saved weights.
@@ -53,6 +54,11 @@ def architecture_of(config) -> dict[str, str]:
 
 def checkpoint_name(epoch: int) -> str:
     return f"checkpoint_{epoch:04d}"
+
+
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """The run folder that holds ``checkpoint`` (``<run>/checkpoints/checkpoint_N``)."""
+    return Path(checkpoint).parent.parent
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -204,7 +210,7 @@ def saved_run_config(checkpoint: Path):
     keys: a key the run predates reads as :data:`VALUES_BEFORE_KEYS_EXISTED` says."""
     import ml_collections
 
-    path = Path(checkpoint).parent.parent / "config.json"
+    path = run_folder_of(checkpoint) / RUN_CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: cannot tell how {checkpoint} was trained")
     try:
@@ -235,13 +241,8 @@ MODEL_KEYS = ("pretrained.model", "pretrained.revision") + ARCHITECTURE_KEYS
 
 def check_same_model(config, saved, checkpoint: Path) -> None:
     """Refuse to resume ``checkpoint`` on another base model or architecture than it was trained on."""
-    def value(cfg, key):
-        for part in key.split("."):
-            cfg = cfg[part]
-        return cfg
-
-    differing = [f"{key}: run {value(saved, key)!r} vs now {value(config, key)!r}"
-                 for key in MODEL_KEYS if value(saved, key) != value(config, key)]
+    differing = [f"{key}: run {value_at(saved, key)!r} vs now {value_at(config, key)!r}"
+                 for key in MODEL_KEYS if value_at(saved, key) != value_at(config, key)]
     if differing:
         raise ValueError(f"cannot resume {checkpoint} with another model ({'; '.join(differing)}); "
                          f"set these keys as in the run's config.json")
@@ -390,7 +391,7 @@ def save_failure(folder: Path, reason: str, needed: int | None) -> CheckpointSav
     size = f"a checkpoint takes {_megabytes(needed)}" if needed else "this is the run's first checkpoint"
     return CheckpointSaveError(
         f"could not save checkpoint {folder}: {reason}. {size}; {_megabytes(free)} free on its disk. "
-        f"Earlier checkpoints are intact: free some space and resume with --config.load_checkpoint={folder.parent.parent}"
+        f"Earlier checkpoints are intact: free some space and resume with --config.load_checkpoint={run_folder_of(folder)}"
     )
 
 

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from editspecialists.config_checks import (POLICY_RULES, SHARED_RULES, THRESHOLD, Rule, boolean, check_rules,
-                                           integer, is_finite_number, number, one_of, text, value_of)
+                                           integer, is_finite_number, number, one_of, text)
+from editspecialists.config_keys import value_at
 from editspecialists.precision import DTYPES, MIXED_PRECISION
 from editspecialists.rewards.depth import ALIGNMENTS
 from editspecialists.rewards.masks import MASK_FALLBACKS
@@ -27,7 +28,7 @@ def score_weights(weights):
 
 
 def _uses_ddim(config) -> bool:
-    return value_of(config, "pretrained.scheduler") == "ddim"
+    return value_at(config, "pretrained.scheduler") == "ddim"
 
 
 TRAINING_RULES = SHARED_RULES + POLICY_RULES + (

@@ -24,13 +24,7 @@ from pathlib import Path
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.tracking import METRICS_FILE
 
-CONFIG = "config.json"
 RESUMES = "resumes.jsonl"
-
-
-def run_folder_of(checkpoint: Path) -> Path:
-    """The run folder that holds ``checkpoint`` (``<run>/checkpoints/checkpoint_N``)."""
-    return Path(checkpoint).parent.parent
 
 
 def choose_run_dir(config, checkpoint: Path | None) -> Path:
@@ -38,12 +32,12 @@ def choose_run_dir(config, checkpoint: Path | None) -> Path:
     there would mix two runs or replace newer checkpoints."""
     named = Path(config.logdir) / config.run_name if config.run_name else None
     if checkpoint is not None:
-        parent = run_folder_of(checkpoint)
+        parent = ckpt.run_folder_of(checkpoint)
         if named is None or named.resolve() == parent.resolve():
             refuse_newer_checkpoints(parent, checkpoint)
             return parent
     run_dir = named or unused_timestamp_folder(Path(config.logdir))
-    if (run_dir / CONFIG).is_file():
+    if (run_dir / ckpt.RUN_CONFIG).is_file():
         raise ValueError(f"{run_dir} already holds a run: resume it with --config.load_checkpoint={run_dir}, "
                          f"or choose another run_name")
     return run_dir
@@ -73,11 +67,11 @@ def start_run_folder(run_dir: Path, config_json: str, checkpoint: Path | None, f
     """Write the run's config and, for a resumed run, its resume record and metrics (main process)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
-        (run_dir / CONFIG).write_text(config_json)
+        (run_dir / ckpt.RUN_CONFIG).write_text(config_json)
         return
-    parent = run_folder_of(checkpoint)
+    parent = ckpt.run_folder_of(checkpoint)
     continuing = run_dir.resolve() == parent.resolve()
-    config_file = f"config_resume_{first_epoch:04d}.json" if continuing else CONFIG
+    config_file = f"config_resume_{first_epoch:04d}.json" if continuing else ckpt.RUN_CONFIG
     (run_dir / config_file).write_text(config_json)
     keep_metrics_before(parent / METRICS_FILE, run_dir / METRICS_FILE, first_epoch)
     with open(run_dir / RESUMES, "a") as handle:
