@@ -10,7 +10,8 @@ Each batch is edited by :meth:`EditSpecialistPipeline.edit_tensors
 generate.py's pixels for the same image, prompt and seed (at batch size 1).
 
 Every image has its own seed, which draws its style image, (``sample.generation_prompt``
-"per_image") its prompt template, and its noise: with the same seed and the same batches an edit
+"per_image") its prompt template, and its noise (:mod:`editspecialists.data.edit_plan`, shared
+with training's held-out validation): with the same seed and the same batches an edit
 is reproduced exactly (on one machine and thread count). Other batches (another
 ``sample.batch_size``, a rerun that redoes only some edits) can move a few pixels by 1/255, because
 batched convolutions round differently (measured on the demo, batch size 1 against 4 on a CPU: 2-3
@@ -25,15 +26,14 @@ with one line naming it. Edits of another model in the folder are refused unless
 from __future__ import annotations
 
 import logging
-import zlib
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from editspecialists.config_checks import validate_generation_config
-from editspecialists.data.dataset import GENERATION_PROMPTS, PROMPT_TEMPLATES
+from editspecialists.data.edit_plan import edit_name, plan_edits
 from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
 from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
@@ -47,18 +47,8 @@ logger = logging.getLogger(__name__)
 MODEL_IDENTITY = ("base", "revision", "weights_sha256")
 
 
-def edit_name(input_file: str) -> str:
-    """``edit_<input stem>.png``: edits are written losslessly whatever the input's format."""
-    return f"{EDIT_PREFIX}{Path(input_file).stem}.png"
-
-
 def output_folder(config) -> Path:
     return Path(config.sample.sample_savedir) / f"{config.input_name}_{config.style_name}"
-
-
-def image_seed(seed: int, input_file: str) -> int:
-    """A per-image seed from the run seed and the file name (stable across folders/batches)."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(input_file.encode())]).generate_state(1)[0])
 
 
 def model_config(config):
@@ -116,21 +106,16 @@ def load_editor(config, device) -> EditSpecialistPipeline:
     return editor.to(device)
 
 
-def planned_edits(config) -> list[dict]:
-    """Manifest entries (without the model) of the edits of every readable input image."""
-    inputs = readable_images(config.inputimg_dir, "input image")
+def planned_edits(config, input_files: Sequence[str] | None = None, seeds_per_input: int = 1) -> list[dict]:
+    """Manifest entries (without the model) of the edits of every readable input image, or of
+    ``input_files`` (names in ``config.inputimg_dir``), ``seeds_per_input`` each
+    (:func:`editspecialists.data.edit_plan.plan_edits`)."""
+    wanted = None if input_files is None else set(input_files).__contains__
+    inputs = readable_images(config.inputimg_dir, "input image", wanted)
     check_distinct_edit_names(inputs)
     styles = readable_images(config.styleimg_dir, "style image")
-    entries = []
-    for path in inputs:
-        seed = image_seed(config.seed, path.name)
-        rng = np.random.default_rng(seed)
-        style = styles[rng.integers(len(styles))]
-        template = prompt_template(config.sample.generation_prompt, rng)
-        prompt = PROMPT_TEMPLATES[template].format(input=config.input_name, style=config.style_name)
-        entries.append({"input": path.name, "style": style.name, "template": template, "prompt": prompt,
-                        "seed": seed, "edit": edit_name(path.name)})
-    return entries
+    return plan_edits(config.seed, [path.name for path in inputs], [path.name for path in styles],
+                      config.input_name, config.style_name, config.sample.generation_prompt, seeds_per_input)
 
 
 def edits_to_make(planned: list[dict], folder: Path, manifest: dict[str, dict]) -> list[dict]:
@@ -160,16 +145,6 @@ def undone_reason(path: Path, listed: bool) -> str | None:
     return None
 
 
-def prompt_template(choice: str, rng: np.random.Generator) -> int:
-    """Index into ``PROMPT_TEMPLATES`` of one image's instruction: drawn from the image's ``rng``
-    (``"per_image"``, the original's way) or always 0 (``"first"``)."""
-    if choice == "per_image":
-        return int(rng.integers(len(PROMPT_TEMPLATES)))
-    if choice == "first":
-        return 0
-    raise ValueError(f"sample.generation_prompt must be one of {list(GENERATION_PROMPTS)}, got {choice!r}")
-
-
 def check_distinct_edit_names(inputs: list[Path]) -> None:
     """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png``)."""
     by_edit: dict[str, list[str]] = {}
@@ -181,15 +156,16 @@ def check_distinct_edit_names(inputs: list[Path]) -> None:
                          f"the same edit file: rename one of each")
 
 
-def generate_edits(config) -> Path:
-    """Edit every readable input image of ``config.inputimg_dir``; returns the output folder.
+def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_input: int = 1) -> Path:
+    """Edit every readable input image of ``config.inputimg_dir`` (or those named in
+    ``input_files``), ``seeds_per_input`` times each; returns the output folder.
 
     Edits already done by the same model are kept; ``config.overwrite`` redoes every edit and
     starts a new manifest.
     """
     validate_generation_config(config, model_config(config))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    planned = planned_edits(config)
+    planned = planned_edits(config, input_files, seeds_per_input)
     folder = output_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     remove_temporary_files(folder)
