@@ -67,3 +67,26 @@ def test_a_resume_keeps_the_validations_of_the_epochs_it_does_not_redo(tmp_path)
     assert [epoch_of(json.dumps(row)) for row in read_rows(source)] == [-1, 0, 1, 2]
     keep_rows_before(source, source, first_epoch=2)  # resuming checkpoint_0002: after 2 is its weights'
     assert [row["after_epochs"] for row in read_rows(source)] == [0, 1, 2]
+
+
+def test_curves_are_the_paired_differences_of_each_validation_and_are_drawn(tmp_path):
+    from PIL import Image
+
+    from editspecialists.training.curves import paired_curves, plot_validation
+
+    base = rows(0, [0.50, 0.40, 0.60])
+    later = rows(2, [0.45, 0.42, 0.50])
+    curves = paired_curves(base + later, ["semantic"])
+    assert [point[0] for point in curves["semantic"]] == [0, 2]
+    assert curves["semantic"][0][1:] == (0.0, 0.0)
+    diffs = [-0.05, 0.02, -0.10]
+    mean = sum(diffs) / 3
+    assert curves["semantic"][1][1] == pytest.approx(mean)
+    assert curves["semantic"][1][2] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
+    run = tmp_path / "run"
+    run.mkdir()
+    append_rows(run / "validation.jsonl", base + later)
+    image = Image.open(plot_validation(run))
+    assert image.size[0] > image.size[1] > 100
+    with pytest.raises(ValueError, match="holds no validation row"):
+        plot_validation(tmp_path)
