@@ -18,6 +18,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 # What ml_collections raises when a config file fails to load or an override fails to apply.
 CONFIG_ERRORS = (KeyError, AttributeError, OSError, ValueError)
+VERBOSE_FLAG = "verbose"
+VERBOSE_HELP = ("show every library's log lines and progress bars, with time, level and logger (by default "
+                "the console shows this package's lines and other libraries' warnings only).")
 
 
 def define_config_flag(default: str, help_text: str, name: str = "config"):
@@ -40,17 +43,24 @@ def define_config_flag(default: str, help_text: str, name: str = "config"):
 def run_script(main: Callable, usage: str, config_flag: str | None = "config") -> None:
     """``absl.app.run(main)`` for the scripts, where config and input errors end the program with
     the message alone (``error: ...`` on stderr, exit status 2 for the command line, 1 for input
-    found bad while running) instead of a traceback, and ``--help`` lists the config keys.
+    found bad while running) instead of a traceback, ``--help`` lists the config keys, and the
+    console is set up before ``main`` runs (quiet, or everything with ``--verbose``).
 
     usage: the script's docstring, printed first by ``--help``; config_flag: the script's config
     flag, None for a script without one (its ``--help`` lists its flags).
     """
-    from absl import app
+    from absl import app, flags
+
+    from editspecialists.training.launch import setup_logging
+
+    if VERBOSE_FLAG not in flags.FLAGS:
+        flags.DEFINE_bool(VERBOSE_FLAG, False, VERBOSE_HELP)
 
     def parse(argv: list[str]) -> list[str]:
         return parse_command_line(argv, usage, config_flag)
 
     def main_reporting_input_errors(argv):
+        setup_logging(verbose=flags.FLAGS[VERBOSE_FLAG].value)
         try:
             return main(argv)
         except (ValueError, OSError) as error:
@@ -68,7 +78,7 @@ def parse_command_line(argv: list[str], usage: str, config_flag: str | None) -> 
 
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         if config_flag is None:
-            print(usage.strip() + "\n\n" + flags.FLAGS.main_module_help())
+            print(usage.strip() + "\n\n" + flags.FLAGS.main_module_help() + "\n\n" + verbose_help())
         else:
             print_help(argv, usage, config_flag, full="--helpfull" in argv)
         sys.exit(0)
@@ -226,4 +236,8 @@ def print_help(argv: list[str], usage: str, config_flag: str, full: bool) -> Non
             line = f"{key} = {value}"
             meaning = meanings.get(key, "")
             print(f"  {line:<{width}}  {meaning}".rstrip() if meaning else f"  {line}")
-    print(flags.FLAGS.get_help() if full else "\n--helpfull also lists absl's own flags.")
+    print(flags.FLAGS.get_help() if full else f"\n{verbose_help()}\n--helpfull also lists absl's own flags.")
+
+
+def verbose_help() -> str:
+    return f"--{VERBOSE_FLAG}: {VERBOSE_HELP}"

@@ -118,9 +118,9 @@ def load_editor(config, device) -> EditSpecialistPipeline:
 
 def planned_edits(config) -> list[dict]:
     """Manifest entries (without the model) of the edits of every readable input image."""
-    inputs = readable_images(config.inputimg_dir, "input image")
+    inputs = readable_images(config.inputimg_dir, "input image", key="inputimg_dir")
     check_distinct_edit_names(inputs)
-    styles = readable_images(config.styleimg_dir, "style image")
+    styles = readable_images(config.styleimg_dir, "style image", key="styleimg_dir")
     entries = []
     for path in inputs:
         seed = image_seed(config.seed, path.name)

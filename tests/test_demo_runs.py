@@ -127,7 +127,7 @@ def test_missing_input_folder_ends_evaluation_with_the_message_alone(scripts_dir
                     scripts_dir)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1
-    assert lines[-1] == "error: input folder no/such/folder does not exist (check the config key)", result.stderr[-3000:]
+    assert lines[-1] == "error: --config.inputimg_dir: input folder no/such/folder does not exist", result.stderr[-3000:]
     assert "Traceback" not in result.stderr
 
 

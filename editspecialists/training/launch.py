@@ -4,12 +4,63 @@ logging, the process state, demo assets."""
 from __future__ import annotations
 
 import logging
+import sys
 
 
-def setup_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("httpx", "urllib3", "PIL", "accelerate"):  # accelerate: INFO lines at every checkpoint
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+# Loggers of other libraries that log at INFO through the root logger or their own handlers.
+LIBRARY_LOGGERS = ("accelerate", "diffusers", "transformers", "huggingface_hub", "httpx", "urllib3", "PIL",
+                   "absl", "torch")
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Our console lines: an INFO message as it is, a warning or error after its level in lower case
+    (``warning: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The scripts' console (stderr): this package's INFO lines and every library's warnings.
+
+    Quiet (the default): other libraries log warnings only and draw no progress bars of their own
+    (model loading, shard writing; downloads keep theirs); lines are plain text. ``verbose``
+    (``--verbose``): every library's INFO lines and progress bars, each line with time, level and
+    logger. Replaces any handler of the root logger (absl's), so each line is printed once.
+    """
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s") if verbose
+                         else ConsoleFormatter("%(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("editspecialists").setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+    for library in (transformers, diffusers):
+        library.utils.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+        if verbose:
+            library.utils.logging.enable_progress_bar()
+        else:
+            library.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()  # downloads show theirs (transformers' switch turns them off)
+
+
+def console_line(text: str) -> None:
+    """Print ``text`` as a line of its own above the progress bars, on stderr like them:
+    ``accelerate launch`` relays a process's stderr through a pipe, so a line printed on stdout
+    would reach the terminal ahead of a bar's redraw and be glued to it."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 def process_state():
@@ -29,9 +80,11 @@ def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False
     see :func:`editspecialists.demo.assets.ensure_demo_assets` for the flags."""
     if config.get("demo_root"):
         from editspecialists.demo.assets import ensure_demo_assets
+        from editspecialists.rewards.registry import feedback_model_keys
 
         state = process_state()
-        silence_random_weight_warnings(explain=state.is_main_process)
+        loads_standins = evaluation or ("reward" in config and bool(feedback_model_keys(config)))
+        silence_random_weight_warnings(explain=state.is_main_process and loads_standins)
         with state.main_process_first():
             ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
 

@@ -96,3 +96,11 @@ def epoch_of(line: str) -> float:
         return json.loads(line).get("epoch", 0)
     except json.JSONDecodeError:
         return float("inf")
+
+
+def describe_run_folder(run_dir: Path) -> str:
+    """The last console line of a training run: its folder and what it holds (metrics, one image
+    grid per epoch, the newest checkpoint)."""
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    newest = f"{ckpt.CHECKPOINTS}/{checkpoints[-1].name}" if checkpoints else "no checkpoint"
+    return f"run folder {run_dir}: {METRICS_FILE}, images/, {newest}"
