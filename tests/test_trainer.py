@@ -46,7 +46,7 @@ def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path,
     full_run = Trainer(config).run()
 
     records = read_metrics(full_run)
-    summaries = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    summaries = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     assert [line.split(" |")[0] for line in summaries] == ["epoch 0 (1/2)", "epoch 1 (2/2)"]
     for epoch, line in enumerate(summaries):
         assert f"brightness {records_of(records, epoch)['brightness_mean']:.4g} ± " in line

@@ -7,9 +7,8 @@ import logging
 import sys
 
 
-# Loggers of other libraries that log at INFO through the root logger or their own handlers.
-LIBRARY_LOGGERS = ("accelerate", "diffusers", "transformers", "huggingface_hub", "httpx", "urllib3", "PIL",
-                   "absl", "torch")
+# Loggers whose INFO lines say nothing a person acts on (requests, image plugins, compiler statistics).
+CHATTY_LOGGERS = ("httpx", "urllib3", "PIL", "torch")
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -24,10 +23,11 @@ class ConsoleFormatter(logging.Formatter):
 def setup_logging(verbose: bool = False) -> None:
     """The scripts' console (stderr): this package's INFO lines and every library's warnings.
 
-    Quiet (the default): other libraries log warnings only and draw no progress bars of their own
-    (model loading, shard writing; downloads keep theirs); lines are plain text. ``verbose``
-    (``--verbose``): every library's INFO lines and progress bars, each line with time, level and
-    logger. Replaces any handler of the root logger (absl's), so each line is printed once.
+    Quiet (the default): other libraries' INFO lines (accelerate's at every checkpoint, open_clip's
+    at every load) and their loading and shard-writing progress bars are off (downloads keep
+    theirs); lines are plain text. ``verbose`` (``--verbose``): other libraries' INFO lines and
+    progress bars too, each line with time, level and logger. Replaces any handler of the root
+    logger (absl's), so that each line is printed once.
     """
     import diffusers
     import huggingface_hub
@@ -42,11 +42,10 @@ def setup_logging(verbose: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("editspecialists").setLevel(logging.INFO)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
-    for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     for library in (transformers, diffusers):
-        library.utils.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
         if verbose:
             library.utils.logging.enable_progress_bar()
         else:
@@ -75,15 +74,17 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
+def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False, feedback: bool = True) -> None:
     """Build the demo's images and tiny models when the config asks for them (demo presets);
-    see :func:`editspecialists.demo.assets.ensure_demo_assets` for the flags."""
+    see :func:`editspecialists.demo.assets.ensure_demo_assets` for ``policy`` and ``evaluation``.
+    ``feedback``: whether the script scores with the config's feedback models (the notice that
+    the demo's models have random weights is given where stand-ins are used)."""
     if config.get("demo_root"):
         from editspecialists.demo.assets import ensure_demo_assets
         from editspecialists.rewards.registry import feedback_model_keys
 
         state = process_state()
-        loads_standins = evaluation or ("reward" in config and bool(feedback_model_keys(config)))
+        loads_standins = evaluation or (feedback and "reward" in config and bool(feedback_model_keys(config)))
         silence_random_weight_warnings(explain=state.is_main_process and loads_standins)
         with state.main_process_first():
             ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
