@@ -2,6 +2,7 @@
 are listed as dotted keys."""
 
 import logging
+import warnings
 
 import ml_collections
 import pytest
@@ -41,6 +42,7 @@ def logging_state():
     import transformers
 
     root = logging.getLogger()
+    showwarning = warnings.showwarning
     names = ("editspecialists", *CHATTY_LOGGERS)
     saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in names},
              transformers.utils.logging.is_progress_bar_enabled(), diffusers.utils.logging.is_progress_bar_enabled())
@@ -50,6 +52,7 @@ def logging_state():
     for name, name_level in levels.items():
         logging.getLogger(name).setLevel(name_level)
     logging.captureWarnings(False)
+    warnings.showwarning = showwarning
     for library, enabled in ((transformers, transformers_bars), (diffusers, diffusers_bars)):
         (library.utils.logging.enable_progress_bar if enabled else library.utils.logging.disable_progress_bar)()
 
@@ -68,6 +71,9 @@ def test_console_is_quiet_by_default_and_verbose_brings_the_rest_back(logging_st
 
     setup_logging(verbose=False)
     assert log_lines() == ["epoch 0 done", "warning: something to act on"]
+    for lineno in (12, 80):  # pytest records warnings.warn; the console's hook is called as Python would
+        warnings.showwarning(FutureWarning("`x` is deprecated;\n use y"), FutureWarning, "/lib/site/x.py", lineno)
+    assert capsys.readouterr().err.splitlines() == ["warning: `x` is deprecated; use y (FutureWarning from x.py:12)"]
     assert not transformers.utils.logging.is_progress_bar_enabled()
     assert not diffusers.utils.logging.is_progress_bar_enabled()
     assert not huggingface_hub.utils.are_progress_bars_disabled(), "downloads keep their bars"

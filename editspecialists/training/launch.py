@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from pathlib import Path
 
 
 # Loggers whose INFO lines say nothing a person acts on (requests, image plugins, compiler statistics).
@@ -20,14 +22,28 @@ class ConsoleFormatter(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
 
+_warnings_shown: set[str] = set()
+
+
+def show_warning_once(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one console line, the first time its text comes up (another library's
+    warning repeats at every model load): ``warning: <text> (<category> from <file>:<line>)``."""
+    text = " ".join(str(message).split())
+    if text not in _warnings_shown:
+        _warnings_shown.add(text)
+        logging.getLogger("py.warnings").warning("%s (%s from %s:%d)", text, category.__name__,
+                                                 Path(filename).name, lineno)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """The scripts' console (stderr): this package's INFO lines and every library's warnings.
 
     Quiet (the default): other libraries' INFO lines (accelerate's at every checkpoint, open_clip's
     at every load) and their loading and shard-writing progress bars are off (downloads keep
-    theirs); lines are plain text. ``verbose`` (``--verbose``): other libraries' INFO lines and
-    progress bars too, each line with time, level and logger. Replaces any handler of the root
-    logger (absl's), so that each line is printed once.
+    theirs); lines are plain text; a Python warning is one line, given once
+    (:func:`show_warning_once`). ``verbose`` (``--verbose``): other libraries' INFO lines and
+    progress bars too, each line with time, level and logger, warnings as Python prints them.
+    Replaces any handler of the root logger (absl's), so that each line is printed once.
     """
     import diffusers
     import huggingface_hub
@@ -45,6 +61,8 @@ def setup_logging(verbose: bool = False) -> None:
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    if not verbose:
+        warnings.showwarning = show_warning_once
     for library in (transformers, diffusers):
         if verbose:
             library.utils.logging.enable_progress_bar()
