@@ -45,9 +45,9 @@ class EditDataset:
 
     def __init__(self, input_dir: str | Path, style_dir: str | Path, input_name: str, style_name: str,
                  size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES, exclude: Collection[str] = ()):
-        self.input_files, self.inputs = load_image_folder(input_dir, size, role="input image",
-                                                            select=lambda name: name not in exclude)
-        self.style_files, self.styles = load_image_folder(style_dir, size, role="style image")
+        self.input_files, self.inputs = load_image_folder(input_dir, size, "input image",
+                                                            lambda name: name not in exclude, key="inputimg_dir")
+        self.style_files, self.styles = load_image_folder(style_dir, size, "style image", key="styleimg_dir")
         self.input_name, self.style_name = input_name, style_name
         self.templates = templates
 

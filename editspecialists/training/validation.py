@@ -35,6 +35,7 @@ from editspecialists.data.manifest import write_then_rename
 from editspecialists.paired import PairedDifference, paired_difference, verdict
 from editspecialists.rewards.constants import image_keys
 from editspecialists.training.gather import gather_list
+from editspecialists.training.launch import console_line
 from editspecialists.training.tracking import labelled_grid
 
 VALIDATION_FILE = "validation.jsonl"
@@ -235,14 +236,12 @@ class Validation:
 
     def report(self, after_epochs: int, rows: list[dict], grid_edits: torch.Tensor, edit_fn: EditFn) -> dict:
         """Write the rows, log the summary and the grid, print the console line (main process)."""
-        from tqdm.auto import tqdm
-
         append_rows(self.path, rows)
         if after_epochs == 0:
             self.base_rows = rows
         summary = summarise(rows, self.base_rows, self.directions)
         self.run_logger.log({"after_epochs": after_epochs, **summary})
-        tqdm.write(validation_line(after_epochs, len(rows), summary, self.directions))
+        console_line(validation_line(after_epochs, len(rows), summary, self.directions))
         self.save_grid(after_epochs, rows, grid_edits, edit_fn)
         return summary
 
