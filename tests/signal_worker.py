@@ -8,6 +8,7 @@ Points (the signal is sent once, when the point is first reached):
 - ``step:N:rank:R`` the same, on the process of rank R only (a launch of several processes);
 - ``sampled:E``     the trainer has sampled and scored epoch E;
 - ``saving:NAME``   checkpoint NAME (e.g. ``checkpoint_0002``) is written, not yet hashed nor renamed;
+- ``serialize:N``   safetensors is about to write its N-th file;
 - ``edit:N``        generate.py has written its N-th edit file;
 - ``scored:N``      evaluate.py has made its N-th batch of edits to score.
 
@@ -55,6 +56,11 @@ def arm(signum: int, point: str) -> None:
         from editspecialists.training import checkpoint
 
         patch_before(checkpoint, "record_hashes", lambda folder: folder.name == value + ".tmp", signum)
+    elif kind == "serialize":
+        import safetensors.torch
+
+        counter = iter(range(1, 10**6))
+        patch_before(safetensors.torch, "serialize_file", lambda *args, **kwargs: next(counter) == int(value), signum)
     elif kind == "edit":
         from PIL import Image
 
