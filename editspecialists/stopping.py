@@ -76,7 +76,8 @@ class StopOnSignal:
             import torch
 
             mine = torch.tensor([self.signum or 0], device=accelerator.device)
-            self.signum = self.signum or int(accelerator.gather(mine).max()) or None
+            agreed = int(accelerator.gather(mine).max())  # on every process, whatever its own flag
+            self.signum = self.signum or agreed or None
         return self.signum is not None
 
 

@@ -10,7 +10,8 @@ Points (the signal is sent once, when the point is first reached):
 - ``saving:NAME``   checkpoint NAME (e.g. ``checkpoint_0002``) is written, not yet hashed nor renamed;
 - ``serialize:N``   safetensors is about to write its N-th file;
 - ``edit:N``        generate.py has written its N-th edit file;
-- ``scored:N``      evaluate.py has made its N-th batch of edits to score.
+- ``scored:N``      evaluate.py has made its N-th batch of edits to score;
+- ``renamed:NAME``  a file has just been renamed (``os.replace``) to a file named NAME.
 
 A signal whose point comes after another's waits ``REPEAT_WINDOW_S`` first, so that it counts as
 a second signal. The printed resume command (``python <script> ...``) works without this worker.
@@ -61,6 +62,8 @@ def arm(signum: int, point: str) -> None:
 
         counter = iter(range(1, 10**6))
         patch_before(safetensors.torch, "serialize_file", lambda *args, **kwargs: next(counter) == int(value), signum)
+    elif kind == "renamed":
+        patch_after(os, "replace", lambda source, target, **kwargs: Path(target).name == value, signum)
     elif kind == "edit":
         from PIL import Image
 
