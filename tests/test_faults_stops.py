@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from editspecialists.training import checkpoint as ckpt
-from editspecialists.training.trainer import samples_file
 from editspecialists.training.tracking import read_metrics
+from editspecialists.training.within_epoch import samples_file
 from tests.helpers import REPO, tiny_brightness_args
 from tests.kill_worker import three_epoch_config
 

@@ -116,10 +116,10 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
                     if max_side:
                         image.draft("RGB", (max_side, max_side))
                     image.load()
-                    upright = ImageOps.exif_transpose(image)
+                    ImageOps.exif_transpose(image, in_place=True)
                     if max_side:
-                        upright.thumbnail((max_side, max_side), Image.BICUBIC)
-                    return to_rgb(upright)
+                        image.thumbnail((max_side, max_side), Image.BICUBIC)
+                    return to_rgb(image)
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(path, f"more than twice the limit of {MAX_IMAGE_PIXELS} pixels "
                                          f"(data.images.MAX_IMAGE_PIXELS): {error}") from error

@@ -171,10 +171,11 @@ def safetensors_header(path: Path, handle) -> tuple[dict, int]:
 
 def remembered(path: Path, kind: str, digest_into) -> str:
     """``digest_into(open file, sha256 object)``'s hex digest of ``path``, remembered for the process
-    while the file's size and modification time stay the same, so that resolving, loading and
-    recording provenance read a large weights file once."""
+    while the file (its inode: a file written aside and renamed is another), size and modification
+    time stay the same, so that resolving, loading and recording provenance read a large weights
+    file once."""
     stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, kind)
+    key = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, kind)
     if key not in _HASHED:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
@@ -183,7 +184,7 @@ def remembered(path: Path, kind: str, digest_into) -> str:
     return _HASHED[key]
 
 
-_HASHED: dict[tuple[str, int, int, str], str] = {}
+_HASHED: dict[tuple[str, int, int, int, str], str] = {}
 # hashes.json's "hash_of" of a file hashed by :func:`tensors_sha256` (absent: the file's bytes).
 TENSOR_CONTENT = "tensors"
 

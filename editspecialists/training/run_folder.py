@@ -144,15 +144,22 @@ def keep_rows_before(source: Path, target: Path, first_epoch: int, within_step: 
 
 def kept_row(line: str, first_epoch: int, within_step: int | None) -> bool:
     """Whether a metrics or validation row precedes the resume point: a row of an epoch before
-    ``first_epoch`` (a validation after k epochs belongs to epoch k - 1) or, for a resume within
-    ``first_epoch`` after optimizer step ``within_step``, a metrics row of that epoch up to that step.
-    A blank line or a row cut short by a kill does not."""
+    ``first_epoch`` (:func:`epoch_of`) or, for a resume within ``first_epoch`` after optimizer step
+    ``within_step``, a metrics row of that epoch up to that step."""
+    epoch = epoch_of(line)
+    if epoch < first_epoch:
+        return True
+    if within_step is None or epoch != first_epoch:
+        return False
+    row = json.loads(line)
+    return "after_epochs" not in row and row.get("step", 0) <= within_step
+
+
+def epoch_of(line: str) -> float:
+    """The epoch of a metrics or validation row (a validation after k epochs belongs to epoch
+    k - 1); infinity for a blank line or a row cut short by a kill."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError:
-        return False
-    validation = "after_epochs" in row
-    epoch = row["after_epochs"] - 1 if validation else row.get("epoch", 0)
-    if epoch < first_epoch:
-        return True
-    return within_step is not None and not validation and epoch == first_epoch and row.get("step", 0) <= within_step
+        return float("inf")
+    return row["after_epochs"] - 1 if "after_epochs" in row else row.get("epoch", 0)

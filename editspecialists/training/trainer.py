@@ -14,12 +14,11 @@ import math
 import pickle
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from editspecialists import writing
@@ -46,6 +45,7 @@ from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, combine_scores, preference_loss,
                                               rank_edits, standardization_groups)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
+from editspecialists.training.within_epoch import EpochSamples, StopTraining, load_samples, save_samples
 from editspecialists.training.validation import (HELD_OUT_ROLE, Validation, ValidationSet, describe_validation,
                                                  load_validation_set, validation_cost)
 
@@ -365,14 +365,14 @@ class Trainer:
                                         autocast=self.accelerator.autocast)
         return trajectories.images[:, 0]
 
-    def epoch_samples(self, epoch: int) -> "EpochSamples":
+    def epoch_samples(self, epoch: int) -> EpochSamples:
         """The epoch's edits of this process: sampled, scored, ranked (over every process) and logged."""
         trajectories, batches, scores = self.sample_epoch(epoch)
         order, has_preference = self.rank_and_log(epoch, scores, [len(batch.prompts) for batch in batches])
         self.log_grid(epoch, trajectories, batches, scores, order)
         return EpochSamples(trajectories, order, has_preference)
 
-    def stop_and_save(self, stop: "StopTraining", samples: "EpochSamples | None"):
+    def stop_and_save(self, stop: StopTraining, samples: EpochSamples | None):
         """Save the checkpoint a stopped run resumes from, then raise :class:`Stopped` saying where
         and how to resume (the message on the main process only).
 
@@ -606,7 +606,7 @@ class Trainer:
             self.optimizer.zero_grad()
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, next_epoch: int, within: "EpochSamples | None" = None) -> Path:
+    def save_checkpoint(self, next_epoch: int, within: EpochSamples | None = None) -> Path:
         """Write checkpoint_<next_epoch> atomically (weights, trainer state, accelerate state,
         hashes of them all); with ``within`` (a run stopped within epoch ``next_epoch``),
         checkpoint_<next_epoch>_step_<global_step> with each process's samples of the epoch and
@@ -636,7 +636,7 @@ class Trainer:
         def save_state():
             acc.save_state(str(tmp / ckpt.ACCELERATE_STATE))
             if within is not None:
-                save_file(within.tensors(), str(tmp / samples_file(acc.process_index)))
+                save_samples(tmp, acc.process_index, within)
 
         def write_and_commit():
             ckpt.save_weights(tmp / ckpt.WEIGHTS, self.unwrapped_policy.trainable_state_dict(),
@@ -657,7 +657,7 @@ class Trainer:
                                             run_folder.after_failed_write(self.run_dir))
         return final
 
-    def checkpoint_bytes(self, within: "EpochSamples | None" = None) -> int:
+    def checkpoint_bytes(self, within: EpochSamples | None = None) -> int:
         """Bytes of the tensors a checkpoint holds: the trainable weights, the optimizer state and,
         ``within`` an epoch, every process's samples (the files add a little to it)."""
         weights = self.unwrapped_policy.trainable_state_dict().values()
@@ -685,51 +685,10 @@ class Trainer:
                                        f"{writing.failure_reason(error)}") from error
         self.first_epoch, self.global_step = state["epoch"], state["global_step"]
         if within:
-            samples = {name: value.to(acc.device) for name, value in
-                       load_file(str(checkpoint / samples_file(acc.process_index))).items()}
-            self.resumed_samples = EpochSamples.from_tensors(samples, within["inner"], within["start"])
+            self.resumed_samples = load_samples(checkpoint, acc.process_index, acc.device, within["inner"],
+                                                within["start"])
         where = f"after optimizer step {self.global_step} of epoch" if within else "at epoch"
         acc.print(f"resumed from {checkpoint} {where} {self.first_epoch}")
-
-
-def samples_file(process_index: int) -> str:
-    """The file of one process's samples in a checkpoint saved within an epoch."""
-    return f"samples_{process_index}.safetensors"
-
-
-@dataclass
-class EpochSamples:
-    """One epoch's edits on this process, ranked, and where training goes on in them: inner epoch
-    ``inner`` from input ``start`` of its shuffled order (0, 0 for a fresh epoch)."""
-
-    trajectories: Trajectories
-    order: torch.Tensor  # (B_local, G) edits best first
-    has_preference: torch.Tensor  # (B_local,)
-    inner: int = 0
-    start: int = 0
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor, on the CPU, by name (the trajectories' fields, ``order``, ``has_preference``)."""
-        named = {f"trajectories.{f.name}": getattr(self.trajectories, f.name) for f in fields(self.trajectories)}
-        named.update(order=self.order, has_preference=self.has_preference)
-        return {name: value.detach().to("cpu").contiguous() for name, value in named.items()}
-
-    @staticmethod
-    def from_tensors(tensors: dict[str, torch.Tensor], inner: int, start: int) -> "EpochSamples":
-        prefix = "trajectories."
-        trajectories = Trajectories(**{name[len(prefix):]: value for name, value in tensors.items()
-                                       if name.startswith(prefix)})
-        return EpochSamples(trajectories, tensors["order"], tensors["has_preference"], inner, start)
-
-
-class StopTraining(Exception):
-    """A signal asked the run to stop (:mod:`editspecialists.stopping`): raised at a safe point of
-    ``epoch``, before its sampling (``inner`` None) or after an optimizer step, training going on at
-    input ``start`` of inner epoch ``inner``."""
-
-    def __init__(self, epoch: int, inner: int | None = None, start: int = 0):
-        super().__init__(f"stop in epoch {epoch}")
-        self.epoch, self.inner, self.start = epoch, inner, start
 
 
 def attempt(write) -> str:
