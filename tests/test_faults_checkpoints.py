@@ -176,6 +176,7 @@ def test_a_full_disk_stops_the_run_with_the_space_needed_and_free(tiny_ip2p_path
 NO_SPACE = "Error while serializing: I/O error: No space left on device (os error 28)"
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_first_checkpoint_is_one_message_and_the_same_command_starts_again(
         tiny_ip2p_path, tmp_path, monkeypatch, caplog):
     """safetensors' own writer fails as it does on a full disk (its message, measured on a full
