@@ -33,7 +33,7 @@ measures each model on scenes it was not trained on. Each keeps the real repo's 
 preprocessing settings (the constants below; the files and their sources are in
 ``tests/fixtures/hub``); only widths, depths and image sizes shrink. Builds are seeded and run on
 one thread (identical files for identical seeds); the random ones take seconds, the trained ones
-20-40 s each, with a progress bar.
+15-40 s each, with a progress bar.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
 TINY_VIT_CONFIG = "tiny_vit.json"
 DETECTOR_IMAGE_SIZE = 96
 DEPTH_IMAGE_SIZE = 56  # 4 × 4 patches of 14 px
-# Training of the stand-ins that carry meaning (each about 20-40 s on one CPU thread).
+# Training of the stand-ins that carry meaning (15-40 s each on one CPU thread, 95 s together).
 TRAINING = {
     "detector": training.TrainingSettings(steps=200, batch_size=8, learning_rate=6e-3),
     "segmenter": training.TrainingSettings(steps=200, batch_size=16, learning_rate=3e-3),
@@ -149,8 +149,9 @@ def mark_processor_class(folder: Path, file_name: str, processor_class: str) -> 
 
 
 def build_detector(folder: Path, seed: int = 0, steps: int | None = None) -> None:
-    """Grounding DINO (Swin + 1-layer BERT, d_model 32), trained to find the demo's car and brick
-    wall, and its processor, laid out as ``IDEA-Research/grounding-dino-tiny``:
+    """Grounding DINO (Swin + 1-layer BERT, d_model 32) trained to find the demo's car and brick wall.
+
+    Laid out with its processor as ``IDEA-Research/grounding-dino-tiny``:
     ``preprocessor_config.json`` and the tokenizer files, both naming ``GroundingDinoProcessor``;
     only the image size shrinks (800/1333 → 96).
 
@@ -225,9 +226,11 @@ def tiny_sam2_video_config():
 
 
 def build_segmenter(folder: Path, seed: int = 0, steps: int | None = None) -> None:
-    """SAM2 saved as published on the hub: a ``sam2_video`` model (``Sam2VideoModel``), with
-    ``preprocessor_config.json`` (``Sam2ImageProcessor``), ``video_preprocessor_config.json`` and
-    the 3-key ``processor_config.json`` naming ``Sam2VideoProcessor``. Images shrink to 64 px
+    """SAM2 trained to mask the demo's car from its box, saved as published on the hub.
+
+    A ``sam2_video`` model (``Sam2VideoModel``), with ``preprocessor_config.json``
+    (``Sam2ImageProcessor``), ``video_preprocessor_config.json`` and the 3-key
+    ``processor_config.json`` naming ``Sam2VideoProcessor``. Images shrink to 64 px
     (``target_size`` too), low-resolution masks to 16 px.
 
     Its image model (what :class:`~editspecialists.rewards.masks.MaskPredictor` loads) is trained
@@ -258,9 +261,10 @@ def build_segmenter(folder: Path, seed: int = 0, steps: int | None = None) -> No
 
 
 def build_depth(folder: Path, seed: int = 0, steps: int | None = None) -> None:
-    """Depth Anything (4-layer DINOv2 backbone, patch 14) and the real DPT image processor with
-    its size shrunk from 518 to 56, trained to predict the demo scenes' depth
-    (:func:`~editspecialists.demo.feedback_training.train_depth`; ``steps`` overrides
+    """Depth Anything (4-layer DINOv2 backbone, patch 14) trained to predict the demo scenes' depth.
+
+    Saved with the real DPT image processor, its size shrunk from 518 to 56. Training:
+    :func:`~editspecialists.demo.feedback_training.train_depth` (``steps`` overrides
     :data:`TRAINING`'s)."""
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
@@ -434,8 +438,10 @@ def write_tiny_dinov2_hub(folder: Path, seed: int) -> None:
 
 
 def build_dreamsim(folder: Path, seed: int = 0, steps: int | None = None) -> None:
-    """A DreamSim cache folder (tiny ``dinov2_vitb14`` patch model) loadable by ``dreamsim`` offline,
-    trained so that brick patches lie near brick patches and away from cars and background.
+    """A DreamSim cache folder (tiny ``dinov2_vitb14`` patch model) trained to tell bricks apart.
+
+    ``dreamsim`` loads it offline; brick patches lie near brick patches, away from cars and
+    background.
 
     The adapter is produced by DreamSim's own ``PerceptualModel`` wrapped by PEFT, so its keys and
     config are those DreamSim expects. The model is then loaded as production loads it
