@@ -1,7 +1,7 @@
 """Demo presets: the whole method on tiny local models and generated images, on a CPU.
 
 ``--config config/demo.py``             full AI feedback (detector, SAM2, depth, DreamSim) on
-                                        tiny random feedback models: checks the plumbing.
+                                        tiny feedback models trained on the demo's scenes.
 ``--config config/demo.py:brightness``  brightness reward only, on the pretrained demo editor:
                                         shows learning within minutes.
 The assets are built on first use in the cache, ``$EDITSPECIALISTS_CACHE`` or

@@ -14,6 +14,19 @@ def load_config(name: str, preset: str | None = None):
     return module.get_config() if preset is None else module.get_config(preset)
 
 
+def demo_scenes(count: int, height: int, width: int, seed: int = 0):
+    """(scenes, walls): ``count`` demo car scenes and brick walls (editspecialists.demo.images)
+    resized to ``height × width``, each ``(count, 3, height, width)`` in [0, 1]: images the
+    trained feedback stand-ins mean something on (random noise looks like neither to them)."""
+    import torch
+
+    from editspecialists.demo.scenes import demo_training_images, image_tensor
+
+    cars, walls = demo_training_images(num_cars=count, num_walls=count, seed=seed)
+    resized = lambda images: torch.stack([image_tensor(image.resize((width, height))) for image in images])
+    return resized(cars), resized(walls)
+
+
 def tiny_brightness_settings(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides) -> dict:
     """{dotted config key: value} that make the demo brightness preset a run of seconds per epoch on
     the tiny random pipeline and given demo images (written here), ``overrides`` applied."""

@@ -13,14 +13,9 @@ from safetensors.torch import load_file
 
 from editspecialists.demo.images import write_demo_images
 from editspecialists.demo.assets import demo_paths
-from editspecialists.demo.editor import (
-    car_mask,
-    demo_training_images,
-    image_tensor,
-    pretrain_demo_editor,
-    resize,
-    torch_threads,
-)
+from editspecialists.demo.editor import pretrain_demo_editor
+from editspecialists.demo.fitting import torch_threads
+from editspecialists.demo.scenes import car_mask, demo_training_images, image_tensor, resize
 
 PROMPT = "turn the car into lego"
 

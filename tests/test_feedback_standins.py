@@ -41,11 +41,12 @@ def test_tiny_bert_vocab_keeps_grounding_dino_special_ids():
     assert [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", ".", "?")] == [0, 100, 101, 102, 1012, 1029]
 
 
-@pytest.mark.parametrize("builder", [feedback_standins.build_depth, feedback_standins.build_detector])
+@pytest.mark.parametrize("builder", [feedback_standins.build_depth, feedback_standins.build_detector,
+                                     feedback_standins.build_segmenter])
 def test_builds_are_seeded(builder, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         (tmp_path / name).mkdir()
-        builder(tmp_path / name, seed=seed)
+        builder(tmp_path / name, seed=seed, steps=3)  # a few training steps: they must be seeded too
     a, b, c = (load_file(tmp_path / name / "model.safetensors") for name in "abc")
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert any(not torch.equal(a[key], c[key]) for key in a)
@@ -54,7 +55,7 @@ def test_builds_are_seeded(builder, tmp_path):
 def test_dreamsim_build_is_seeded(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        feedback_standins.build_dreamsim(tmp_path / name, seed=0)
+        feedback_standins.build_dreamsim(tmp_path / name, seed=0, steps=3)
     backbone = [torch.load(tmp_path / n / "checkpoints" / "dinov2_vitb14_pretrain.pth") for n in "ab"]
     adapters = [load_file(tmp_path / n / "dinov2_vitb14_patch_lora" / "adapter_model.safetensors") for n in "ab"]
     for first, second in (backbone, adapters):

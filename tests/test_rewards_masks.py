@@ -9,6 +9,7 @@ from editspecialists.rewards.masks import (MaskPredictor, detector_prompt, pad_b
                                           whole_frame_masks, whole_image_box_where_none)
 from editspecialists.demo.cache import cached_build
 from editspecialists.demo.feedback_standins import build_detector, build_segmenter
+from tests.helpers import demo_scenes
 
 NAME = "red sports car"
 
@@ -21,7 +22,7 @@ def model_ids(tiny_root):
 
 @pytest.fixture(scope="module")
 def images():
-    return torch.rand(4, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    return demo_scenes(4, 48, 64)[0]
 
 
 def best_box_scores(detector_id, images, name):

@@ -12,7 +12,7 @@ from editspecialists.rewards.features import load_patch_embedder
 from editspecialists.rewards.masks import MaskPredictor, Masks
 from editspecialists.rewards.semantic import downsample_mask, patch_distance, reconstruction_outside
 from editspecialists.demo import feedback_standins
-from tests.helpers import load_config
+from tests.helpers import demo_scenes, load_config
 
 B, G, H, W = 2, 3, 48, 64
 
@@ -37,9 +37,9 @@ def feedback_config(folders, **reward):
 
 
 def make_images(seed=0):
+    """Demo scenes as inputs, brick walls as styles, random edits (one of them unchanged)."""
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.rand(B, 3, H, W, generator=generator)
-    styles = torch.rand(B, 3, H, W, generator=generator)
+    inputs, styles = demo_scenes(B, H, W, seed)
     edits = torch.rand(B, G, 3, H, W, generator=generator)
     for b in range(B):
         edits[b, b] = inputs[b]  # unchanged edits, at a different position for each input

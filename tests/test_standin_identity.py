@@ -20,7 +20,7 @@ FACTS = Path(__file__).parent / "fixtures" / "hub"
 
 # (stand-in file, key): why it may differ from the real value. Image sizes only, for CPU speed.
 SHRUNK_SIZE_KEYS = {
-    ("detector/preprocessor_config.json", "size"): "800/1333 px → 128 px",
+    ("detector/preprocessor_config.json", "size"): "800/1333 px → 96 px",
     ("segmenter/processor_config.json", "target_size"): "1024 → 64 px (follows the image size)",
     ("depth/preprocessor_config.json", "size"): "518 → 56 px",
     ("clip/preprocessor_config.json", "size"): "224 → 32 px",

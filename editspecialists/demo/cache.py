@@ -28,6 +28,10 @@ BUILDER_VERSIONS = {
     "write_demo_images": 1,
     "build_tiny_ip2p": 1,
     "build_demo_editor": 5,
+    "build_detector": 2,
+    "build_segmenter": 2,
+    "build_depth": 2,
+    "build_dreamsim": 2,
 }
 # Builders whose output is made from other builders' output: they rebuild when those change.
 BUILT_FROM = {"build_demo_editor": ("build_tiny_ip2p", "write_demo_images")}

@@ -23,29 +23,25 @@ and brightness, which gives a preference trainer something to rank.
 from __future__ import annotations
 
 import logging
-import math
-import random
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES
-from editspecialists.demo.images import INPUT_NAME, STYLE_NAME, draw_bricks, draw_car
+from editspecialists.demo.fitting import fit, torch_threads
+from editspecialists.demo.images import INPUT_NAME, STYLE_NAME
+from editspecialists.demo.scenes import (DEMO_RESOLUTION, EditExamples, demo_training_images, edit_examples,
+                                         random_wall_patterns, sample_edit_pairs)
 from editspecialists.diffusion.pipeline import encode_images as encode_batch
 from editspecialists.diffusion.pipeline import encode_prompts
 from editspecialists.demo.cache import cached_build, default_cache_root
 from editspecialists.demo.policy_standin import build_tiny_ip2p, write_ip2p_scheduler_config
-
-DEMO_RESOLUTION = 32
 
 logger = logging.getLogger(__name__)
 
@@ -62,109 +58,11 @@ class DemoEditorReport:
 
 
 @dataclass
-class EditExamples:
-    """Training material at one resolution, pixel values in [0, 1].
-
-    cars: [N, 3, R, R]; car_masks: [N, 1, R, R] (soft, 1 on the car); walls: [M, 3, R, R].
-    """
-
-    cars: torch.Tensor
-    car_masks: torch.Tensor
-    walls: torch.Tensor
-
-
-@dataclass
 class EditLatents:
     """Encoded training pairs: image_latents unscaled, target_latents scaled, both [N, 4, r, r]."""
 
     image_latents: torch.Tensor
     target_latents: torch.Tensor
-
-
-@contextmanager
-def torch_threads(count: int):
-    """Run the block with ``count`` intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def demo_training_images(num_cars: int = 64, num_walls: int = 16, size: int = 64,
-                         seed: int = 0) -> tuple[list[Image.Image], list[Image.Image]]:
-    """Cars and brick walls drawn like :func:`write_demo_images` (cars first, from one seeded rng).
-
-    With the same seed, the first cars are the demo's input images.
-    """
-    rng = random.Random(seed)
-    cars = [draw_car(rng, size) for _ in range(num_cars)]
-    walls = [draw_bricks(rng, size) for _ in range(num_walls)]
-    return cars, walls
-
-
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB image → [3, H, W] float tensor in [0, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def car_mask(car: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] demo car image → [1, H, W] float mask, 1 where a pixel belongs to the car.
-
-    A demo scene is uniform along each row (sky above the horizon, ground below) and the car never
-    touches column 0, so a pixel is the car's exactly when it differs from its row's first pixel.
-    """
-    return (car != car[:, :, :1]).any(dim=0, keepdim=True).float()
-
-
-def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """[N, C, H, W] → [N, C, resolution, resolution] by area averaging (soft mask edges)."""
-    return F.interpolate(images, size=(resolution, resolution), mode="area")
-
-
-def edit_examples(cars: Sequence[Image.Image], walls: Sequence[Image.Image],
-                  resolution: int) -> EditExamples:
-    """Tensors of the cars (with their masks, computed at full size) and walls at ``resolution``."""
-    full_cars = torch.stack([image_tensor(car) for car in cars])
-    masks = torch.stack([car_mask(car) for car in full_cars])
-    full_walls = torch.stack([image_tensor(wall) for wall in walls])
-    return EditExamples(resize(full_cars, resolution), resize(masks, resolution),
-                        resize(full_walls, resolution))
-
-
-def random_flips(images: torch.Tensor, generator: torch.Generator, vertical: bool = False) -> torch.Tensor:
-    """Flip each image of [N, C, H, W] left-right (and up-down if ``vertical``) with probability 1/2."""
-    flip = torch.rand(images.shape[0], 1, 1, 1, generator=generator) < 0.5
-    images = torch.where(flip, images.flip(-1), images)
-    if vertical:
-        flip = torch.rand(images.shape[0], 1, 1, 1, generator=generator) < 0.5
-        images = torch.where(flip, images.flip(-2), images)
-    return images
-
-
-def random_wall_patterns(walls: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` walls drawn with replacement, randomly flipped and cyclically shifted: [count, 3, R, R]."""
-    chosen = walls[torch.randint(len(walls), (count,), generator=generator)]
-    chosen = random_flips(chosen, generator, vertical=True)
-    size = chosen.shape[-1]
-    shifts = torch.randint(size, (count, 2), generator=generator).tolist()
-    return torch.stack([wall.roll(shift, dims=(-2, -1)) for wall, shift in zip(chosen, shifts)])
-
-
-def sample_edit_pairs(examples: EditExamples, count: int,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` (input, target) pairs, each [count, 3, R, R] in [0, 1].
-
-    The input is a randomly flipped car; the target is the same scene with the car's pixels taken
-    from a random wall pattern.
-    """
-    index = torch.randint(len(examples.cars), (count,), generator=generator)
-    scenes = random_flips(torch.cat([examples.cars[index], examples.car_masks[index]], dim=1), generator)
-    inputs, masks = scenes[:, :3], scenes[:, 3:]
-    walls = random_wall_patterns(examples.walls, count, generator)
-    return inputs, masks * walls + (1 - masks) * inputs
 
 
 def smooth_random_images(count: int, resolution: int, generator: torch.Generator) -> torch.Tensor:
@@ -196,43 +94,7 @@ def train_vae(vae, examples: EditExamples, *, steps: int, batch_size: int, learn
         images = 2 * autoencoder_batch(examples, batch_size, generator) - 1
         return F.mse_loss(vae.decode(vae.encode(images).latent_dist.mode()).sample, images)
 
-    return fit(vae, "vae", loss, steps=steps, learning_rate=learning_rate, betas=(0.9, 0.99))
-
-
-def fit(model, stage: str, loss_fn: Callable[[int], torch.Tensor], *, steps: int, learning_rate: float,
-        betas: tuple[float, float] = (0.9, 0.999)) -> list[float]:
-    """Minimise ``loss_fn(step)`` over ``steps`` AdamW steps (no weight decay, gradients clipped to
-    norm 1, :func:`cosine_schedule`) with a progress bar, then freeze ``model`` in eval mode;
-    returns the losses."""
-    model.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=betas, weight_decay=0.0)
-    schedule = cosine_schedule(optimizer, steps)
-    losses = []
-    progress = tqdm(range(steps), desc=f"demo editor: {stage}", unit="step", leave=True)
-    for step in progress:
-        loss = loss_fn(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if (step + 1) % 25 == 0:
-            progress.set_postfix(loss=f"{sum(losses[-25:]) / 25:.4f}", refresh=False)
-    model.eval().requires_grad_(False)
-    return losses
-
-
-def cosine_schedule(optimizer, steps: int, warmup: int = 20):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of the learning rate."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return fit(vae, "demo editor: vae", loss, steps=steps, learning_rate=learning_rate, betas=(0.9, 0.99))
 
 
 def encode_in_chunks(vae, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
@@ -312,7 +174,7 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
         prediction = unet(model_input, timesteps, encoder_hidden_states=prompts).sample
         return (weights[timesteps] * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
-    return fit(unet, "unet", loss, steps=steps, learning_rate=learning_rate)
+    return fit(unet, "demo editor: unet", loss, steps=steps, learning_rate=learning_rate)
 
 
 def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,

@@ -1,16 +1,21 @@
-"""Tiny, randomly initialised AI-feedback models (SPEC §4), saved in their real on-disk layouts.
+"""Tiny AI-feedback models (SPEC §4), saved in their real on-disk layouts; the four the demo's
+scores read are trained briefly to mean what their names say in the demo's image domain.
 
 Each ``build_<role>(folder)`` writes what production loads by id, so tests and the demo go
 through exactly the production loading code:
 
 - ``detector``: Grounding DINO, ``preprocessor_config.json`` and BERT tokenizer files, as
-  ``IDEA-Research/grounding-dino-tiny``.
+  ``IDEA-Research/grounding-dino-tiny``. Trained: finds the demo's car (prompt "car") and brick
+  wall ("lego") above the default thresholds, and neither under the other's name.
 - ``segmenter``: SAM2 as ``facebook/sam2(.1)-hiera-large`` publish it: a ``sam2_video`` model
-  with ``Sam2VideoProcessor`` files.
+  with ``Sam2VideoProcessor`` files. Trained: masks the car from its box, a wall from the
+  whole-image box.
 - ``depth``: Depth Anything + DPT image processor, as ``depth-anything/Depth-Anything-V2-*-hf``.
-- ``dinov2``: ``Dinov2Model`` + ``BitImageProcessor``, as ``facebook/dinov2-*``.
+  Trained: predicts the scene depth of demo scenes and of their edits (depth follows shape, not
+  texture).
+- ``dinov2``: ``Dinov2Model`` + ``BitImageProcessor``, as ``facebook/dinov2-*`` (random).
 - ``clip``: ``CLIPModel`` + byte-level CLIP tokenizer + legacy feature-extractor file, as
-  ``openai/clip-vit-large-patch14``.
+  ``openai/clip-vit-large-patch14`` (random).
 - ``dreamsim``: a DreamSim cache folder that the real ``dreamsim`` package loads offline. DreamSim
   checks its cache for ``dinov2_vitb14_pretrain.pth`` and ``dinov2_vitb14_patch_lora/`` (a PEFT
   adapter), then builds its backbone with ``torch.hub.load("facebookresearch/dinov2",
@@ -19,24 +24,32 @@ through exactly the production loading code:
   ``dinov2_vitb14`` entry point builds :class:`TinyDinoViT` (12 blocks: DreamSim reads block 11)
   and loads its weights from ``checkpoints/dinov2_vitb14_pretrain.pth``, where torch.hub caches
   the real weights. The LoRA adapter is made by the dreamsim package itself (its
-  ``PerceptualModel`` on the tiny backbone) with non-zero random LoRA weights.
+  ``PerceptualModel`` on the tiny backbone). Trained through the adapter: brick patches lie near
+  brick patches whatever their colours, away from the car and the background.
 
-Each keeps the real repo's classes and preprocessing settings (the constants below; the files
-and their sources are in ``tests/fixtures/hub``); only widths, depths and image sizes shrink.
-Builds are seeded (identical files for identical seeds) and take seconds.
+The training (:mod:`editspecialists.demo.feedback_training`, settings in :data:`TRAINING`) runs on
+generated demo scenes whose ground truth the drawing gives; ``tests/test_feedback_competence.py``
+measures each model on scenes it was not trained on. Each keeps the real repo's classes and
+preprocessing settings (the constants below; the files and their sources are in
+``tests/fixtures/hub``); only widths, depths and image sizes shrink. Builds are seeded and run on
+one thread (identical files for identical seeds); the random ones take seconds, the trained ones
+15-40 s each, with a progress bar.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from editspecialists.rewards.features import DREAMSIM_VARIANT, torch_hub_dir
+from editspecialists.demo import feedback_training as training
 from editspecialists.demo.cache import cached_build, default_cache_root
+from editspecialists.demo.fitting import torch_threads
+from editspecialists.rewards.features import DREAMSIM_VARIANT, torch_hub_dir
 from editspecialists.demo.policy_standin import byte_level_clip_tokenizer, tiny_clip_text_config
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -94,11 +107,25 @@ def write_json(path: Path, settings: dict) -> None:
 DREAMSIM_BACKBONE_FILE = f"{DREAMSIM_VARIANT}_pretrain.pth"
 DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
 TINY_VIT_CONFIG = "tiny_vit.json"
-DETECTOR_FEATURE_SCALE = 0.1  # box scores of the tiny detector then lie around 0.7-0.9, varying by image
+DETECTOR_IMAGE_SIZE = 96
+DEPTH_IMAGE_SIZE = 56  # 4 × 4 patches of 14 px
+# Training of the stand-ins that carry meaning (15-40 s each on one CPU thread, 95 s together).
+TRAINING = {
+    "detector": training.TrainingSettings(steps=200, batch_size=8, learning_rate=6e-3),
+    "segmenter": training.TrainingSettings(steps=200, batch_size=16, learning_rate=3e-3),
+    "depth": training.TrainingSettings(steps=250, batch_size=16, learning_rate=3e-3),
+    "dreamsim": training.TrainingSettings(steps=200, batch_size=8, learning_rate=5e-3),
+}
 ROLES = ("detector", "segmenter", "depth", "dinov2", "clip", "dreamsim")
 
 # Grounding DINO splits phrases on these hard-coded BERT ids, so the tiny vocabulary keeps them.
 _BERT_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, ".": 1012, "?": 1029}
+
+
+def training_settings(role: str, steps: int | None) -> "training.TrainingSettings":
+    """:data:`TRAINING`'s settings of ``role``, with ``steps`` instead of its steps if given."""
+    settings = TRAINING[role]
+    return settings if steps is None else replace(settings, steps=steps)
 
 
 def tiny_bert_vocab() -> dict[str, int]:
@@ -121,18 +148,19 @@ def mark_processor_class(folder: Path, file_name: str, processor_class: str) -> 
     write_json(path, {**json.loads(path.read_text()), "processor_class": processor_class})
 
 
-def build_detector(folder: Path, seed: int = 0) -> None:
-    """Grounding DINO (Swin + 1-layer BERT, d_model 32) and its processor, laid out as
-    ``IDEA-Research/grounding-dino-tiny``: ``preprocessor_config.json`` and the tokenizer files,
-    both naming ``GroundingDinoProcessor``; only the image size shrinks (800/1333 → 128).
+def build_detector(folder: Path, seed: int = 0, steps: int | None = None) -> None:
+    """Grounding DINO (Swin + 1-layer BERT, d_model 32) trained to find the demo's car and brick wall.
 
-    At 128 px the coarsest feature level keeps more than one pixel, which GroupNorm needs for a
-    batch of one image.
+    Laid out with its processor as ``IDEA-Research/grounding-dino-tiny``:
+    ``preprocessor_config.json`` and the tokenizer files, both naming ``GroundingDinoProcessor``;
+    only the image size shrinks (800/1333 → 96).
 
-    The decoder's final norm is scaled down so that box scores differ between images instead of
-    saturating at 1: a threshold between two images' best scores then finds boxes in one only.
+    At 96 px the coarsest feature level keeps more than one pixel (2 × 2), which GroupNorm needs
+    for a batch of one image. Training: :func:`~editspecialists.demo.feedback_training.train_detector`
+    (``steps`` overrides :data:`TRAINING`'s, for quick builds in tests).
     """
     from transformers import (
+        AutoProcessor,
         BertConfig,
         BertTokenizer,
         GroundingDinoConfig,
@@ -141,31 +169,31 @@ def build_detector(folder: Path, seed: int = 0) -> None:
         SwinConfig,
     )
 
-    torch.manual_seed(seed)
-    tokenizer = BertTokenizer(vocab=tiny_bert_vocab(), **GROUNDING_DINO_TOKENIZER)
-    backbone = SwinConfig(
-        image_size=128, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=7, out_indices=[2, 3, 4]
-    )
-    text = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16
-    )
-    config = GroundingDinoConfig(
-        backbone_config=backbone.to_dict(), text_config=text.to_dict(), d_model=32,
-        encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10, max_text_len=32,
-        encoder_n_points=2, decoder_n_points=2,
-    )
-    model = GroundingDinoForObjectDetection(config)
-    with torch.no_grad():  # random features give saturated box scores (all ≈ 1); spread them out
-        model.model.decoder.layer_norm.weight.mul_(DETECTOR_FEATURE_SCALE)
-        model.model.decoder.layer_norm.bias.mul_(DETECTOR_FEATURE_SCALE)
-    model.save_pretrained(folder)
-    GroundingDinoImageProcessor(
-        **GROUNDING_DINO_PREPROCESSING, size={"shortest_edge": 128, "longest_edge": 128}
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    for file_name in ("preprocessor_config.json", "tokenizer_config.json"):
-        mark_processor_class(folder, file_name, "GroundingDinoProcessor")
+    with torch_threads(1):
+        torch.manual_seed(seed)
+        tokenizer = BertTokenizer(vocab=tiny_bert_vocab(), **GROUNDING_DINO_TOKENIZER)
+        backbone = SwinConfig(
+            image_size=DETECTOR_IMAGE_SIZE, embed_dim=8, depths=[1] * 4, num_heads=[1] * 4, window_size=7,
+            out_indices=[2, 3, 4],
+        )
+        text = BertConfig(
+            vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=16
+        )
+        config = GroundingDinoConfig(
+            backbone_config=backbone.to_dict(), text_config=text.to_dict(), d_model=32,
+            encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10, max_text_len=32,
+            encoder_n_points=2, decoder_n_points=2,
+        )
+        model = GroundingDinoForObjectDetection(config)
+        size = {"shortest_edge": DETECTOR_IMAGE_SIZE, "longest_edge": DETECTOR_IMAGE_SIZE}
+        GroundingDinoImageProcessor(**GROUNDING_DINO_PREPROCESSING, size=size).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        for file_name in ("preprocessor_config.json", "tokenizer_config.json"):
+            mark_processor_class(folder, file_name, "GroundingDinoProcessor")
+        training.train_detector(model, AutoProcessor.from_pretrained(folder), training.training_examples(seed),
+                                training_settings("detector", steps), torch.Generator().manual_seed(seed))
+        model.save_pretrained(folder)
 
 
 def tiny_sam2_video_config():
@@ -197,39 +225,68 @@ def tiny_sam2_video_config():
     )
 
 
-def build_segmenter(folder: Path, seed: int = 0) -> None:
-    """SAM2 saved as published on the hub: a ``sam2_video`` model (``Sam2VideoModel``), with
-    ``preprocessor_config.json`` (``Sam2ImageProcessor``), ``video_preprocessor_config.json`` and
-    the 3-key ``processor_config.json`` naming ``Sam2VideoProcessor``. Images shrink to 64 px
+def build_segmenter(folder: Path, seed: int = 0, steps: int | None = None) -> None:
+    """SAM2 trained to mask the demo's car from its box, saved as published on the hub.
+
+    A ``sam2_video`` model (``Sam2VideoModel``), with ``preprocessor_config.json``
+    (``Sam2ImageProcessor``), ``video_preprocessor_config.json`` and the 3-key
+    ``processor_config.json`` naming ``Sam2VideoProcessor``. Images shrink to 64 px
     (``target_size`` too), low-resolution masks to 16 px.
+
+    Its image model (what :class:`~editspecialists.rewards.masks.MaskPredictor` loads) is trained
+    to segment the demo's car from its box and a brick wall from the whole-image box
+    (:func:`~editspecialists.demo.feedback_training.train_segmenter`; ``steps`` overrides
+    :data:`TRAINING`'s); the video model's memory modules stay random.
     """
-    from transformers import Sam2ImageProcessor, Sam2VideoModel, Sam2VideoVideoProcessor
+    from transformers import (AutoModelForMaskGeneration, Sam2ImageProcessor, Sam2Processor, Sam2VideoModel,
+                              Sam2VideoVideoProcessor)
 
-    torch.manual_seed(seed)
-    Sam2VideoModel(tiny_sam2_video_config()).save_pretrained(folder)
-    size = {"height": SEGMENTER_IMAGE_SIZE, "width": SEGMENTER_IMAGE_SIZE}
-    mask_size = {"height": SEGMENTER_IMAGE_SIZE // 4, "width": SEGMENTER_IMAGE_SIZE // 4}
-    Sam2ImageProcessor(**SAM2_PREPROCESSING, size=size, mask_size=mask_size).save_pretrained(folder)
-    Sam2VideoVideoProcessor(**SAM2_PREPROCESSING, size=size, mask_size=mask_size).save_pretrained(folder)
-    write_json(folder / "processor_config.json", {**SAM2_PROCESSOR, "target_size": SEGMENTER_IMAGE_SIZE})
+    with torch_threads(1):
+        torch.manual_seed(seed)
+        video_model = Sam2VideoModel(tiny_sam2_video_config())
+        video_model.save_pretrained(folder)
+        size = {"height": SEGMENTER_IMAGE_SIZE, "width": SEGMENTER_IMAGE_SIZE}
+        mask_size = {"height": SEGMENTER_IMAGE_SIZE // 4, "width": SEGMENTER_IMAGE_SIZE // 4}
+        Sam2ImageProcessor(**SAM2_PREPROCESSING, size=size, mask_size=mask_size).save_pretrained(folder)
+        Sam2VideoVideoProcessor(**SAM2_PREPROCESSING, size=size, mask_size=mask_size).save_pretrained(folder)
+        write_json(folder / "processor_config.json", {**SAM2_PROCESSOR, "target_size": SEGMENTER_IMAGE_SIZE})
+        image_model = AutoModelForMaskGeneration.from_pretrained(folder)
+        training.train_segmenter(image_model, Sam2Processor.from_pretrained(folder),
+                                 training.training_examples(seed), training_settings("segmenter", steps),
+                                 torch.Generator().manual_seed(seed))
+        missing, unexpected = video_model.load_state_dict(image_model.state_dict(), strict=False)
+        if unexpected:
+            raise RuntimeError(f"SAM2 image model weights the video model lacks: {unexpected}")
+        video_model.save_pretrained(folder)
 
 
-def build_depth(folder: Path, seed: int = 0) -> None:
-    """Depth Anything (4-layer DINOv2 backbone, patch 14) and the real DPT image processor with
-    its size shrunk from 518 to 56."""
+def build_depth(folder: Path, seed: int = 0, steps: int | None = None) -> None:
+    """Depth Anything (4-layer DINOv2 backbone, patch 14) trained to predict the demo scenes' depth.
+
+    Saved with the real DPT image processor, its size shrunk from 518 to 56. Training:
+    :func:`~editspecialists.demo.feedback_training.train_depth` (``steps`` overrides
+    :data:`TRAINING`'s)."""
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
-    torch.manual_seed(seed)
-    backbone = Dinov2Config(
-        hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=14,
-        image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16, 16, 16],
-        fusion_hidden_size=16, head_hidden_size=8, initializer_range=0.15,  # depth of order 1, not 1e-8
-    )
-    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
-    DPTImageProcessor(**DEPTH_ANYTHING_PREPROCESSING, size={"height": 56, "width": 56}).save_pretrained(folder)
+    from editspecialists.rewards.depth import DepthEstimator
+
+    with torch_threads(1):
+        torch.manual_seed(seed)
+        backbone = Dinov2Config(
+            hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, patch_size=14,
+            image_size=DEPTH_IMAGE_SIZE, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
+        )
+        config = DepthAnythingConfig(
+            backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 16, 16, 16],
+            fusion_hidden_size=16, head_hidden_size=8, initializer_range=0.15,  # depth of order 1 at first
+        )
+        DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+        size = {"height": DEPTH_IMAGE_SIZE, "width": DEPTH_IMAGE_SIZE}
+        DPTImageProcessor(**DEPTH_ANYTHING_PREPROCESSING, size=size).save_pretrained(folder)
+        estimator = DepthEstimator.from_pretrained(str(folder))
+        training.train_depth(estimator, training.training_examples(seed), training_settings("depth", steps),
+                             torch.Generator().manual_seed(seed))
+        estimator.model.save_pretrained(folder)
 
 
 def build_dinov2(folder: Path, seed: int = 0) -> None:
@@ -318,16 +375,21 @@ class TinyDinoViT(nn.Module):
     """A ViT with DINOv2's interface as DreamSim uses it: ``patch_embed``, ``blocks``, CLS first.
 
     Position embeddings cover a fixed ``grid × grid`` patch grid (DreamSim feeds 224 px images,
-    i.e. 16 × 16 patches of 14 px).
+    i.e. 16 × 16 patches of 14 px). Initialised for short training: CLS and position embeddings
+    small (std 0.02), each block's output projections zero (DINOv2's LayerScale starts near zero
+    too), so the blocks start near the identity.
     """
 
     def __init__(self, dim: int = 16, depth: int = 12, heads: int = 2, patch_size: int = 14, grid: int = 16):
         super().__init__()
         self.patch_embed = TinyPatchEmbed(patch_size, dim)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + grid * grid, dim))
+        self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 1 + grid * grid, dim))
         self.blocks = nn.ModuleList(TinyBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        for block in self.blocks:
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.mlp[2].weight)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised images → CLS token after the final norm ``(B, D)``."""
@@ -375,31 +437,43 @@ def write_tiny_dinov2_hub(folder: Path, seed: int) -> None:
     shutil.copy(folder / "checkpoints" / DREAMSIM_BACKBONE_FILE, folder / DREAMSIM_BACKBONE_FILE)
 
 
-def build_dreamsim(folder: Path, seed: int = 0) -> None:
-    """A DreamSim cache folder (tiny ``dinov2_vitb14`` patch model) loadable by ``dreamsim`` offline.
+def build_dreamsim(folder: Path, seed: int = 0, steps: int | None = None) -> None:
+    """A DreamSim cache folder (tiny ``dinov2_vitb14`` patch model) trained to tell bricks apart.
+
+    ``dreamsim`` loads it offline; brick patches lie near brick patches, away from cars and
+    background.
 
     The adapter is produced by DreamSim's own ``PerceptualModel`` wrapped by PEFT, so its keys and
-    config are those DreamSim expects; LoRA ``B`` matrices are random (not zero) so the adapter
-    changes the features.
+    config are those DreamSim expects. The model is then loaded as production loads it
+    (:class:`~editspecialists.rewards.features.DreamSimPatches`) and trained through the adapter:
+    backbone and LoRA weights together
+    (:func:`~editspecialists.demo.feedback_training.train_patch_embedder`; ``steps`` overrides
+    :data:`TRAINING`'s); the adapter is saved, then the backbone without it.
     """
     from dreamsim.config import dreamsim_args
     from dreamsim.model import PerceptualModel
     from peft import LoraConfig, get_peft_model
 
-    write_tiny_dinov2_hub(folder, seed)
-    with torch_hub_dir(str(folder)):
-        model = PerceptualModel(
-            **dreamsim_args["model_config"][f"{DREAMSIM_VARIANT}_patch"], device="cpu", load_dir=str(folder),
-            normalize_embeds=True,
-        )
-    lora = LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["qkv"])
-    model = get_peft_model(model, lora)
-    torch.manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    model.save_pretrained(folder / f"{DREAMSIM_VARIANT}_patch_lora")
+    from editspecialists.rewards.features import DreamSimPatches
+
+    with torch_threads(1):
+        write_tiny_dinov2_hub(folder, seed)
+        with torch_hub_dir(str(folder)):
+            model = PerceptualModel(
+                **dreamsim_args["model_config"][f"{DREAMSIM_VARIANT}_patch"], device="cpu", load_dir=str(folder),
+                normalize_embeds=True,
+            )
+        lora = LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, bias="none", target_modules=["qkv"])
+        adapter = folder / f"{DREAMSIM_VARIANT}_patch_lora"
+        get_peft_model(model, lora).save_pretrained(adapter)
+        embedder = DreamSimPatches.from_pretrained(str(folder))
+        training.train_patch_embedder(embedder, embedder.model, "feedback stand-in: dreamsim",
+                                      training.training_examples(seed), training_settings("dreamsim", steps),
+                                      torch.Generator().manual_seed(seed))
+        embedder.model.save_pretrained(adapter)
+        backbone = embedder.model.unload().extractor_list[0].model
+        for path in (folder / "checkpoints" / DREAMSIM_BACKBONE_FILE, folder / DREAMSIM_BACKBONE_FILE):
+            torch.save(backbone.state_dict(), path)
 
 
 BUILDERS = {

@@ -52,6 +52,10 @@ class DepthEstimator:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
+        return self.depth(images)
+
+    def depth(self, images: torch.Tensor) -> torch.Tensor:
+        """Depth ``(B, H, W)`` float32 of ``images``, with autograd (what ``__call__`` runs)."""
         depth = self.model(pixel_values=self.preprocess(images)).predicted_depth  # (B, h, w)
         restored = F.interpolate(depth[:, None].float(), size=images.shape[-2:], mode="bicubic", align_corners=False)
         return restored[:, 0]

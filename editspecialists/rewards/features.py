@@ -143,6 +143,10 @@ class DreamSimPatches:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> PatchTokens:
         check_images(images)
+        return self.tokens(images)
+
+    def tokens(self, images: torch.Tensor) -> PatchTokens:
+        """What ``__call__`` returns, with autograd."""
         pixels = resize(images.to(self.device, torch.float32), (self.image_size, self.image_size))
         embeddings = self.model.embed(pixels.to(self.dtype))  # (B, 1 + gh·gw, D), CLS first
         grid = tuple(self.model.extractor_list[0].num_patches)
@@ -205,6 +209,10 @@ class HFPatches:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> PatchTokens:
         check_images(images)
+        return self.tokens(images)
+
+    def tokens(self, images: torch.Tensor) -> PatchTokens:
+        """What ``__call__`` returns, with autograd."""
         side = self.grid * self.patch_size
         pixels = normalise(resize(images.to(self.device, torch.float32), (side, side)), self.mean, self.std)
         tokens = self.model(pixels.to(self.dtype))

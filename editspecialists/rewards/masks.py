@@ -53,6 +53,20 @@ def whole_image_box_where_none(boxes: list[torch.Tensor], height: int, width: in
     return [image_boxes if len(image_boxes) else whole for image_boxes in boxes]
 
 
+def detector_inputs(processor, images: torch.Tensor, names: list[str]):
+    """Grounding DINO's processor outputs (CPU) for images ``(B, 3, H, W)`` in [0, 1] and one name each."""
+    prompts = [detector_prompt(name) for name in names]
+    return processor(images=list(images.float().cpu()), text=prompts, padding="longest", do_rescale=False,
+                     return_tensors="pt")
+
+
+def segmenter_inputs(processor, images: torch.Tensor, boxes: list[torch.Tensor]):
+    """SAM2's processor outputs (CPU) for images ``(B, 3, H, W)`` in [0, 1] and their boxes
+    ``(N_i, 4)`` xyxy in pixels (padded to one count, :func:`pad_boxes`)."""
+    return processor(images=list(images.float().cpu()), input_boxes=pad_boxes(boxes), do_rescale=False,
+                     return_tensors="pt")
+
+
 MASK_FALLBACKS = ("whole_box", "ones")
 BOXES_PER_CALL = 16  # boxes per image that SAM2 decodes at once (MaskPredictor.segment)
 MASK_KEYS = ("models.detector", "models.segmenter")  # config keys of the detector and segmenter
@@ -129,9 +143,7 @@ class MaskPredictor:
         """Per image, boxes ``(N_i, 4)`` xyxy in pixels (clamped to the image) and their scores
         ``(N_i,)``, from one detector call."""
         height, width = images.shape[-2:]
-        prompts = [detector_prompt(name) for name in names]
-        inputs = self.detector_processor(images=list(images.float().cpu()), text=prompts, padding="longest",
-                                         do_rescale=False, return_tensors="pt")
+        inputs = detector_inputs(self.detector_processor, images, names)
         outputs = self.detector(**self.on_device(inputs))
         results = self.detector_processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
@@ -148,8 +160,7 @@ class MaskPredictor:
         time, so that memory stays bounded however many boxes the detector finds (each mask is
         upsampled to SAM2's 1024 px frame before it is cut to the image).
         """
-        inputs = self.segmenter_processor(images=list(images.float().cpu()), input_boxes=pad_boxes(boxes),
-                                          do_rescale=False, return_tensors="pt")
+        inputs = segmenter_inputs(self.segmenter_processor, images, boxes)
         embeddings = self.segmenter.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
         union = torch.zeros(len(images), *images.shape[-2:], dtype=torch.bool)
         for chunk in inputs["input_boxes"].split(BOXES_PER_CALL, dim=1):

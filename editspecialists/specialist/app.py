@@ -46,7 +46,7 @@ def demo_model(runs: str | Path = DEMO_RUNS) -> str:
 def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSpecialistPipeline | None]:
     """(the specialist, the base pipeline when the specialist cannot run its own base: a merged
     export); ``model`` is what ``from_pretrained`` takes, or ``demo``."""
-    from editspecialists.demo.editor import DEMO_RESOLUTION
+    from editspecialists.demo.scenes import DEMO_RESOLUTION
 
     is_demo = model == "demo"
     source = demo_model() if is_demo else model
