@@ -30,6 +30,12 @@ def get_config():
     config.wandb_project = ""  # empty: no wandb; offline automatically without credentials
     # "without_lora" (on for full fine-tuning only), "always" or "never"
     config.gradient_checkpointing = "without_lora"
+    # Reproduces the paper's code, defects included: its sampler scaled Euler-ancestral step i's
+    # model input with step i-1's sigma, and its training forward's style cross-attention attended
+    # from the noisy latent instead of the input image's latent, so training recomputed other
+    # log-probabilities than sampling recorded. For checking against the paper or continuing its
+    # runs; also applies to generate.py's sampler.
+    config.research_code_compat = False
     config.demo_root = ""  # set by config/demo.py: scripts build the demo assets there first
     config.overwrite = False  # generate.py: redo edits that already exist (else they are skipped)
 

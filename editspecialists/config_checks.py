@@ -140,6 +140,7 @@ SHARED_RULES = (
     Rule("style_name", name),
     Rule("whole_frame", boolean),
     Rule("data_resize", multiple_of(8), "(the VAE works on 8x8 pixel blocks)"),
+    Rule("research_code_compat", boolean),
     Rule("pretrained.scheduler", one_of(SCHEDULERS)),
     Rule("sample.num_steps", integer(1)),
     Rule("sample.eta", number(0)),

@@ -211,7 +211,7 @@ def generate_edits(config) -> Path:
         edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
                                     [editor.generator(e["seed"]) for e in chunk],
                                     num_inference_steps=config.sample.num_steps, scales=scales,
-                                    eta=config.sample.eta)[:, 0]
+                                    eta=config.sample.eta, research_code_compat=config.research_code_compat)[:, 0]
         for entry, edit in zip(chunk, edits):
             image = tensor_to_image(edit)
             write_then_rename(folder / entry["edit"], lambda tmp: image.save(tmp, format="PNG"))

@@ -217,17 +217,18 @@ class EditSpecialistPipeline:
 
     def edit_tensors(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str],
                      generators: list[torch.Generator], *, num_inference_steps: int, scales: GuidanceScales,
-                     eta: float = 1.0, nb_gen: int = 1) -> torch.Tensor:
+                     eta: float = 1.0, nb_gen: int = 1, research_code_compat: bool = False) -> torch.Tensor:
         """Edits (N, G, 3, h, w) in [0, 1] of inputs and styles (N, 3, h, w) in [0, 1], one prompt
         and one generator per input: the sampler of training (4-branch guidance, one UNet call per
-        step). generate.py calls this for each batch."""
+        step; ``research_code_compat``: the research code's lagged Euler input scale, see
+        :func:`sample_edits`). generate.py calls this for each batch."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         cond = EditConditioning(encode_images(self.vae, inputs.to(self.device)),
                                 encode_images(self.vae, styles.to(self.device)),
                                 encode_prompts(self.tokenizer, self.text_encoder, prompts),
                                 encode_prompts(self.tokenizer, self.text_encoder, [""]))
         return sample_edits(self.denoiser, self.scheduler, self.vae, cond, nb_gen=nb_gen, scales=scales,
-                            eta=eta, generator=generators).images
+                            eta=eta, generator=generators, research_code_compat=research_code_compat).images
 
     def generator(self, generator: torch.Generator | int | None) -> torch.Generator:
         """A generator on the pipeline's device from an int seed (a random one for None)."""

@@ -285,7 +285,8 @@ class Trainer:
         for batch in tqdm(batches, desc="sampling", leave=False, disable=not acc.is_local_main_process):
             trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
                                         nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
-                                        generator=generator, autocast=acc.autocast)
+                                        generator=generator, autocast=acc.autocast,
+                                        research_code_compat=self.config.research_code_compat)
             parts.append(trajectories)
             deferred.append((trajectories.images, batch.inputs.to(acc.device), batch.styles.to(acc.device),
                              image_keys("input", batch.input_files, batch.inputs),
@@ -437,7 +438,8 @@ class Trainer:
         with acc.accumulate(self.policy):
             loss, stats, finite = micro_batch_loss(
                 self.policy, self.scheduler, batch, step_index, self.empty_embeds, order, has_preference,
-                scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta)
+                scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
+                research_code_compat=self.config.research_code_compat)
             skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
             if skip:
                 loss = zero_loss(self.policy)
@@ -546,15 +548,17 @@ def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: lis
 
 def micro_batch_loss(policy, scheduler, batch: Trajectories, step_index: torch.Tensor,
                      empty_embeds: torch.Tensor, order: torch.Tensor, has_preference: torch.Tensor, *,
-                     scales: GuidanceScales, eta: float, autocast, eps: float, beta: float):
+                     scales: GuidanceScales, eta: float, autocast, eps: float, beta: float,
+                     research_code_compat: bool = False):
     """Clipped preference loss of one trained step per input of ``batch`` (b inputs, G edits).
 
     Policy log-probs (with gradient) and reference log-probs (without) of the transitions at
-    ``step_index`` (b,), then :func:`preference_loss` over ``order`` (b, G) best first.
+    ``step_index`` (b,) (:func:`transition_log_probs`, with ``research_code_compat``), then
+    :func:`preference_loss` over ``order`` (b, G) best first.
     Returns (loss scalar, :class:`RatioStats`, finite: 0-d bool, False if the loss or a ratio is
     not finite).
     """
-    kwargs = dict(scales=scales, eta=eta, autocast=autocast)
+    kwargs = dict(scales=scales, eta=eta, autocast=autocast, research_code_compat=research_code_compat)
     log_prob = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, **kwargs)
     reference = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, reference=True,
                                      **kwargs)
