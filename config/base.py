@@ -83,6 +83,10 @@ def get_config():
     train.timestep_fraction = 1.0  # share of each trajectory's trainable steps used for training
     train.eps = 0.1  # clip band of the ratio: [1 - eps, 1 + eps]
     train.beta = 0.1  # temperature of the preference loss
+    # Skip a micro-step on every process when any ratio exp(log p - log p_ref) of it overflows in
+    # fp32 (a log-ratio above ~88.72), as the original did; False trains on it (the loss works in
+    # log space, so the ratio is clamped to the band's edge). Logged: skipped_fraction per step.
+    train.skip_ratio_overflow = True
     train.score_alpha = ml_collections.FieldReference(1.0)  # weight of the semantic score
     train.rec_lambda = ml_collections.FieldReference(0.5)  # weight of reconstruction in semantic
 

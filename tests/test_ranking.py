@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from editspecialists.training.ranking import (
+    FP32_EXP_LIMIT,
     RatioStats,
     combine_scores,
+    micro_step_is_usable,
     plackett_luce_loss,
     preference_loss,
     rank_edits,
@@ -251,3 +253,20 @@ def test_two_processes_standardise_each_sampling_batch_across_processes(tmp_path
         orders = json.loads((tmp_path / f"order{process}.json").read_text())
         assert orders["batch"] == [[0, 1]] * 4, "sampling batch 0 is rows 0 and 1 of TWO_BATCHES"
         assert orders["epoch"] == [[1, 0], [0, 1], [0, 1], [0, 1]]
+
+
+def test_the_original_skip_rule_tests_every_ratio_for_fp32_overflow_before_the_clamp():
+    assert abs(FP32_EXP_LIMIT - 88.7228) < 1e-4  # log(3.4028235e38)
+    loss = torch.tensor(0.69)
+    below, above = torch.tensor([[88.72, 0.0]]), torch.tensor([[0.0, 88.73]])
+    assert torch.isinf(above.exp()).any() and torch.isfinite(below.exp()).all()
+    for skip in (True, False):
+        assert micro_step_is_usable(loss, below, skip_ratio_overflow=skip)
+        assert micro_step_is_usable(loss, torch.tensor([[-1e4, 0.0]]), skip_ratio_overflow=skip), "exp -> 0 is finite"
+        assert not micro_step_is_usable(loss, torch.tensor([[float("nan"), 0.0]]), skip_ratio_overflow=skip)
+        assert not micro_step_is_usable(torch.tensor(float("inf")), below, skip_ratio_overflow=skip)
+    assert not micro_step_is_usable(loss, above, skip_ratio_overflow=True)
+    assert micro_step_is_usable(loss, above, skip_ratio_overflow=False)
+    # the overflowing edit's clamped loss is finite: without the rule it is trained on
+    clipped = plackett_luce_loss(above, eps=0.1, beta=0.1)
+    assert torch.isfinite(clipped).all()

@@ -197,6 +197,7 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "lora_init": "gaussian",
     "reward.standardize": "epoch",
     "reward.mask_fallback": "ones",
+    "train.skip_ratio_overflow": False,
 }
 # Saved values whose spelling changed, behaviour unchanged -> today's spelling.
 RESPELLED_VALUES = {

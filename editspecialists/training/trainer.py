@@ -36,7 +36,7 @@ from editspecialists.training import run_folder
 from editspecialists.training.launch import process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
-from editspecialists.training.ranking import (RatioStats, combine_scores, preference_loss,
+from editspecialists.training.ranking import (RatioStats, combine_scores, micro_step_is_usable, preference_loss,
                                               rank_edits, standardization_groups)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
 
@@ -436,11 +436,11 @@ class Trainer:
         """Forward policy and reference at one timestep per input, loss, backward (accumulated)."""
         acc, train, sample = self.accelerator, self.config.train, self.config.sample
         with acc.accumulate(self.policy):
-            loss, stats, finite = micro_batch_loss(
+            loss, stats, usable = micro_batch_loss(
                 self.policy, self.scheduler, batch, step_index, self.empty_embeds, order, has_preference,
                 scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
-                research_code_compat=self.config.research_code_compat)
-            skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
+                skip_ratio_overflow=train.skip_ratio_overflow, research_code_compat=self.config.research_code_compat)
+            skip = bool(acc.reduce((~usable).float(), reduction="sum") > 0)
             if skip:
                 loss = zero_loss(self.policy)
                 window.skipped += 1
@@ -549,21 +549,21 @@ def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: lis
 def micro_batch_loss(policy, scheduler, batch: Trajectories, step_index: torch.Tensor,
                      empty_embeds: torch.Tensor, order: torch.Tensor, has_preference: torch.Tensor, *,
                      scales: GuidanceScales, eta: float, autocast, eps: float, beta: float,
-                     research_code_compat: bool = False):
+                     skip_ratio_overflow: bool = True, research_code_compat: bool = False):
     """Clipped preference loss of one trained step per input of ``batch`` (b inputs, G edits).
 
     Policy log-probs (with gradient) and reference log-probs (without) of the transitions at
     ``step_index`` (b,) (:func:`transition_log_probs`, with ``research_code_compat``), then
     :func:`preference_loss` over ``order`` (b, G) best first.
-    Returns (loss scalar, :class:`RatioStats`, finite: 0-d bool, False if the loss or a ratio is
-    not finite).
+    Returns (loss scalar, :class:`RatioStats`, usable: 0-d bool, :func:`micro_step_is_usable` with
+    ``skip_ratio_overflow``).
     """
     kwargs = dict(scales=scales, eta=eta, autocast=autocast, research_code_compat=research_code_compat)
     log_prob = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, **kwargs)
     reference = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, reference=True,
                                      **kwargs)
     loss, stats, log_ratio = preference_loss(log_prob, reference, order, has_preference, eps=eps, beta=beta)
-    return loss, stats, torch.isfinite(loss) & torch.isfinite(log_ratio).all()
+    return loss, stats, micro_step_is_usable(loss, log_ratio, skip_ratio_overflow=skip_ratio_overflow)
 
 
 def zero_loss(policy) -> torch.Tensor:
@@ -600,4 +600,5 @@ class _WindowStats:
         count = max(1, self.updated * accelerator.num_processes)
         return {"loss": totals[0] / count, "ratio_mean": totals[1] / count,
                 "clipfrac": totals[2] / count, "grad_norm": torch.as_tensor(self.grad_norm).float(),
-                "skipped_micro_steps": self.skipped}
+                "skipped_micro_steps": self.skipped,
+                "skipped_fraction": self.skipped / max(1, self.skipped + self.updated)}
