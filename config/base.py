@@ -46,6 +46,9 @@ def get_config():
     config.style_name = "lego"  # the target concept
     config.whole_frame = False  # global edits: masks are the whole image
     config.data_resize = 256  # short side resized, then centre-cropped to a square
+    # Filter of that resize (training and generate.py): "bilinear" is torchvision's Resize +
+    # CenterCrop as the original used them; "bicubic" (Pillow's) was ours before.
+    config.resize_filter = "bilinear"
 
     # ---- base model ----
     config.pretrained = pretrained = ml_collections.ConfigDict()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from editspecialists.data.dataset import GENERATION_PROMPTS
+from editspecialists.data.images import RESIZE_FILTERS
 from editspecialists.diffusion.pipeline import SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
 from editspecialists.config_keys import value_at
@@ -140,6 +141,7 @@ SHARED_RULES = (
     Rule("style_name", name),
     Rule("whole_frame", boolean),
     Rule("data_resize", multiple_of(8), "(the VAE works on 8x8 pixel blocks)"),
+    Rule("resize_filter", one_of(RESIZE_FILTERS)),
     Rule("research_code_compat", boolean),
     Rule("pretrained.scheduler", one_of(SCHEDULERS)),
     Rule("sample.num_steps", integer(1)),

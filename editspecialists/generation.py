@@ -206,8 +206,10 @@ def generate_edits(config) -> Path:
     size = config.data_resize
     for start in tqdm(range(0, len(todo), config.sample.batch_size), desc="editing"):
         chunk = todo[start:start + config.sample.batch_size]
-        inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size) for e in chunk])
-        styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size) for e in chunk])
+        inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size, config.resize_filter)
+                              for e in chunk])
+        styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
+                              for e in chunk])
         edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
                                     [editor.generator(e["seed"]) for e in chunk],
                                     num_inference_steps=config.sample.num_steps, scales=scales,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from editspecialists.data.images import load_image_folder
+from editspecialists.data.images import DEFAULT_RESIZE_FILTER, load_image_folder
 
 PROMPT_TEMPLATES = (
     "turn the {input} into {style}",
@@ -43,9 +43,10 @@ class EditDataset:
     """
 
     def __init__(self, input_dir: str | Path, style_dir: str | Path, input_name: str, style_name: str,
-                 size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES):
-        self.input_files, self.inputs = load_image_folder(input_dir, size, role="input image")
-        self.style_files, self.styles = load_image_folder(style_dir, size, role="style image")
+                 size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES,
+                 resize_filter: str = DEFAULT_RESIZE_FILTER):
+        self.input_files, self.inputs = load_image_folder(input_dir, size, "input image", resize_filter)
+        self.style_files, self.styles = load_image_folder(style_dir, size, "style image", resize_filter)
         self.input_name, self.style_name = input_name, style_name
         self.templates = templates
 

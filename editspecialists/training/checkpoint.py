@@ -198,6 +198,7 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "reward.standardize": "epoch",
     "reward.mask_fallback": "ones",
     "train.skip_ratio_overflow": False,
+    "resize_filter": "bicubic",
 }
 # Saved values whose spelling changed, behaviour unchanged -> today's spelling.
 RESPELLED_VALUES = {

@@ -144,7 +144,7 @@ class Trainer:
                            {"pretrained.model": config.pretrained.revision})
         if dataset is None:
             dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
-                                  config.style_name, config.data_resize)
+                                  config.style_name, config.data_resize, resize_filter=config.resize_filter)
         self.dataset = dataset
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
