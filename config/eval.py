@@ -38,6 +38,16 @@ def get_config(preset=""):
     config.whole_frame = False
     # "none" compares raw relative depths (faithful); "scale_shift" least-squares aligns the edit's first.
     config.structural_align = "none"
+    # Edits, inputs and styles resized (short side) and centre-cropped to this before every metric,
+    # as the original (256); 0 scores the edits at their own size (inputs and styles fitted to it).
+    config.data_resize = 256
+    # Filter of that resize: "bilinear" (torchvision's Resize, the original's) or "bicubic".
+    config.resize_filter = "bilinear"
+    # "intended": the *_gen_sty / *_gen_input definitions; "research_code": the numbers the
+    # original's evaluation printed (its CLIP branch compared input with style for clipSim_gen_input
+    # and input with edit for clipSim_gen_sty; its DINOv2 branch input with style for dinoSim_gen_sty),
+    # to set beside the paper's table (README "Generate and evaluate").
+    config.patch_slicing = "intended"
 
     # ---- metrics ----
     # "all", or a comma-separated string of (README "Generate and evaluate" defines each):
@@ -86,4 +96,5 @@ def use_demo_assets(config, root=None):
     config.sample_savedir = "outputs/demo_edits"
     config.eval_savedir = "outputs/demo_eval"
     config.batch_size = 4
+    config.data_resize = 32  # the demo's training resolution (config/demo.py)
     config.models.update(demo_models_config(root))
