@@ -70,6 +70,12 @@ def get_config():
     # generate.py's instruction: "per_image" draws a template from each image's seed; "first" is
     # always "turn the {input} into {style}"
     sample.generation_prompt = "per_image"
+    # generate.py's edit files: "input" is edit_<input file name> in the input's format, as the
+    # original (a .jpg input gives a JPEG edit at Pillow's quality 75); "png": edit_<stem>.png, lossless
+    sample.edit_format = "input"
+    # generate.py on CUDA: the VAE, UNet and style module under fp16 autocast as the original (the
+    # sampler's steps stay fp32); False runs fp32. No effect on the CPU.
+    sample.generation_autocast = True
 
     # ---- training ----
     config.train = train = ml_collections.ConfigDict()

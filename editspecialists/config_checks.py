@@ -22,6 +22,7 @@ from typing import Callable
 
 from editspecialists.data.dataset import GENERATION_PROMPTS
 from editspecialists.data.images import RESIZE_FILTERS
+from editspecialists.data.manifest import EDIT_FORMATS
 from editspecialists.diffusion.pipeline import SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
 from editspecialists.config_keys import value_at
@@ -152,6 +153,8 @@ SHARED_RULES = (
     Rule("sample.batch_size", integer(1)),
     Rule("sample.sample_savedir", text),
     Rule("sample.generation_prompt", one_of(GENERATION_PROMPTS)),
+    Rule("sample.edit_format", one_of(EDIT_FORMATS)),
+    Rule("sample.generation_autocast", boolean),
 )
 
 # What defines the policy: the run's config (a checkpoint's own when generating from one).

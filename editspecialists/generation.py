@@ -1,9 +1,13 @@
 """Editing a folder of images with a trained specialist (or the base model): generate.py.
 
-Each readable input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input
-stem>.png``, and a line in ``manifest.jsonl``: input file, style file, prompt template index and
-prompt, seed, edit file, and the model (:func:`model_record`). Unreadable inputs and styles are
-skipped as training skips them (one warning names them).
+Each readable input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input file
+name>`` in the input's own format (``sample.edit_format`` "input", the original's: a .jpg input
+gives a JPEG edit at Pillow's default quality) or ``edit_<input stem>.png`` ("png", lossless), and
+a line in ``manifest.jsonl``: input file, style file, prompt template index and prompt, seed, edit
+file, and the model (:func:`model_record`). Unreadable inputs and styles are skipped as training
+skips them (one warning names them). On CUDA the VAE, the UNet and the style module run under
+fp16 autocast, as the original's generate.py (``sample.generation_autocast``; the sampler's steps
+stay fp32); on the CPU everything runs in fp32.
 
 Each batch is edited by :meth:`EditSpecialistPipeline.edit_tensors
 <editspecialists.specialist.pipeline.EditSpecialistPipeline.edit_tensors>`, so the pipeline gives
@@ -26,16 +30,18 @@ from __future__ import annotations
 
 import logging
 import zlib
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from editspecialists.config_checks import validate_generation_config
 from editspecialists.data.dataset import GENERATION_PROMPTS, PROMPT_TEMPLATES
 from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
-from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
+from editspecialists.data.manifest import (EDIT_FORMATS, EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
@@ -45,11 +51,25 @@ logger = logging.getLogger(__name__)
 
 # The keys of a model record that identify the model (its checkpoint path does not).
 MODEL_IDENTITY = ("base", "revision", "weights_sha256")
+def edit_name(input_file: str, edit_format: str) -> str:
+    """``edit_<input file name>`` (``"input"``) or ``edit_<input stem>.png`` (``"png"``)."""
+    if edit_format not in EDIT_FORMATS:
+        raise ValueError(f"sample.edit_format must be one of {list(EDIT_FORMATS)}, got {edit_format!r}")
+    name = input_file if edit_format == "input" else f"{Path(input_file).stem}.png"
+    return f"{EDIT_PREFIX}{name}"
 
 
-def edit_name(input_file: str) -> str:
-    """``edit_<input stem>.png``: edits are written losslessly whatever the input's format."""
-    return f"{EDIT_PREFIX}{Path(input_file).stem}.png"
+def save_edit(image: Image.Image, path: Path, name: str) -> None:
+    """Write ``image`` to ``path`` in the format of the edit file ``name``'s suffix (Pillow's default
+    settings: JPEG at quality 75)."""
+    image.save(path, format=Image.registered_extensions()[Path(name).suffix.lower()])
+
+
+def generation_autocast(enabled: bool, device: torch.device):
+    """fp16 autocast on CUDA when ``enabled`` (the original's generate.py); no autocast elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
 
 
 def output_folder(config) -> Path:
@@ -119,7 +139,7 @@ def load_editor(config, device) -> EditSpecialistPipeline:
 def planned_edits(config) -> list[dict]:
     """Manifest entries (without the model) of the edits of every readable input image."""
     inputs = readable_images(config.inputimg_dir, "input image")
-    check_distinct_edit_names(inputs)
+    check_distinct_edit_names(inputs, config.sample.edit_format)
     styles = readable_images(config.styleimg_dir, "style image")
     entries = []
     for path in inputs:
@@ -129,7 +149,7 @@ def planned_edits(config) -> list[dict]:
         template = prompt_template(config.sample.generation_prompt, rng)
         prompt = PROMPT_TEMPLATES[template].format(input=config.input_name, style=config.style_name)
         entries.append({"input": path.name, "style": style.name, "template": template, "prompt": prompt,
-                        "seed": seed, "edit": edit_name(path.name)})
+                        "seed": seed, "edit": edit_name(path.name, config.sample.edit_format)})
     return entries
 
 
@@ -170,15 +190,27 @@ def prompt_template(choice: str, rng: np.random.Generator) -> int:
     raise ValueError(f"sample.generation_prompt must be one of {list(GENERATION_PROMPTS)}, got {choice!r}")
 
 
-def check_distinct_edit_names(inputs: list[Path]) -> None:
-    """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png``)."""
+def check_distinct_edit_names(inputs: list[Path], edit_format: str) -> None:
+    """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png`` in "png")."""
     by_edit: dict[str, list[str]] = {}
     for path in inputs:
-        by_edit.setdefault(edit_name(path.name), []).append(path.name)
+        by_edit.setdefault(edit_name(path.name, edit_format), []).append(path.name)
     clashes = [" and ".join(names) for names in by_edit.values() if len(names) > 1]
     if clashes:
         raise ValueError(f"input files {'; '.join(clashes)} in {inputs[0].parent} would be written to "
                          f"the same edit file: rename one of each")
+
+
+def check_same_edit_names(folder: Path, manifest: dict[str, dict], planned: list[dict]) -> None:
+    """Refuse to add edits to a folder whose manifest lists another edit file of the same input
+    (another ``sample.edit_format``): evaluation would score both."""
+    planned_of = {entry["input"]: entry["edit"] for entry in planned}
+    others = sorted(f"{name} of {entry['input']}" for name, entry in manifest.items()
+                    if entry["input"] in planned_of and planned_of[entry["input"]] != name)
+    if others:
+        raise ValueError(f"{folder} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, written "
+                         f"with another sample.edit_format: set the same edit_format, --config.overwrite=True "
+                         f"to replace them, or another sample.sample_savedir")
 
 
 def generate_edits(config) -> Path:
@@ -196,6 +228,7 @@ def generate_edits(config) -> Path:
     model = model_record(config)
     manifest = {} if config.overwrite else read_manifest(folder)
     check_one_model(folder, manifest, model)
+    check_same_edit_names(folder, manifest, planned)
     todo = edits_to_make(planned, folder, manifest)
     if not todo:
         print(f"all edits already exist in {folder} (--config.overwrite=True redoes them)")
@@ -210,13 +243,14 @@ def generate_edits(config) -> Path:
                               for e in chunk])
         styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
                               for e in chunk])
-        edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
-                                    [editor.generator(e["seed"]) for e in chunk],
-                                    num_inference_steps=config.sample.num_steps, scales=scales,
-                                    eta=config.sample.eta, research_code_compat=config.research_code_compat)[:, 0]
+        with generation_autocast(config.sample.generation_autocast, device):
+            edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
+                                        [editor.generator(e["seed"]) for e in chunk],
+                                        num_inference_steps=config.sample.num_steps, scales=scales,
+                                        eta=config.sample.eta, research_code_compat=config.research_code_compat)[:, 0]
         for entry, edit in zip(chunk, edits):
             image = tensor_to_image(edit)
-            write_then_rename(folder / entry["edit"], lambda tmp: image.save(tmp, format="PNG"))
+            write_then_rename(folder / entry["edit"], lambda tmp: save_edit(image, tmp, entry["edit"]))
             manifest[entry["edit"]] = {**entry, "model": model}
         write_manifest(folder, manifest)
     return folder
