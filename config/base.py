@@ -24,10 +24,16 @@ def get_config():
     config.use_lora = True  # LoRA on the UNet attention (False: full fine-tuning, a reference UNet copy)
     config.lora_rank = 8  # LoRA rank r
     config.lora_alpha = 8  # LoRA scaling alpha (the update is scaled by alpha / r)
+    # xformers' memory-efficient attention in the UNet and VAE (training and generate.py; needs
+    # pip install xformers), the original's key; PyTorch's own attention is memory-efficient too.
+    config.use_xformers = False
     # "default": peft's (A Kaiming-uniform, B zero); "gaussian": A ~ N(0, std 1/lora_rank), several
     # times larger updates at the same learning rate
     config.lora_init = "default"
-    config.wandb_project = ""  # empty: no wandb; offline automatically without credentials
+    # wandb project of the run, as the original (which always logged to "EditSpecialists"); empty:
+    # no wandb. Not installed or not logged in: metrics.jsonl only, with one line saying so (never a
+    # prompt); WANDB_MODE=offline/disabled is obeyed.
+    config.wandb_project = "EditSpecialists"
     # "without_lora" (on for full fine-tuning only), "always" or "never"
     config.gradient_checkpointing = "without_lora"
     # Reproduces the paper's code, defects included: its sampler scaled Euler-ancestral step i's
@@ -66,7 +72,7 @@ def get_config():
     sample.batch_size = 4  # inputs per process per sampling batch
     sample.num_batches_per_epoch = 2  # sampling batches per process per epoch
     sample.nb_gen = 2  # edits per input, ranked against each other
-    sample.sample_savedir = "outputs/edits"  # generate.py writes here
+    sample.sample_savedir = "generated_samples"  # generate.py writes here (the original's folder)
     # generate.py's instruction: "per_image" draws a template from each image's seed; "first" is
     # always "turn the {input} into {style}"
     sample.generation_prompt = "per_image"

@@ -26,9 +26,9 @@ def get_config(preset=""):
     config.inputimg_dir = "data/inputs"
     config.styleimg_dir = "data/styles"
     # Edits are read from <sample_savedir>/<input_name>_<style_name>/ (scripts/generate.py's output).
-    config.sample_savedir = "outputs/edits"
+    config.sample_savedir = "generated_samples"
     # <input>_<style>.json, _per_image.csv, _report.png; later evaluations <input>_<style>.2.json, ...
-    config.eval_savedir = "outputs/eval"
+    config.eval_savedir = "evaluation_results"
 
     # ---- what was edited ----
     config.input_name = "car"
@@ -61,6 +61,7 @@ def get_config(preset=""):
     config.seed = 42  # style image choice when the edits folder has no manifest.jsonl
     config.device = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     config.dtype = "fp32"  # "fp32", "fp16" or "bf16" for every evaluation model
+    config.hps_autocast = True  # HPSv2 under fp16 autocast on CUDA, as the original (no effect on CPU)
     config.box_threshold = 0.4  # Grounding DINO box score threshold
     config.text_threshold = 0.3  # Grounding DINO text score threshold
     config.report_rows = 16  # edits shown in the side-by-side PNG report

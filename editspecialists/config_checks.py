@@ -15,6 +15,7 @@ loading; evaluation skips a family whose model cannot load, by design).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from dataclasses import dataclass
@@ -122,6 +123,13 @@ def name(value):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
 
+def xformers_switch(value):
+    """A bool; True only where the xformers package is installed."""
+    if value is True and importlib.util.find_spec("xformers") is None:
+        return "must be False: True needs the xformers package (pip install xformers)"
+    return boolean(value)
+
+
 # ------------------------------------------------------------------------------ the tables
 def _uses_lora(config) -> bool:
     return value_at(config, "use_lora") is True
@@ -144,6 +152,7 @@ SHARED_RULES = (
     Rule("data_resize", multiple_of(8), "(the VAE works on 8x8 pixel blocks)"),
     Rule("resize_filter", one_of(RESIZE_FILTERS)),
     Rule("research_code_compat", boolean),
+    Rule("use_xformers", xformers_switch),
     Rule("pretrained.scheduler", one_of(SCHEDULERS)),
     Rule("sample.num_steps", integer(1)),
     Rule("sample.eta", number(0)),

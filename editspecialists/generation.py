@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import zlib
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,8 @@ from editspecialists.data.images import UnreadableImageError, load_image, read_r
 from editspecialists.data.manifest import (EDIT_FORMATS, EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
 from editspecialists.diffusion.guidance import GuidanceScales
+from editspecialists.diffusion.pipeline import use_xformers_attention
+from editspecialists.precision import cuda_fp16_autocast
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
 from editspecialists.training import checkpoint as ckpt
 
@@ -65,11 +66,6 @@ def save_edit(image: Image.Image, path: Path, name: str) -> None:
     image.save(path, format=Image.registered_extensions()[Path(name).suffix.lower()])
 
 
-def generation_autocast(enabled: bool, device: torch.device):
-    """fp16 autocast on CUDA when ``enabled`` (the original's generate.py); no autocast elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
 
 
 def output_folder(config) -> Path:
@@ -127,12 +123,14 @@ def check_one_model(folder: Path, manifest: dict[str, dict], model: dict) -> Non
 
 def load_editor(config, device) -> EditSpecialistPipeline:
     """The specialist of ``config.load_checkpoint`` (else the base model ``pretrained.model``) on
-    ``device`` in fp32, sampling with ``pretrained.scheduler``."""
+    ``device`` in fp32, sampling with ``pretrained.scheduler`` (xformers attention with ``use_xformers``)."""
     if config.load_checkpoint:
         editor = EditSpecialistPipeline.from_checkpoint(config.load_checkpoint, scheduler=config.pretrained.scheduler)
     else:
         editor = EditSpecialistPipeline.from_base(config.pretrained.model, revision=config.pretrained.revision,
                                                   scheduler=config.pretrained.scheduler)
+    if config.use_xformers:
+        use_xformers_attention(editor.denoiser.unet, editor.vae)
     return editor.to(device)
 
 
@@ -243,7 +241,7 @@ def generate_edits(config) -> Path:
                               for e in chunk])
         styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
                               for e in chunk])
-        with generation_autocast(config.sample.generation_autocast, device):
+        with cuda_fp16_autocast(config.sample.generation_autocast, device):
             edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
                                         [editor.generator(e["seed"]) for e in chunk],
                                         num_inference_steps=config.sample.num_steps, scales=scales,

@@ -153,17 +153,17 @@ def test_edits_keep_their_inputs_format_as_the_original_or_are_written_as_png(ti
         generate_edits(config)
 
 
-def test_generation_autocasts_to_fp16_on_cuda_only():
+def test_generation_and_hps_autocast_to_fp16_on_cuda_only():
     import warnings
 
-    from editspecialists.generation import generation_autocast
+    from editspecialists.precision import cuda_fp16_autocast
 
     for enabled, device in ((True, "cpu"), (False, "cpu"), (False, "cuda")):
-        context = generation_autocast(enabled, torch.device(device))
+        context = cuda_fp16_autocast(enabled, torch.device(device))
         assert not isinstance(context, torch.autocast), (enabled, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns that it disables CUDA autocast on a machine without CUDA
-        context = generation_autocast(True, torch.device("cuda"))
+        context = cuda_fp16_autocast(True, torch.device("cuda"))
     assert isinstance(context, torch.autocast) and context.device == "cuda" and context.fast_dtype == torch.float16
 
 

@@ -47,6 +47,7 @@ EVALUATION_RULES = (
     Rule("seed", SEED),
     Rule("device", torch_device),
     Rule("dtype", one_of(DTYPES)),
+    Rule("hps_autocast", boolean),
     Rule("box_threshold", THRESHOLD),
     Rule("text_threshold", THRESHOLD),
     Rule("report_rows", integer(1)),

@@ -230,7 +230,8 @@ def evaluate(config) -> dict:
         raise ValueError(f"no edit of {edit_dir} can be scored: "
                          + "; ".join(f"{edit} ({reason})" for edit, reason in left_out.items()))
     settings = FamilySettings(config.models, resolve_device(config.device), dtype_named(config.dtype, "dtype"),
-                              structural_align=config.structural_align, patch_slicing=config.patch_slicing)
+                              structural_align=config.structural_align, patch_slicing=config.patch_slicing,
+                              hps_autocast=config.hps_autocast)
     families, skipped = load_families(selected, settings)
     masks = None
     if any(spec.needs_masks for spec, _ in families):

@@ -9,11 +9,13 @@ first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
 
 from editspecialists.evaluation import metrics
+from editspecialists.precision import cuda_fp16_autocast
 from editspecialists.rewards.masks import MASK_KEYS
 
 # Version of the metric definitions, written into every evaluation JSON: numbers of different
@@ -60,6 +62,7 @@ class FamilySettings:
     dtype: torch.dtype
     structural_align: str = "none"
     patch_slicing: str = "intended"
+    hps_autocast: bool = True
     _patch_embedders: dict = field(default_factory=dict)
 
     def patch_embedder(self, kind: str, model_id: str):
@@ -193,7 +196,8 @@ class ClipFamily:
 
 
 class HpsFamily:
-    """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint)."""
+    """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint), under fp16
+    autocast on CUDA as the original's scorer (``hps_autocast``)."""
 
     def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.embedders import OpenClipEmbedder
@@ -202,9 +206,12 @@ class HpsFamily:
         self.hps = OpenClipEmbedder.from_checkpoint(
             models.hps_architecture, models.hps_checkpoint, device=settings.device, dtype=settings.dtype
         )
+        self.autocast = partial(cuda_fp16_autocast, settings.hps_autocast, settings.device)
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        return {"hps_score": metrics.hps_score(self.hps.embed_images(batch.edits), self.hps.embed_texts(batch.prompts))}
+        with self.autocast():
+            images, texts = self.hps.embed_images(batch.edits), self.hps.embed_texts(batch.prompts)
+        return {"hps_score": metrics.hps_score(images, texts)}
 
 
 class PickScoreFamily:

@@ -39,8 +39,10 @@ def standardization_groups(mode: str, batch_sizes: Sequence[int], num_processes:
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
-    """(s − mean) / (std + 1e-8), mean and population std over every element."""
-    return (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+    """(s − mean) / (std + 1e-8), mean and unbiased std (``torch.std``, as the original) over every
+    element (at least 2: a group holds nb_gen ≥ 2 edits). Every score of a group shares the
+    population/unbiased std ratio, so the ranking is the population std's one."""
+    return (scores - scores.mean()) / (scores.std() + 1e-8)
 
 
 def standardize_per_group(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

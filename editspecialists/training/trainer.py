@@ -24,7 +24,7 @@ from editspecialists.data.dataset import EditDataset
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
 from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
-                                                place_encoders)
+                                                place_encoders, use_xformers_attention)
 from editspecialists.diffusion.policy import policy_from_config
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
@@ -204,6 +204,8 @@ class Trainer:
             pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
                                  scheduler=config.pretrained.scheduler)
         place_encoders(pipe, acc.device, self.weight_dtype)
+        if config.use_xformers:
+            use_xformers_attention(pipe.unet, pipe.vae)
         self.vae, self.tokenizer, self.text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
         self.scheduler = pipe.scheduler
         self.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
