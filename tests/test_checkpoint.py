@@ -149,7 +149,8 @@ def old_run(folder, **values):
     ``values`` (dotted keys) set further saved values."""
     saved = load_config("base").to_dict()
     del saved["lora_init"], saved["reward"]["standardize"], saved["reward"]["mask_fallback"]
-    del saved["train"]["skip_ratio_overflow"], saved["resize_filter"]
+    del saved["train"]["skip_ratio_overflow"], saved["resize_filter"], saved["research_code_compat"]
+    del saved["use_xformers"], saved["sample"]["edit_format"], saved["sample"]["generation_autocast"]
     saved.update(seed=42, mixed_precision="bf16", gradient_checkpointing=False, num_epochs=20)
     saved["pretrained"]["revision"] = ""
     saved["models"]["segmenter"] = "facebook/sam2.1-hiera-large"
@@ -173,6 +174,8 @@ def test_an_old_run_config_reads_missing_keys_as_their_old_values(tmp_path):
     assert saved.reward.standardize == "epoch"
     assert saved.reward.mask_fallback == "ones"
     assert saved.train.skip_ratio_overflow is False and saved.resize_filter == "bicubic"
+    assert (saved.sample.edit_format, saved.sample.generation_autocast) == ("png", False)
+    assert saved.research_code_compat is False and saved.use_xformers is False
     assert saved.pretrained.revision == "main" and saved.gradient_checkpointing == "never"
     assert saved.mixed_precision == "bf16", "a saved value is kept"
 

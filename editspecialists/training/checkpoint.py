@@ -199,6 +199,10 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "reward.mask_fallback": "ones",
     "train.skip_ratio_overflow": False,
     "resize_filter": "bicubic",
+    "research_code_compat": False,
+    "use_xformers": False,
+    "sample.edit_format": "png",
+    "sample.generation_autocast": False,
 }
 # Saved values whose spelling changed, behaviour unchanged -> today's spelling.
 RESPELLED_VALUES = {
