@@ -131,6 +131,17 @@ def get_config():
     reward.standardize = "batch"  # scores standardised over each sampling batch, or "epoch"
     reward.mask_fallback = "whole_box"  # no detection: SAM on the whole-image box, or "ones"
 
+    # ---- held-out validation (ours; README "Held-out validation") ----
+    config.val = val = ml_collections.ConfigDict()
+    val.inputimg_dir = ""  # a folder of held-out inputs; empty: split val.fraction off inputimg_dir
+    # Share of inputimg_dir held out, never trained on, chosen by file name (stable when files are
+    # added); 0 trains on every input (the original) and validates only with val.inputimg_dir.
+    val.fraction = 0.1
+    val.seeds = 2  # edits per held-out input, each with its own fixed noise seed
+    val.every = 2  # epochs between validations (also before the first update and after the last); 0: none
+    # "auto": the run's own scores and semantic, structural, reconstruction; or comma-separated names
+    val.scores = "auto"
+
     # ---- model ids (hub ids or local folders) ----
     config.models = models_config()
     return config

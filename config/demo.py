@@ -55,6 +55,9 @@ def get_config(preset: str = ""):
     config.train.learning_rate = 1e-3
     config.train.timestep_fraction = 0.5
     config.reward.batch_size = 16
+    config.val.inputimg_dir = paths["held_out"]  # 8 demo cars of their own, never trained on
+    config.val.seeds = 2
+    config.val.every = 1
 
     if preset == "brightness":
         config.logdir = "logs/demo_brightness"

@@ -65,6 +65,10 @@ def get_config(preset=""):
     config.box_threshold = 0.4  # Grounding DINO box score threshold
     config.text_threshold = 0.3  # Grounding DINO text score threshold
     config.report_rows = 16  # edits shown in the side-by-side PNG report
+    # A checkpoint or run folder: generate with it and with its base model on the run's held-out
+    # inputs (same prompts, styles, seeds) and compare the two, metric by metric (README); empty:
+    # score the edits of sample_savedir.
+    config.base_vs_specialist = ""
 
     # ---- model ids (hub ids or local folders; the same table as training) ----
     config.models = _base_module().models_config()

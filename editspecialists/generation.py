@@ -14,7 +14,8 @@ Each batch is edited by :meth:`EditSpecialistPipeline.edit_tensors
 generate.py's pixels for the same image, prompt and seed (at batch size 1).
 
 Every image has its own seed, which draws its style image, (``sample.generation_prompt``
-"per_image") its prompt template, and its noise: with the same seed and the same batches an edit
+"per_image") its prompt template, and its noise (:mod:`editspecialists.data.edit_plan`, shared
+with training's held-out validation): with the same seed and the same batches an edit
 is reproduced exactly (on one machine and thread count). Other batches (another
 ``sample.batch_size``, a rerun that redoes only some edits) can move a few pixels by 1/255, because
 batched convolutions round differently (measured on the demo, batch size 1 against 4 on a CPU: 2-3
@@ -29,18 +30,17 @@ with one line naming it. Edits of another model in the folder are refused unless
 from __future__ import annotations
 
 import logging
-import zlib
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from editspecialists.config_checks import validate_generation_config
-from editspecialists.data.dataset import GENERATION_PROMPTS, PROMPT_TEMPLATES
+from editspecialists.data.edit_plan import edit_name, plan_edits
 from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
-from editspecialists.data.manifest import (EDIT_FORMATS, EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
+from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.pipeline import use_xformers_attention
@@ -52,12 +52,6 @@ logger = logging.getLogger(__name__)
 
 # The keys of a model record that identify the model (its checkpoint path does not).
 MODEL_IDENTITY = ("base", "revision", "weights_sha256")
-def edit_name(input_file: str, edit_format: str) -> str:
-    """``edit_<input file name>`` (``"input"``) or ``edit_<input stem>.png`` (``"png"``)."""
-    if edit_format not in EDIT_FORMATS:
-        raise ValueError(f"sample.edit_format must be one of {list(EDIT_FORMATS)}, got {edit_format!r}")
-    name = input_file if edit_format == "input" else f"{Path(input_file).stem}.png"
-    return f"{EDIT_PREFIX}{name}"
 
 
 def save_edit(image: Image.Image, path: Path, name: str) -> None:
@@ -66,15 +60,8 @@ def save_edit(image: Image.Image, path: Path, name: str) -> None:
     image.save(path, format=Image.registered_extensions()[Path(name).suffix.lower()])
 
 
-
-
 def output_folder(config) -> Path:
     return Path(config.sample.sample_savedir) / f"{config.input_name}_{config.style_name}"
-
-
-def image_seed(seed: int, input_file: str) -> int:
-    """A per-image seed from the run seed and the file name (stable across folders/batches)."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(input_file.encode())]).generate_state(1)[0])
 
 
 def model_config(config):
@@ -134,21 +121,17 @@ def load_editor(config, device) -> EditSpecialistPipeline:
     return editor.to(device)
 
 
-def planned_edits(config) -> list[dict]:
-    """Manifest entries (without the model) of the edits of every readable input image."""
-    inputs = readable_images(config.inputimg_dir, "input image")
+def planned_edits(config, input_files: Sequence[str] | None = None, seeds_per_input: int = 1) -> list[dict]:
+    """Manifest entries (without the model) of the edits of every readable input image, or of
+    ``input_files`` (names in ``config.inputimg_dir``), ``seeds_per_input`` each, named after
+    ``sample.edit_format`` (:func:`editspecialists.data.edit_plan.plan_edits`)."""
+    wanted = None if input_files is None else set(input_files).__contains__
+    inputs = readable_images(config.inputimg_dir, "input image", wanted)
     check_distinct_edit_names(inputs, config.sample.edit_format)
     styles = readable_images(config.styleimg_dir, "style image")
-    entries = []
-    for path in inputs:
-        seed = image_seed(config.seed, path.name)
-        rng = np.random.default_rng(seed)
-        style = styles[rng.integers(len(styles))]
-        template = prompt_template(config.sample.generation_prompt, rng)
-        prompt = PROMPT_TEMPLATES[template].format(input=config.input_name, style=config.style_name)
-        entries.append({"input": path.name, "style": style.name, "template": template, "prompt": prompt,
-                        "seed": seed, "edit": edit_name(path.name, config.sample.edit_format)})
-    return entries
+    return plan_edits(config.seed, [path.name for path in inputs], [path.name for path in styles],
+                      config.input_name, config.style_name, config.sample.generation_prompt, seeds_per_input,
+                      config.sample.edit_format)
 
 
 def edits_to_make(planned: list[dict], folder: Path, manifest: dict[str, dict]) -> list[dict]:
@@ -178,21 +161,11 @@ def undone_reason(path: Path, listed: bool) -> str | None:
     return None
 
 
-def prompt_template(choice: str, rng: np.random.Generator) -> int:
-    """Index into ``PROMPT_TEMPLATES`` of one image's instruction: drawn from the image's ``rng``
-    (``"per_image"``, the original's way) or always 0 (``"first"``)."""
-    if choice == "per_image":
-        return int(rng.integers(len(PROMPT_TEMPLATES)))
-    if choice == "first":
-        return 0
-    raise ValueError(f"sample.generation_prompt must be one of {list(GENERATION_PROMPTS)}, got {choice!r}")
-
-
 def check_distinct_edit_names(inputs: list[Path], edit_format: str) -> None:
     """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png`` in "png")."""
     by_edit: dict[str, list[str]] = {}
     for path in inputs:
-        by_edit.setdefault(edit_name(path.name, edit_format), []).append(path.name)
+        by_edit.setdefault(edit_name(path.name, edit_format=edit_format), []).append(path.name)
     clashes = [" and ".join(names) for names in by_edit.values() if len(names) > 1]
     if clashes:
         raise ValueError(f"input files {'; '.join(clashes)} in {inputs[0].parent} would be written to "
@@ -200,26 +173,27 @@ def check_distinct_edit_names(inputs: list[Path], edit_format: str) -> None:
 
 
 def check_same_edit_names(folder: Path, manifest: dict[str, dict], planned: list[dict]) -> None:
-    """Refuse to add edits to a folder whose manifest lists another edit file of the same input
-    (another ``sample.edit_format``): evaluation would score both."""
-    planned_of = {entry["input"]: entry["edit"] for entry in planned}
+    """Refuse to add edits to a folder whose manifest lists an edit of a planned input in another
+    file format (another ``sample.edit_format``): evaluation would score both."""
+    planned_suffix = {entry["input"]: Path(entry["edit"]).suffix for entry in planned}
     others = sorted(f"{name} of {entry['input']}" for name, entry in manifest.items()
-                    if entry["input"] in planned_of and planned_of[entry["input"]] != name)
+                    if Path(name).suffix != planned_suffix.get(entry["input"], Path(name).suffix))
     if others:
         raise ValueError(f"{folder} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, written "
                          f"with another sample.edit_format: set the same edit_format, --config.overwrite=True "
                          f"to replace them, or another sample.sample_savedir")
 
 
-def generate_edits(config) -> Path:
-    """Edit every readable input image of ``config.inputimg_dir``; returns the output folder.
+def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_input: int = 1) -> Path:
+    """Edit every readable input image of ``config.inputimg_dir`` (or those named in
+    ``input_files``), ``seeds_per_input`` times each; returns the output folder.
 
     Edits already done by the same model are kept; ``config.overwrite`` redoes every edit and
     starts a new manifest.
     """
     validate_generation_config(config, model_config(config))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    planned = planned_edits(config)
+    planned = planned_edits(config, input_files, seeds_per_input)
     folder = output_folder(config)
     folder.mkdir(parents=True, exist_ok=True)
     remove_temporary_files(folder)

@@ -32,6 +32,7 @@ def tiny_brightness_config(tiny_ip2p_path, data_dir: Path, logdir: Path, **overr
     config.train.batch_size = 1
     config.train.gradient_accumulation_steps = 2
     config.train.timestep_fraction = 0.5
+    config.val.every = 0  # no held-out validation unless a test asks (tests/test_validation_runs.py)
     for key, value in overrides.items():
         target = config
         *parents, leaf = key.split(".")

@@ -205,7 +205,12 @@ def test_keys_a_training_run_loads():
     config.reward.semantic_backbone = "dinov2"
     config.whole_frame = True
     assert feedback_model_keys(config) == ["models.depth", "models.semantic_dinov2"]
-    assert feedback_model_keys(load_config("demo", "brightness")) == []
+    brightness = load_config("demo", "brightness")  # its validation reports the method's scores too
+    assert feedback_model_keys(brightness) == ["models.depth", "models.dreamsim", "models.detector", "models.segmenter"]
+    brightness.val.scores = "brightness,reconstruction"
+    assert feedback_model_keys(brightness) == ["models.detector", "models.segmenter"]
+    brightness.val.every = 0
+    assert feedback_model_keys(brightness) == []
     config.reward.semantic_backbone = "dinov3"
     with pytest.raises(ValueError, match="reward.semantic_backbone must be one of"):
         feedback_model_keys(config)

@@ -137,7 +137,7 @@ def test_every_evaluation_key_refuses_a_value_of_no_kind(key):
     ("reward.rec_lambda", -0.5, "reward.rec_lambda must be >= 0, got -0.5"),
     ("reward.weights", {}, "reward.weights must name at least one score ({score: weight}), got {}"),
     ("reward.weights", {"brightnes": 1.0}, "reward.weights must name registered scores (structural, semantic, "
-                                           "brightness); unknown: brightnes, got {'brightnes': 1.0}"),
+                                           "reconstruction, brightness); unknown: brightnes, got {'brightnes': 1.0}"),
     ("reward.weights", {"brightness": math.nan},
      "reward.weights must map each score to a finite number, got {'brightness': nan}"),
     ("reward.weights", {"brightness": True},
@@ -155,6 +155,11 @@ def test_every_evaluation_key_refuses_a_value_of_no_kind(key):
     ("reward.overlap", None, "reward.overlap must be True or False, got None"),
     ("reward.standardize", "global", "reward.standardize must be one of ['batch', 'epoch'], got 'global'"),
     ("reward.mask_fallback", "none", "reward.mask_fallback must be one of ['whole_box', 'ones'], got 'none'"),
+    ("val.fraction", 1.0, "val.fraction must be in [0, 1), got 1.0"),
+    ("val.seeds", 0, "val.seeds must be >= 1, got 0"),
+    ("val.every", -1, "val.every must be >= 0 (0: no validation), got -1"),
+    ("val.scores", "semantic,depth", 'val.scores must be "auto" or comma-separated registered scores (structural, '
+                                     "semantic, reconstruction, brightness); unknown: depth, got 'semantic,depth'"),
 ])
 def test_a_wrong_training_value_is_named_with_its_range(key, value, message):
     config = load_config("base")

@@ -5,6 +5,7 @@ with the session's build cache (``$EDITSPECIALISTS_CACHE``), so the demo editor 
 per cache, not once per test, and the demo reuses what the tests built.
 """
 
+import csv
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 
 from editspecialists.demo.assets import demo_paths
 from editspecialists.training.tracking import read_metrics
+from editspecialists.training.validation import VALIDATION_FILE, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_PROCESS_LAUNCH = ("accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
@@ -95,6 +97,13 @@ def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir, tiny_roo
     assert steps[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-4)
     assert steps[0]["clipfrac"] == 0
     assert sorted(path.name for path in (run / "images").iterdir())[-1].endswith(".png")
+    # Issue 24: the held-out validation shows the reward hacking the training scores hide: edits
+    # brighter than the base model's, and the scene's depth structure lost.
+    last = [r for r in records if "after_epochs" in r][-1]
+    assert last["after_epochs"] == 12
+    assert last["val/brightness_delta"] > 2 * last["val/brightness_delta_se"]
+    assert last["val/structural_delta"] > 2 * last["val/structural_delta_se"], last
+    assert (run / "validation" / "after_012.png").is_file()
 
     markers = cache_markers(tiny_root)
     second = run_command(command + " --config.num_epochs=1", workdir)
@@ -144,7 +153,9 @@ def test_help_lists_config_keys_with_defaults_and_meanings(scripts_dir):
 
 
 def test_two_process_cpu_demo_with_full_ai_feedback(workdir):
-    """Issue 5's check: two CPU processes, both announced, identical weights at the end."""
+    """Issue 5's check: two CPU processes, both announced, identical weights at the end. Issue 24's:
+    the held-out validation of two processes writes the rows of one; the base-vs-specialist
+    evaluation of the run reports both models and paired differences of its per-edit values."""
     output = run_command(f"ACCELERATE_USE_CPU=1 {TWO_PROCESS_LAUNCH} scripts/train.py --config config/demo.py",
                          workdir)
 
@@ -155,6 +166,30 @@ def test_two_process_cpu_demo_with_full_ai_feedback(workdir):
     assert [r["epoch"] for r in epochs] == [0, 1]
     assert all(np.isfinite([r["semantic_mean"], r["structural_mean"]]).all() for r in epochs)
     assert (run / "checkpoints" / "checkpoint_0002").is_dir()
+
+    run_command("accelerate launch -q --config_file config/accelerate_demo.yaml scripts/train.py --config "
+                "config/demo.py --config.num_epochs=1 --config.logdir=logs/one", workdir)
+    two = [row for row in read_rows(run / VALIDATION_FILE) if row["after_epochs"] == 0]
+    one = [row for row in read_rows(only_run(workdir / "logs" / "one") / VALIDATION_FILE) if row["after_epochs"] == 0]
+    assert len(two) == 16 and [(r["input"], r["seed"]) for r in two] == [(r["input"], r["seed"]) for r in one]
+    for row_two, row_one in zip(two, one):
+        for name in ("semantic", "structural", "reconstruction"):
+            assert row_two[name] == pytest.approx(row_one[name], rel=1e-4, abs=1e-6), (row_two, row_one)
+
+    table = run_command(f"python scripts/evaluate.py --config config/eval.py:demo --config.base_vs_specialist={run}",
+                        workdir)
+    out = workdir / "outputs" / "demo_eval" / "car_lego_base_vs_specialist"
+    comparison = json.loads((out / "comparison.json").read_text())
+    with open(out / "comparison.csv") as handle:
+        per_edit = list(csv.DictReader(handle))
+    assert comparison["edits_compared"] == len(per_edit) == 16
+    assert len(comparison["metrics"]) == 19 and comparison["skipped"] == {}
+    for name, metric in comparison["metrics"].items():
+        assert np.isfinite([metric["base"], metric["specialist"]]).all(), name
+        diffs = [float(row[f"{name}_specialist"]) - float(row[f"{name}_base"]) for row in per_edit]
+        assert metric["delta"] == pytest.approx(np.mean(diffs), abs=1e-9), name
+        assert metric["delta_se"] == pytest.approx(np.std(diffs, ddof=1) / 4, abs=1e-9), name
+        assert f"\n{name} " in table
 
 
 def test_generate_then_evaluate_on_the_demo(workdir):

@@ -9,7 +9,8 @@ import torch
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import list_images, load_image
-from editspecialists.generation import generate_edits, image_seed, planned_edits, read_manifest
+from editspecialists.data.edit_plan import image_seed
+from editspecialists.generation import generate_edits, planned_edits, read_manifest
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.trainer import Trainer
 from tests.helpers import tiny_brightness_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import torch
 
@@ -39,14 +40,17 @@ class EditDataset:
     """Input and style images held in memory (users bring tens to hundreds of photos).
 
     To train on other data, pass ``Trainer(config, dataset=...)`` any object with the same
-    ``epoch_batches`` method.
+    ``epoch_batches`` method. ``exclude``: input file names never trained on (the held-out ones).
     """
 
     def __init__(self, input_dir: str | Path, style_dir: str | Path, input_name: str, style_name: str,
-                 size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES,
+                 size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES, exclude: Collection[str] = (),
                  resize_filter: str = DEFAULT_RESIZE_FILTER):
-        self.input_files, self.inputs = load_image_folder(input_dir, size, "input image", resize_filter)
-        self.style_files, self.styles = load_image_folder(style_dir, size, "style image", resize_filter)
+        self.input_files, self.inputs = load_image_folder(input_dir, size, role="input image",
+                                                            select=lambda name: name not in exclude,
+                                                            resize_filter=resize_filter)
+        self.style_files, self.styles = load_image_folder(style_dir, size, role="style image",
+                                                            resize_filter=resize_filter)
         self.input_name, self.style_name = input_name, style_name
         self.templates = templates
 

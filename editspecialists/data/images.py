@@ -140,13 +140,15 @@ def load_image(path: str | Path, size: int | None = None, resize_filter: str = D
     return image_to_tensor(image)
 
 
-def read_each_image(folder: str | Path, role: str, read: Callable[[Path], T]) -> tuple[list[Path], list[T]]:
-    """``read`` of every image file of ``folder`` (sorted); files it cannot read are skipped.
+def read_each_image(folder: str | Path, role: str, read: Callable[[Path], T],
+                    select: Callable[[str], bool] | None = None) -> tuple[list[Path], list[T]]:
+    """``read`` of every image file of ``folder`` (sorted) whose name ``select`` accepts (default:
+    all); files it cannot read are skipped.
 
     One warning names every skipped file and why; a folder with no usable image is an error.
     """
     files, results, skipped = [], [], []
-    for path in list_images(folder, role):
+    for path in [p for p in list_images(folder, role) if select is None or select(p.name)]:
         try:
             results.append(read(path))
             files.append(path)
@@ -159,17 +161,19 @@ def read_each_image(folder: str | Path, role: str, read: Callable[[Path], T]) ->
     return files, results
 
 
-def readable_images(folder: str | Path, role: str = "image") -> list[Path]:
-    """The image files of ``folder`` that decode (:func:`read_rgb`), skipped ones named in one warning."""
-    return read_each_image(folder, role, read_rgb)[0]
+def readable_images(folder: str | Path, role: str = "image", select: Callable[[str], bool] | None = None) -> list[Path]:
+    """The image files of ``folder`` (those whose names ``select`` accepts) that decode
+    (:func:`read_rgb`), skipped ones named in one warning."""
+    return read_each_image(folder, role, read_rgb, select)[0]
 
 
 def load_image_folder(folder: str | Path, size: int, role: str = "image",
+                      select: Callable[[str], bool] | None = None,
                       resize_filter: str = DEFAULT_RESIZE_FILTER) -> tuple[list[Path], torch.Tensor]:
-    """All readable images of ``folder`` as (N, 3, size, size) (:func:`load_image`); unreadable
-    files are skipped.
+    """The readable images of ``folder`` whose file names ``select`` accepts (default: all), as
+    (N, 3, size, size) (:func:`load_image`); unreadable files are skipped.
 
     One warning names every skipped file; a folder with no usable image is an error.
     """
-    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size, resize_filter))
+    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size, resize_filter), select)
     return files, torch.stack(tensors)

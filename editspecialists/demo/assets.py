@@ -3,6 +3,7 @@
 Layout under the cache folder (default ``~/.cache/editspecialists``, or ``$EDITSPECIALISTS_CACHE``)::
 
     demo-images/inputs, demo-images/styles   demo images (editspecialists.demo.images)
+    demo-held-out                            held-out demo cars, never trained on (validation)
     demo-editor                              tiny InstructPix2Pix pretrained on the demo task
     instruct-pix2pix, <role>                 tiny random stand-ins of the policy, feedback and
                                              evaluation models
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from editspecialists.demo import cache, evaluation_standins, feedback_standins
 from editspecialists.demo.editor import demo_editor, demo_editor_folder
-from editspecialists.demo.images import write_demo_images
+from editspecialists.demo.images import write_demo_images, write_held_out_images
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +28,19 @@ def demo_paths(root: str | Path | None = None) -> dict[str, str]:
     """Data folders and pretrained demo pipeline under ``root`` (default: the cache; nothing is built)."""
     root = Path(root) if root else cache.default_cache_root()
     images = demo_images_folder(root)
-    paths = {"inputs": images / "inputs", "styles": images / "styles", "policy": demo_editor_folder(root)}
+    paths = {"inputs": images / "inputs", "styles": images / "styles", "held_out": held_out_folder(root),
+             "policy": demo_editor_folder(root)}
     return {key: str(value) for key, value in paths.items()}
 
 
 def demo_images_folder(root: Path) -> Path:
     """Where the demo images are kept under ``root`` (nothing is built here)."""
     return Path(root) / "demo-images"
+
+
+def held_out_folder(root: Path) -> Path:
+    """Where the held-out demo cars are kept under ``root`` (nothing is built here)."""
+    return Path(root) / "demo-held-out"
 
 
 def demo_models_config(root: str | Path | None = None) -> dict[str, str]:
@@ -44,13 +51,14 @@ def demo_models_config(root: str | Path | None = None) -> dict[str, str]:
 
 def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
                        evaluation: bool = False) -> Path:
-    """Build what is missing under ``root`` (default: the cache) and return it: demo images and
-    tiny feedback models always, the pretrained demo editor when ``policy`` (a few minutes on one
+    """Build what is missing under ``root`` (default: the cache) and return it: demo images (inputs,
+    styles, held-out cars) and tiny feedback models always, the pretrained demo editor when ``policy`` (a few minutes on one
     CPU thread, once), the tiny evaluation-only models (HPS, PickScore, ImageReward) when
     ``evaluation``. Logs each build and, if anything was built, the total time."""
     root = Path(root) if root else cache.default_cache_root()
     start, builds_before = time.perf_counter(), cache.builds_done()
     cache.cached_build(demo_images_folder(root), write_demo_images)
+    cache.cached_build(held_out_folder(root), write_held_out_images)
     feedback_standins.build_all(root)
     if policy:
         demo_editor(root)

@@ -74,3 +74,20 @@ def write_demo_images(folder: str | Path, num_inputs: int = 8, num_styles: int =
     for i in range(num_styles):
         draw_bricks(rng, size).save(styles / f"{STYLE_NAME}_{i:02d}.png")
     return inputs, styles
+
+
+# Seed of the held-out cars: a random stream of their own, so none is among the demo's input images
+# or the demo editor's training cars (both drawn from seed 0).
+HELD_OUT_SEED = 1
+
+
+def write_held_out_images(folder: str | Path, num_inputs: int = 8, size: int = 64) -> Path:
+    """Write ``car_heldout_XX.png`` into ``folder``: demo cars the demo never trains on, for its
+    held-out validation (``val.inputimg_dir``). The same arguments always give the same files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(HELD_OUT_SEED)
+    for i in range(num_inputs):
+        draw_car(rng, size).save(folder / f"{INPUT_NAME}_heldout_{i:02d}.png")
+    return folder
+

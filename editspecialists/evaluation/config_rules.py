@@ -51,6 +51,7 @@ EVALUATION_RULES = (
     Rule("box_threshold", THRESHOLD),
     Rule("text_threshold", THRESHOLD),
     Rule("report_rows", integer(1)),
+    Rule("base_vs_specialist", text),
     Rule("demo_root", text),
     Rule("models.dreamsim_cache", text),
 )

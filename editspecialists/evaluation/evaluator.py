@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -215,8 +216,21 @@ def score_all(items, images, families, masks: MaskSource | None, selected: Seque
     return per_image
 
 
-def evaluate(config) -> dict:
-    """Run the evaluation described by ``config`` (see ``config/eval.py``); returns the JSON payload."""
+@dataclass
+class ScoredEdits:
+    """An edits folder scored: the scored items, their decoded images, ``per_image`` values
+    (``{metric: [value per item]}``), the metrics ``skipped`` with why, and the JSON ``header``
+    (what was scored, by which models, what was left out)."""
+
+    items: list[EvalItem]
+    images: dict[Path, Image.Image]
+    per_image: dict[str, list[float]]
+    skipped: dict[str, str]
+    header: dict
+
+
+def score_edits(config) -> ScoredEdits:
+    """Pair the edits of ``<sample_savedir>/<input>_<style>/`` and score them with the selected metrics."""
     validate_evaluation_config(config)
     selected = parse_metrics(config.metrics)
     name = run_name(config.input_name, config.style_name)
@@ -240,10 +254,6 @@ def evaluate(config) -> dict:
         except Exception as err:  # only the mask-based metrics are lost
             families = drop_mask_families(families, err, selected, skipped)
     per_image = score_all(items, images, families, masks, selected, config, settings.device)
-
-    out_dir = Path(config.eval_savedir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarise(per_image)
     header = {
         "metric_definitions": METRIC_DEFINITIONS,
         "input_name": config.input_name,
@@ -259,11 +269,23 @@ def evaluate(config) -> dict:
         "resize_filter": config.resize_filter,
         "patch_slicing": config.patch_slicing,
     }
+    return ScoredEdits(items, images, per_image, skipped, header)
+
+
+def evaluate(config) -> dict:
+    """Run the evaluation described by ``config`` (see ``config/eval.py``); returns the JSON payload."""
+    scored = score_edits(config)
+    name = run_name(config.input_name, config.style_name)
+    out_dir = Path(config.eval_savedir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarise(scored.per_image)
     stem = output_stem(out_dir, name)
-    write_json(out_dir / f"{stem}.json", summary, skipped, header)
-    write_csv(out_dir / f"{stem}_per_image.csv", items, per_image)
-    write_report_png(out_dir / f"{stem}_report.png", items, images, per_image, max_rows=config.report_rows)
+    write_json(out_dir / f"{stem}.json", summary, scored.skipped, scored.header)
+    write_csv(out_dir / f"{stem}_per_image.csv", scored.items, scored.per_image)
+    write_report_png(out_dir / f"{stem}_report.png", scored.items, scored.images, scored.per_image,
+                     max_rows=config.report_rows)
     for metric, stats in summary.items():
         logger.info("%s: mean %s, std %s, count %d", metric, stats["mean"], stats["std"], stats["count"])
-    logger.info("scored %d of %d edits; wrote %s", len(items), pairing.listed, out_dir / f"{stem}.json")
-    return {**header, "metrics": summary, "skipped": skipped}
+    logger.info("scored %d of %d edits; wrote %s", len(scored.items), scored.header["edits_listed"],
+                out_dir / f"{stem}.json")
+    return {**scored.header, "metrics": summary, "skipped": scored.skipped}

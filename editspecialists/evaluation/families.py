@@ -24,6 +24,9 @@ from editspecialists.rewards.masks import MASK_KEYS
 # (SPEC §11) under the paper's names, ours under `*_gen_input_aligned`, `clip_dir_normalized`,
 # `semantic_score_norec`.
 METRIC_DEFINITIONS = 2
+# Metrics whose lower values are better (distances and errors); every other metric is a similarity
+# or a preference score, higher better.
+LOWER_IS_BETTER = frozenset({"semantic_score", "semantic_score_norec", "structural_score", "l2_out"})
 # The weight of `l2_out` in `semantic_score`: the original's (and training's default) rec_lambda.
 PAPER_REC_LAMBDA = 0.5
 # ``patch_slicing``: "intended" computes the `*_gen_sty` / `*_gen_input` definitions (SPEC §8);

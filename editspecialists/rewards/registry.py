@@ -227,10 +227,36 @@ def semantic_model_id(config) -> tuple[str, dict]:
     return config.models[key.split(".")[1]], kwargs
 
 
-def feedback_model_keys(config) -> list[str]:
-    """Config keys of the feedback models the scores of ``reward.weights`` load (structural →
-    depth, semantic → its backbone, a score reading masks → detector and segmenter)."""
-    names = list(config.reward.weights.keys())
+# What every held-out validation reports by default besides the run's own scores: the method's
+# scores, and its reconstruction term alone, so that a run trained on one score shows what it does
+# to the others.
+VALIDATION_SCORES = ("semantic", "structural", "reconstruction")
+
+
+def validation_score_names(config) -> list[str]:
+    """The scores of ``config.val.scores``: a comma-separated list, or ``"auto"``: the run's own
+    (``reward.weights``) and :data:`VALIDATION_SCORES`. Empty when the config asks for no
+    validation (no ``val``, ``val.every`` 0, or neither ``val.fraction`` nor ``val.inputimg_dir``)."""
+    val = config.get("val")
+    if val is None or val.every <= 0 or not (val.fraction > 0 or val.inputimg_dir):
+        return []
+    choice = config.val.scores.strip()
+    if choice != "auto":
+        return list(dict.fromkeys(name.strip() for name in choice.split(",") if name.strip()))
+    return list(dict.fromkeys([*config.reward.weights.keys(), *VALIDATION_SCORES]))
+
+
+def run_score_names(config) -> list[str]:
+    """Every score a training run computes: those it ranks by (``reward.weights``), then those its
+    held-out validation reports."""
+    return list(dict.fromkeys([*config.reward.weights.keys(), *validation_score_names(config)]))
+
+
+def feedback_model_keys(config, names: list[str] | None = None) -> list[str]:
+    """Config keys of the feedback models the scores ``names`` (default :func:`run_score_names`)
+    load (structural → depth, semantic → its backbone, a score reading masks → detector and
+    segmenter)."""
+    names = run_score_names(config) if names is None else names
     keys = []
     if "structural" in names:
         keys.append("models.depth")
@@ -270,6 +296,19 @@ def make_semantic(config, device: torch.device) -> ScoreFn:
     return uses_models(score, embedder)
 
 
+@register_score("reconstruction", lower_is_better=True, needs_masks=True)
+def make_reconstruction(config, device: torch.device) -> ScoreFn:
+    """The semantic score's reconstruction term alone: per-pixel MSE (mean over RGB) between each
+    edit and its input outside the input mask (SPEC §4; the evaluation's ``l2_out``)."""
+
+    def score(batch: FeedbackBatch) -> torch.Tensor:
+        input_masks = batch.per_edit(batch.input_masks)
+        value = semantic.reconstruction_outside(batch.flat_edits, batch.per_edit(batch.inputs), input_masks)
+        return value.view(-1, batch.num_edits)
+
+    return score
+
+
 @register_score("brightness", lower_is_better=False)
 def make_brightness(config, device: torch.device) -> ScoreFn:
     """Mean pixel value of each edit, in [0, 1]; no model (for demos and debugging a setup)."""
@@ -296,6 +335,15 @@ class Scorer:
         self.input_name, self.style_name = input_name, style_name
         self.constants, self.offload = constants, offload
         self.fell_back: dict[str, list[torch.Tensor]] = {}
+
+    def only(self, names: list[str]) -> "Scorer":
+        """A scorer of the scores ``names`` alone, sharing this one's models, masks and per-image
+        constants (its mask fallbacks are its own)."""
+        missing = [name for name in names if name not in self.scores]
+        if missing:
+            raise ValueError(f"score(s) {missing} are not loaded; loaded: {', '.join(self.scores)}")
+        return Scorer({name: self.scores[name] for name in names}, self.mask_fn, self.input_name, self.style_name,
+                      self.device, self.constants, self.offload)
 
     @property
     def feedback_models(self) -> list:
@@ -378,14 +426,16 @@ def mask_function(config, device: torch.device) -> MaskFn:
     return PredictedMasks(predictor, reward.batch_size, reward.mask_fallback)
 
 
-def build_scorer(config, device, accelerator=None) -> Scorer:
-    """A :class:`Scorer` for the names in ``config.reward.weights``; models load once per process,
-    on the main process first when an ``accelerator`` is given (no download/cache races), on
-    ``device``, or on the CPU with ``reward.offload`` (see :meth:`Scorer.models_on_device`)."""
-    names = list(config.reward.weights.keys())
+def build_scorer(config, device, accelerator=None, names: list[str] | None = None) -> Scorer:
+    """A :class:`Scorer` of the scores ``names`` (default: those of ``config.reward.weights``);
+    models load once per process, on the main process first when an ``accelerator`` is given (no
+    download/cache races), on ``device``, or on the CPU with ``reward.offload`` (see
+    :meth:`Scorer.models_on_device`)."""
+    names = list(config.reward.weights.keys()) if names is None else names
     unknown = [name for name in names if name not in SCORES]
     if unknown:
-        raise ValueError(f"unknown score(s) {unknown} in reward.weights; registered: {', '.join(SCORES)}")
+        raise ValueError(f"unknown score(s) {unknown} in reward.weights or val.scores; registered: "
+                         f"{', '.join(SCORES)}")
     device = torch.device(device)
     load_device = torch.device("cpu") if config.reward.offload else device
     first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()

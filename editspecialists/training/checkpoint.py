@@ -197,6 +197,8 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "lora_init": "gaussian",
     "reward.standardize": "epoch",
     "reward.mask_fallback": "ones",
+    "val.fraction": 0.0,  # runs before held-out validation trained on every input
+    "val.inputimg_dir": "",
     "train.skip_ratio_overflow": False,
     "resize_filter": "bicubic",
     "research_code_compat": False,
@@ -259,7 +261,7 @@ def check_same_model(config, saved, checkpoint: Path) -> None:
 RESUME_SETTINGS = ("load_checkpoint", "run_name", "logdir", "num_epochs", "save_freq", "num_checkpoint_limit",
                    "wandb_project", "demo_root", "overwrite", "gradient_checkpointing", "inputimg_dir",
                    "styleimg_dir", "sample.sample_savedir", "reward.batch_size", "reward.overlap",
-                   "reward.per_image_constants", "reward.offload")
+                   "reward.per_image_constants", "reward.offload", "val.every")
 # Dict-valued keys, replaced as a whole.
 WHOLE_DICT_KEYS = ("reward.weights",)
 

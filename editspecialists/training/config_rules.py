@@ -27,6 +27,20 @@ def score_weights(weights):
     return None
 
 
+def score_list(value):
+    """``"auto"`` or a comma-separated list of registered scores."""
+    if not isinstance(value, str):
+        return "must be a string: \"auto\" or comma-separated score names"
+    if value.strip() == "auto":
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCORES]
+    if not names or unknown:
+        return (f"must be \"auto\" or comma-separated registered scores ({', '.join(SCORES)})"
+                + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return None
+
+
 def _uses_ddim(config) -> bool:
     return value_at(config, "pretrained.scheduler") == "ddim"
 
@@ -74,6 +88,11 @@ TRAINING_RULES = SHARED_RULES + POLICY_RULES + (
     Rule("reward.standardize", one_of(STANDARDIZE_MODES)),
     Rule("reward.mask_fallback", one_of(MASK_FALLBACKS)),
     Rule("models.dreamsim_cache", text),
+    Rule("val.inputimg_dir", text),
+    Rule("val.fraction", number(0, 1, high_open=True)),
+    Rule("val.seeds", integer(1)),
+    Rule("val.every", integer(0), "(0: no validation)"),
+    Rule("val.scores", score_list),
 )
 
 

@@ -71,10 +71,9 @@ def write_mask_preview(run_dir: Path, records: list[MaskRecord], images: list[to
 def detection_summary(records: list[MaskRecord], folder: Path) -> str:
     """The start-up line: per role, in how many images the detector found the name."""
     parts = []
-    for role in ("input", "style"):
+    for role in dict.fromkeys(r.role for r in records):
         mine = [r for r in records if r.role == role]
-        if mine:
-            missed = sum(r.fallback for r in mine)
-            parts.append(f"no {mine[0].name!r} found in {missed} of {len(mine)} {role} images")
+        missed = sum(r.fallback for r in mine)
+        parts.append(f"no {mine[0].name!r} found in {missed} of {len(mine)} {role.replace('_', '-')} images")
     fraction = sum(r.fallback for r in records) / max(1, len(records))
     return f"masks: {'; '.join(parts)} (fraction without a detection {fraction:.2f}); look at {folder}"

@@ -5,11 +5,12 @@
 - A resumed run (``load_checkpoint``) *continues* the checkpoint's run folder when ``run_name`` is
   empty or ``<logdir>/<run_name>`` is that folder: its ``config.json`` is kept (it says how the run
   was trained), the resume's config is written beside it as ``config_resume_<epoch>.json``, and
-  the metrics rows of the epochs to be redone are removed, so every epoch has one set of rows.
+  the metrics and validation rows of the epochs to be redone are removed, so every epoch has one
+  set of rows (a validation after the resumed epoch, of the resumed weights, is kept).
   A folder with checkpoints newer than the resumed one is refused (resuming would replace them).
 - A resumed run with another ``<logdir>/<run_name>`` *branches*: a new folder whose
-  ``config.json`` is the resume's config and whose metrics start with the parent's rows of the
-  epochs before the resume point.
+  ``config.json`` is the resume's config and whose metrics and validation rows start with the
+  parent's rows of the epochs before the resume point.
 
 Every resume appends a line to ``resumes.jsonl`` (checkpoint resumed, epoch, config file) so a
 folder names its parent.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training.tracking import METRICS_FILE
+from editspecialists.training.validation import VALIDATION_FILE
 
 RESUMES = "resumes.jsonl"
 
@@ -73,15 +75,17 @@ def start_run_folder(run_dir: Path, config_json: str, checkpoint: Path | None, f
     continuing = run_dir.resolve() == parent.resolve()
     config_file = f"config_resume_{first_epoch:04d}.json" if continuing else ckpt.RUN_CONFIG
     (run_dir / config_file).write_text(config_json)
-    keep_metrics_before(parent / METRICS_FILE, run_dir / METRICS_FILE, first_epoch)
+    for rows_file in (METRICS_FILE, VALIDATION_FILE):
+        keep_rows_before(parent / rows_file, run_dir / rows_file, first_epoch)
     with open(run_dir / RESUMES, "a") as handle:
         handle.write(json.dumps({"checkpoint": str(checkpoint), "epoch": first_epoch, "config": config_file,
                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
 
 
-def keep_metrics_before(source: Path, target: Path, first_epoch: int) -> None:
-    """Write to ``target`` the rows of ``source`` from epochs before ``first_epoch`` (written aside,
-    then renamed; nothing when ``source`` is missing). A row cut short by a kill is dropped."""
+def keep_rows_before(source: Path, target: Path, first_epoch: int) -> None:
+    """Write to ``target`` the rows of ``source`` (metrics or validation) from epochs before
+    ``first_epoch`` (written aside, then renamed; nothing when ``source`` is missing). A row cut
+    short by a kill is dropped."""
     if not source.is_file():
         return
     rows = [line for line in source.read_text().splitlines(keepends=True) if epoch_of(line) < first_epoch]
@@ -91,8 +95,10 @@ def keep_metrics_before(source: Path, target: Path, first_epoch: int) -> None:
 
 
 def epoch_of(line: str) -> float:
-    """The epoch of a metrics row; infinity for a blank line or a row cut short by a kill."""
+    """The epoch of a metrics or validation row (a validation after k epochs belongs to epoch
+    k - 1); infinity for a blank line or a row cut short by a kill."""
     try:
-        return json.loads(line).get("epoch", 0)
+        row = json.loads(line)
     except json.JSONDecodeError:
         return float("inf")
+    return row["after_epochs"] - 1 if "after_epochs" in row else row.get("epoch", 0)

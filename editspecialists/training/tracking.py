@@ -80,11 +80,12 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"})
 
-    def log_image(self, name: str, image: Image.Image, epoch: int) -> Path | None:
-        """Save ``images/<name>_<epoch>.png`` (and send it to wandb); the path, or None off the main process."""
+    def log_image(self, name: str, image: Image.Image, epoch: int, path: Path | None = None) -> Path | None:
+        """Save ``image`` at ``path`` (default ``images/<name>_<epoch>.png`` in the run folder) and
+        send it to wandb; the path, or None off the main process."""
         if not self.enabled:
             return None
-        path = self.run_dir / "images" / f"{name}_{epoch:04d}.png"
+        path = path or self.run_dir / "images" / f"{name}_{epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)
         if self.wandb_run is not None:
@@ -148,20 +149,25 @@ def edit_grid(inputs: torch.Tensor, styles: torch.Tensor, edits: torch.Tensor,
     """A PNG-ready grid: one row per input with input | style | each edit, captioned.
 
     inputs, styles: (B, 3, H, W); edits: (B, G, 3, H, W), all in [0, 1];
-    captions[b][g]: the text under edit g of input b, one line per ``\n``. Tiles smaller than
-    ``min_tile`` px are enlarged (nearest neighbour) so that captions fit under them.
+    captions[b][g]: the text under edit g of input b, one line per ``\n``.
     """
     rows = min(max_rows, inputs.shape[0])
-    groups = edits.shape[1]
-    size = max(inputs.shape[-1], min_tile)
-    lines = max(1, *(caption.count("\n") + 1 for row in captions[:rows] for caption in row))
+    return labelled_grid([[inputs[row], styles[row], *edits[row]] for row in range(rows)],
+                         [["input", "style", *captions[row]] for row in range(rows)], min_tile)
+
+
+def labelled_grid(tiles: list[list[torch.Tensor]], labels: list[list[str]], min_tile: int = 128) -> Image.Image:
+    """A PNG-ready grid of images ``tiles[row][col]`` (3, H, W) in [0, 1], each with the text
+    ``labels[row][col]`` under it (one line per ``\n``). Tiles smaller than ``min_tile`` px are
+    enlarged (nearest neighbour) so that the labels fit under them."""
+    rows, columns = len(tiles), max(len(row) for row in tiles)
+    size = max(tiles[0][0].shape[-1], min_tile)
+    lines = max(1, *(label.count("\n") + 1 for row in labels for label in row))
     cell_h = size + 11 * lines + 4
-    grid = Image.new("RGB", ((2 + groups) * size, rows * cell_h), "white")
+    grid = Image.new("RGB", (columns * size, rows * cell_h), "white")
     draw = ImageDraw.Draw(grid)
-    for row in range(rows):
-        tiles = [inputs[row], styles[row], *edits[row]]
-        labels = ["input", "style", *captions[row]]
-        for col, (tile, label) in enumerate(zip(tiles, labels)):
+    for row, (row_tiles, row_labels) in enumerate(zip(tiles, labels)):
+        for col, (tile, label) in enumerate(zip(row_tiles, row_labels)):
             image = tensor_to_image(tile)
             if image.width < size:
                 image = image.resize((size, size), Image.Resampling.NEAREST)

@@ -7,6 +7,7 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from editspecialists.training.config_rules import validate_training_config
-from editspecialists.data.dataset import EditDataset
+from editspecialists.data.dataset import EditBatch, EditDataset
+from editspecialists.data.held_out import held_out_inputs
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
 from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
@@ -30,15 +32,18 @@ from editspecialists.diffusion.sampler import Trajectories, sample_edits, transi
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
 from editspecialists.precision import mixed_precision_dtype
 from editspecialists.rewards.constants import image_keys
-from editspecialists.rewards.registry import feedback_model_keys
+from editspecialists.rewards.registry import feedback_model_keys, validation_score_names
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training import run_folder
+from editspecialists.training.gather import gather_list, gather_object
 from editspecialists.training.launch import process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, combine_scores, micro_step_is_usable, preference_loss,
                                               rank_edits, standardization_groups)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
+from editspecialists.training.validation import (HELD_OUT_ROLE, Validation, ValidationSet, describe_validation,
+                                                 load_validation_set, validation_cost)
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +144,19 @@ class Trainer:
         validate_training_config(config)
         self.config = config
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
-        self.feedback_ids = model_ids_of(config, feedback_model_keys(config))
+        held_out, self.no_validation_reason = self._held_out(dataset)
+        self.score_names = list(config.reward.weights.keys())
+        self.validation_scores = validation_score_names(config) if held_out else []
+        self.feedback_ids = model_ids_of(config, feedback_model_keys(config, self.scored_names))
         validate_model_ids({"pretrained.model": config.pretrained.model, **self.feedback_ids},
                            {"pretrained.model": config.pretrained.revision})
         if dataset is None:
             dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
-                                  config.style_name, config.data_resize, resize_filter=config.resize_filter)
+                                  config.style_name, config.data_resize,
+                                  exclude=held_out.excluded_from_training if held_out else (),
+                                  resize_filter=config.resize_filter)
         self.dataset = dataset
+        self.validation_set = self._load_validation_set(held_out)
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -164,7 +175,9 @@ class Trainer:
         acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
         acc.register_load_state_pre_hook(lambda models, input_dir: models.clear())
         self.scorer = self._load_scorer()
-        self.scoring = BackgroundScoring(self.scorer, acc.device, enabled=config.reward.overlap and not config.reward.offload
+        self.train_scorer = self.scorer.only(self.score_names)
+        self.scoring = BackgroundScoring(self.train_scorer, acc.device,
+                                         enabled=config.reward.overlap and not config.reward.offload
                                          and acc.device.type == "cuda")
         self.run_logger = RunLogger(self.run_dir, enabled=acc.is_main_process,
                                     wandb_project=config.wandb_project, config=config.to_dict(),
@@ -172,10 +185,53 @@ class Trainer:
         self.first_epoch, self.global_step = 0, 0
         if self.checkpoint:
             self.resume(self.checkpoint)
+        self.validation = self._make_validation()
         acc.print(self.plan.describe())
+        acc.print(describe_validation(self.validation_set, self.no_validation_reason, config.val.every,
+                                      self.validation_cost()))
         self.precompute_masks()
 
     # ---------------------------------------------------------------- construction
+    @property
+    def scored_names(self) -> list[str]:
+        """Every score the run computes: its ranking scores, then its validation's."""
+        return list(dict.fromkeys([*self.score_names, *self.validation_scores]))
+
+    def _held_out(self, dataset) -> tuple:
+        """(:class:`HeldOut` or None, why none) from ``config.val`` (a passed dataset validates only
+        on a folder of its own, ``val.inputimg_dir``)."""
+        val = self.config.val
+        if val.every <= 0:
+            return None, "val.every is 0"
+        if dataset is not None and not val.inputimg_dir:
+            return None, "a dataset was passed to the Trainer: set val.inputimg_dir to validate"
+        return held_out_inputs(self.config.inputimg_dir, val.inputimg_dir, val.fraction)
+
+    def _load_validation_set(self, held_out) -> ValidationSet | None:
+        config = self.config
+        if held_out is None:
+            return None
+        return load_validation_set(held_out, config.styleimg_dir, config.data_resize, seed=config.seed,
+                                   input_name=config.input_name, style_name=config.style_name,
+                                   generation_prompt=config.sample.generation_prompt,
+                                   seeds_per_input=config.val.seeds, resize_filter=config.resize_filter)
+
+    def _make_validation(self) -> Validation | None:
+        from editspecialists.rewards import SCORES
+
+        if self.validation_set is None:
+            return None
+        directions = {name: SCORES[name].lower_is_better for name in self.validation_scores}
+        return Validation(self.validation_set, every=self.config.val.every, num_epochs=self.config.num_epochs,
+                          run_dir=self.run_dir, directions=directions, accelerator=self.accelerator,
+                          run_logger=self.run_logger)
+
+    def validation_cost(self) -> float:
+        """A validation's share of an epoch's denoising work (:func:`validation.validation_cost`)."""
+        sample = self.config.sample
+        return validation_cost(len(self.validation_set or ()), sample.num_steps, self.plan.images_per_epoch,
+                               sample.nb_gen, self.plan.trained_timesteps)
+
     def _make_run_dir(self) -> Path:
         """The run folder, chosen and started by the main process (:mod:`run_folder`); an error
         there (a folder that holds another run) is raised on every process."""
@@ -226,7 +282,7 @@ class Trainer:
         from editspecialists.rewards import build_scorer
 
         with explain_loading(self.feedback_ids):
-            return build_scorer(self.config, self.accelerator.device, self.accelerator)
+            return build_scorer(self.config, self.accelerator.device, self.accelerator, names=self.scored_names)
 
     @property
     def unwrapped_policy(self):
@@ -237,6 +293,7 @@ class Trainer:
         """Run epochs ``first_epoch .. num_epochs - 1``; returns the run folder."""
         config = self.config
         epochs = range(self.first_epoch, config.num_epochs)
+        self.validate(self.first_epoch)
         start = time.monotonic()
         for done, epoch in enumerate(tqdm(epochs, desc="epoch", disable=not self.accelerator.is_local_main_process), 1):
             trajectories, batches, scores = self.sample_epoch(epoch)
@@ -247,10 +304,42 @@ class Trainer:
             if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
                 self.save_checkpoint(epoch + 1)
             self.print_epoch_summary(epoch, time.monotonic() - start, done, len(epochs))
+            self.validate(epoch + 1)
         self.check_replicas_in_sync()
         self.scoring.close()
         self.run_logger.close()
         return self.run_dir
+
+    def validate(self, after_epochs: int) -> None:
+        """The held-out validation after ``after_epochs`` epochs, when one is due and not done yet
+        (:class:`~editspecialists.training.validation.Validation`)."""
+        if self.validation is None or not self.validation.due(after_epochs):
+            return
+        sample = self.config.sample
+        with self.scorer.models_on_device():
+            self.validation.run(after_epochs, self.validation_edits, self.validation_scorer,
+                                batch_size=sample.batch_size * sample.nb_gen)
+
+    @property
+    def validation_scorer(self):
+        return self.scorer.only(self.validation_scores)
+
+    @torch.no_grad()
+    def validation_edits(self, items: list[dict], inputs, styles, reference: bool):
+        """One edit ``(n, 3, S, S)`` per validation item (its prompt and noise seed), by the policy
+        or, with ``reference``, by the frozen base model."""
+        batch = EditBatch(inputs, styles, [item["prompt"] for item in items], [item["input"] for item in items],
+                          [item["style"] for item in items])
+        device = self.accelerator.device
+        generators = [torch.Generator(device).manual_seed(item["seed"]) for item in items]
+        policy = self.unwrapped_policy
+        policy.eval()
+        with policy.reference() if reference else contextlib.nullcontext():
+            trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch), nb_gen=1,
+                                        scales=self.scales, eta=self.config.sample.eta, generator=generators,
+                                        autocast=self.accelerator.autocast,
+                                        research_code_compat=self.config.research_code_compat)
+        return trajectories.images[:, 0]
 
     def print_epoch_summary(self, epoch: int, elapsed_s: float, done: int, total: int) -> None:
         """The epoch's console line (main process; see :func:`tracking.epoch_summary`), remaining
@@ -325,12 +414,13 @@ class Trainer:
         scorer, dataset, acc = self.scorer, self.dataset, self.accelerator
         if not (scorer.predicts_masks and scorer.constants is not None and isinstance(dataset, EditDataset)):
             return
-        roles = (("input", dataset.inputs, dataset.input_files, self.config.input_name),
-                 ("style", dataset.styles, dataset.style_files, self.config.style_name))
+        roles = [("input", dataset.inputs, [path.name for path in dataset.input_files], self.config.input_name),
+                 ("style", dataset.styles, [path.name for path in dataset.style_files], self.config.style_name)]
+        if self.validation_set is not None:
+            roles.append((HELD_OUT_ROLE, *reversed(self.validation_set.distinct_inputs()), self.config.input_name))
         records, images, masks = [], [], []
         with scorer.models_on_device():
-            for role, role_images, files, name in roles:
-                names = [path.name for path in files]
+            for role, role_images, names, name in roles:
                 role_masks, role_records = self.masks_of(role, role_images, names, name)
                 records += role_records
                 images += list(role_images)
@@ -378,12 +468,12 @@ class Trainer:
         """``mask_fallback_fraction``: the fraction of the epoch's input and style images (all
         processes) in which the detector found nothing; warns above one half. Empty when no
         detector runs (whole_frame, or no score reads masks)."""
-        if not self.scorer.predicts_masks:
+        if not self.train_scorer.predicts_masks:
             return {}
         acc, roles = self.accelerator, {}
         for key in ("input_name", "style_name"):
             roles.setdefault(self.config[key], []).append(key)
-        fell_back = self.scorer.take_mask_fallbacks()
+        fell_back = self.train_scorer.take_mask_fallbacks()
         counts = torch.tensor([[int(fell_back[n].sum()), len(fell_back[n])] if n in fell_back else [0, 0]
                                for n in roles], device=acc.device)
         counts = acc.reduce(counts, reduction="sum").cpu()
@@ -517,18 +607,6 @@ def detection_of(masks) -> tuple:
     """(mask (H, W) bool on the CPU, fell back, boxes, box scores) of a one-image :class:`Masks`."""
     return (masks.masks[0].cpu(), bool(masks.fallback[0]), masks.boxes[0].tolist() if masks.boxes else [],
             masks.scores[0].tolist() if masks.scores else [])
-
-
-def gather_list(accelerator, items: list) -> list:
-    """The concatenation of every process's ``items``, in process order."""
-    from accelerate.utils import gather_object as gather
-
-    return gather(items) if accelerator.num_processes > 1 else list(items)
-
-
-def gather_object(accelerator, value) -> list:
-    """``value`` of every process, in process order."""
-    return gather_list(accelerator, [value])
 
 
 def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: list[int], reward):

@@ -1,0 +1,108 @@
+"""Held-out curves of a run: per score, the paired difference from the base model after each
+validation, with ±2 standard errors, drawn from ``validation.jsonl`` (scripts/plot_validation.py).
+
+Drawn with PIL (no plotting dependency): one panel per score, the x axis the epochs trained, the
+y axis the specialist's mean minus the base's over the same held-out edits, a dashed line at 0,
+and the side that is better marked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from editspecialists.paired import paired_difference
+from editspecialists.training.validation import edit_key
+
+PANEL = (360, 220)  # width, height of one score's panel, pixels
+MARGIN = (58, 24, 14, 34)  # left, top, right, bottom, pixels
+
+
+def paired_curves(rows: list[dict], scores: list[str]) -> dict[str, list[tuple[int, float, float]]]:
+    """Per score, ``[(after_epochs, mean difference from the base, its standard error)]`` over the
+    validations of ``rows`` (validation.jsonl rows; the base's are those with ``after_epochs`` 0)."""
+    base = {edit_key(row): row for row in rows if row["after_epochs"] == 0}
+    curves = {}
+    for name in scores:
+        points = []
+        for after in sorted({row["after_epochs"] for row in rows}):
+            later = [row for row in rows if row["after_epochs"] == after and edit_key(row) in base]
+            difference = paired_difference([row[name] for row in later], [base[edit_key(row)][name] for row in later])
+            points.append((after, difference.mean, difference.se))
+        curves[name] = points
+    return curves
+
+
+def draw_curves(curves: dict[str, list[tuple[int, float, float]]], lower_is_better: dict[str, bool],
+                title: str = "") -> Image.Image:
+    """One panel per score: difference from the base (y) per epochs trained (x), ±2 SE bars."""
+    width, height = PANEL
+    header = 18 if title else 0
+    image = Image.new("RGB", (width * len(curves), height + header), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((6, 3), title, fill="black")
+    for panel, (name, points) in enumerate(curves.items()):
+        draw_panel(draw, (panel * width, header), name, points, lower_is_better[name])
+    return image
+
+
+def draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], name: str,
+               points: list[tuple[int, float, float]], lower_is_better: bool) -> None:
+    left, top, right, bottom = MARGIN
+    x0, y0 = origin[0] + left, origin[1] + top
+    x1, y1 = origin[0] + PANEL[0] - right, origin[1] + PANEL[1] - bottom
+    epochs = [p[0] for p in points]
+    low = min([0.0] + [m - 2 * s for _, m, s in points])
+    high = max([0.0] + [m + 2 * s for _, m, s in points])
+    span = (high - low) or 1.0
+    low, high = low - 0.05 * span, high + 0.05 * span
+
+    def x_of(epoch):
+        return x0 + (x1 - x0) * (epoch - epochs[0]) / max(1, epochs[-1] - epochs[0])
+
+    def y_of(value):
+        return y1 - (y1 - y0) * (value - low) / (high - low)
+
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    for x in range(int(x0), int(x1), 8):
+        draw.line([x, y_of(0), x + 4, y_of(0)], fill="grey")
+    better = "better: below 0" if lower_is_better else "better: above 0"
+    draw.text((x0, origin[1] + 6), f"{name} - base ({better})", fill="black")
+    for value in (low, high):
+        draw.text((origin[0] + 2, y_of(value) - 6), f"{value:+.3f}", fill="black")
+    draw.text((x0, y1 + 4), f"{epochs[0]}", fill="black")
+    draw.text((x1 - 14, y1 + 4), f"{epochs[-1]}", fill="black")
+    draw.text(((x0 + x1) / 2 - 40, y1 + 18), "epochs trained", fill="black")
+    line = [(x_of(e), y_of(m)) for e, m, _ in points]
+    if len(line) > 1:
+        draw.line(line, fill=(30, 90, 200), width=2)
+    for epoch, mean, se in points:
+        x = x_of(epoch)
+        draw.line([x, y_of(mean - 2 * se), x, y_of(mean + 2 * se)], fill=(30, 90, 200))
+        draw.ellipse([x - 2, y_of(mean) - 2, x + 2, y_of(mean) + 2], fill=(30, 90, 200))
+
+
+def plot_validation(run_dir: str | Path, scores: list[str] | None = None) -> Path:
+    """Write ``<run>/validation/curves.png`` from the run's validation.jsonl; returns its path.
+
+    ``scores``: which to draw (default: every score of the rows, in the rows' order).
+    """
+    from editspecialists.rewards import SCORES
+    from editspecialists.training.validation import VALIDATION_DIR, VALIDATION_FILE, read_rows
+
+    run_dir = Path(run_dir)
+    rows = read_rows(run_dir / VALIDATION_FILE)
+    if not rows:
+        raise ValueError(f"{run_dir / VALIDATION_FILE} holds no validation row")
+    fixed = {"after_epochs", "input", "seed", "style", "prompt"}
+    scores = scores or [key for key in rows[0] if key not in fixed]
+    directions = {name: SCORES[name].lower_is_better for name in scores}
+    edits = len([row for row in rows if row["after_epochs"] == 0])
+    image = draw_curves(paired_curves(rows, scores), directions,
+                        title=f"{run_dir.name}: held-out edits ({edits}) vs the base model, mean difference ± 2 SE")
+    path = run_dir / VALIDATION_DIR / "curves.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

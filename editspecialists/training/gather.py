@@ -1,0 +1,15 @@
+"""Python objects gathered from every process (accelerate's ``gather_object``, also on one)."""
+
+from __future__ import annotations
+
+
+def gather_list(accelerator, items: list) -> list:
+    """The concatenation of every process's ``items``, in process order."""
+    from accelerate.utils import gather_object as gather
+
+    return gather(items) if accelerator.num_processes > 1 else list(items)
+
+
+def gather_object(accelerator, value) -> list:
+    """``value`` of every process, in process order."""
+    return gather_list(accelerator, [value])
