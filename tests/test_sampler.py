@@ -216,7 +216,8 @@ def research_code_log_prob(policy, scheduler, traj, empty, step, *, sigma_step, 
     zeros, text_empty = torch.zeros_like(style), empty.expand_as(prompt)
     sigma = scheduler.sigmas[sigma_step]
     noisy = (before / (sigma**2 + 1).sqrt()).repeat(4, 1, 1, 1)
-    model_input = torch.cat([noisy, torch.cat([image, image, zeros, image]), torch.cat([style, zeros, zeros, style])], 1)
+    channels = [torch.cat([image, image, zeros, image]), torch.cat([style, zeros, zeros, style])]
+    model_input = torch.cat([noisy, *channels], dim=1)
     texts = torch.cat([prompt, text_empty, text_empty, text_empty])
     with torch.no_grad():
         text, image_only, uncond, image_style = policy.unet(model_input, traj.timesteps[step],

@@ -3,10 +3,11 @@
 Edits are read from ``<sample_savedir>/<input_name>_<style_name>/`` (where ``scripts/generate.py``
 writes them). Edits, inputs and styles are resized (short side) and centre-cropped to
 ``data_resize`` (256 by default, as the original), or with ``data_resize`` 0 every input and style
-image to its edit's size, so pixel and patch metrics compare aligned images. A metric family whose optional dependency
-or model cannot be loaded is skipped with one log line; the others still run. Edits that cannot be
-scored (missing, unreadable, not in the manifest) are named in one warning and counted in the
-output, which never replaces an earlier evaluation's (:func:`editspecialists.evaluation.report.output_stem`).
+image to its edit's size, so pixel and patch metrics compare aligned images. A metric family whose
+optional dependency or model cannot be loaded is skipped with one log line; the others still run.
+Edits that cannot be scored (missing, unreadable, not in the manifest) are named in one warning and
+counted in the output, which never replaces an earlier evaluation's
+(:func:`editspecialists.evaluation.report.output_stem`).
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ def make_batch(items: Sequence[EvalItem], images: dict[Path, Image.Image], input
     else:
         edits = torch.stack([image_to_tensor(images[item.edit]) for item in items])
         size = tuple(edits.shape[-2:])
-        inputs, styles = ([_aligned(images[getattr(item, role)], size) for item in items] for role in ("input", "style"))
+        inputs, styles = ([_aligned(images[getattr(item, role)], size) for item in items]
+                          for role in ("input", "style"))
     return EvalBatch(
         edits=edits.to(device),
         inputs=torch.stack(inputs).to(device),
