@@ -28,8 +28,8 @@ if [[ ! -f "$CONFIG" ]]; then
   exit 2
 fi
 
-if ! python -c "import huggingface_hub, dreamsim, ml_collections" 2>/dev/null; then
-  echo "ERROR: install the project first (pip install -e .): huggingface_hub/dreamsim/ml_collections are missing" >&2
+if ! python -c "import huggingface_hub, dreamsim, ml_collections, editspecialists" 2>/dev/null; then
+  echo "ERROR: install the project first (pip install -e .): huggingface_hub/dreamsim/ml_collections/editspecialists are missing" >&2
   exit 1
 fi
 
@@ -87,15 +87,17 @@ if with_eval:
         for name in ("ImageReward.pt", "med_config.json"):
             hf_hub_download(models.imagereward, name)
 
-# DreamSim fetches its LoRA zip from GitHub and its dinov2 backbone through torch.hub, both into
-# the cache folder (dreamsim points torch.hub there); offline, torch.hub reuses that copy.
+# DreamSim fetches its LoRA zip from GitHub and its backbone through torch.hub, both into the cache
+# folder; the loader of training and evaluation reads that folder, offline without any network call.
 cache = Path(dreamsim_cache or models.dreamsim_cache).expanduser()
 if is_local(models.dreamsim):
     print(f"skipping DreamSim {models.dreamsim} (a local folder)", flush=True)
 else:
     print(f"downloading DreamSim ({models.dreamsim}) into {cache}", flush=True)
-    from dreamsim import dreamsim
+    from editspecialists.rewards.features import DreamSimPatches
 
-    dreamsim(pretrained=True, device="cpu", cache_dir=str(cache), dreamsim_type=models.dreamsim, use_patch_model=True)
+    DreamSimPatches.from_pretrained(models.dreamsim, cache_dir=str(cache))
+    if dreamsim_cache:
+        print(f"pass --config.models.dreamsim_cache={cache} to the scripts", flush=True)
 print("done: set HF_HUB_OFFLINE=1 to run without network")
 PY

@@ -12,12 +12,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from absl import flags
+
 from editspecialists.config_keys import flat_items, key_meanings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 # What ml_collections raises when a config file fails to load or an override fails to apply.
 CONFIG_ERRORS = (KeyError, AttributeError, OSError, ValueError)
+VERBOSE_FLAG = "verbose"
+VERBOSE_HELP = ("show every library's log lines and progress bars, with time, level and logger (by default "
+                "the console shows this package's lines and other libraries' warnings only).")
+flags.DEFINE_bool(VERBOSE_FLAG, False, VERBOSE_HELP)  # every script's; read by run_script
 
 
 def define_config_flag(default: str, help_text: str, name: str = "config"):
@@ -40,17 +46,21 @@ def define_config_flag(default: str, help_text: str, name: str = "config"):
 def run_script(main: Callable, usage: str, config_flag: str | None = "config") -> None:
     """``absl.app.run(main)`` for the scripts, where config and input errors end the program with
     the message alone (``error: ...`` on stderr, exit status 2 for the command line, 1 for input
-    found bad while running) instead of a traceback, and ``--help`` lists the config keys.
+    found bad while running) instead of a traceback, ``--help`` lists the config keys, and the
+    console is set up before ``main`` runs (quiet, or everything with ``--verbose``).
 
     usage: the script's docstring, printed first by ``--help``; config_flag: the script's config
     flag, None for a script without one (its ``--help`` lists its flags).
     """
     from absl import app
 
+    from editspecialists.training.launch import setup_logging
+
     def parse(argv: list[str]) -> list[str]:
         return parse_command_line(argv, usage, config_flag)
 
     def main_reporting_input_errors(argv):
+        setup_logging(verbose=flags.FLAGS[VERBOSE_FLAG].value)
         try:
             return main(argv)
         except (ValueError, OSError) as error:
@@ -64,11 +74,9 @@ def run_script(main: Callable, usage: str, config_flag: str | None = "config") -
 def parse_command_line(argv: list[str], usage: str, config_flag: str | None) -> list[str]:
     """absl's flag parsing, with ``--help`` answered by :func:`print_help` and every config or flag
     error answered by :func:`exit_with_message`."""
-    from absl import flags
-
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         if config_flag is None:
-            print(usage.strip() + "\n\n" + flags.FLAGS.main_module_help())
+            print(usage.strip() + "\n\n" + flags.FLAGS.main_module_help() + "\n\n" + verbose_help())
         else:
             print_help(argv, usage, config_flag, full="--helpfull" in argv)
         sys.exit(0)
@@ -135,8 +143,6 @@ def sibling_keys(config_file: str, parent: list[str]) -> list[str]:
 
 def config_argument(argv: list[str], config_flag: str) -> str:
     """The value of ``--config`` on the command line (``path[:preset]``), or the flag's default."""
-    from absl import flags
-
     for i, arg in enumerate(argv):
         if arg.startswith(f"--{config_flag}="):
             return arg.split("=", 1)[1]
@@ -209,8 +215,6 @@ print(text, file=sys.stderr, flush=True)
 def print_help(argv: list[str], usage: str, config_flag: str, full: bool) -> None:
     """The script's usage, then every config key of the chosen config file with its value there and
     its meaning (the comment next to it in ``config/base.py`` or the file); ``full`` adds absl's flags."""
-    from absl import flags
-
     argument = config_argument(argv, config_flag)
     print(usage.strip() + "\n")
     try:
@@ -226,4 +230,8 @@ def print_help(argv: list[str], usage: str, config_flag: str, full: bool) -> Non
             line = f"{key} = {value}"
             meaning = meanings.get(key, "")
             print(f"  {line:<{width}}  {meaning}".rstrip() if meaning else f"  {line}")
-    print(flags.FLAGS.get_help() if full else "\n--helpfull also lists absl's own flags.")
+    print(flags.FLAGS.get_help() if full else f"\n{verbose_help()}\n--helpfull also lists absl's own flags.")
+
+
+def verbose_help() -> str:
+    return f"--{VERBOSE_FLAG}: {VERBOSE_HELP}"

@@ -126,9 +126,9 @@ def planned_edits(config, input_files: Sequence[str] | None = None, seeds_per_in
     ``input_files`` (names in ``config.inputimg_dir``), ``seeds_per_input`` each, named after
     ``sample.edit_format`` (:func:`editspecialists.data.edit_plan.plan_edits`)."""
     wanted = None if input_files is None else set(input_files).__contains__
-    inputs = readable_images(config.inputimg_dir, "input image", wanted)
+    inputs = readable_images(config.inputimg_dir, "input image", wanted, key="inputimg_dir")
     check_distinct_edit_names(inputs, config.sample.edit_format)
-    styles = readable_images(config.styleimg_dir, "style image")
+    styles = readable_images(config.styleimg_dir, "style image", key="styleimg_dir")
     return plan_edits(config.seed, [path.name for path in inputs], [path.name for path in styles],
                       config.input_name, config.style_name, config.sample.generation_prompt, seeds_per_input,
                       config.sample.edit_format)

@@ -8,7 +8,9 @@ mistakes become one line naming the role and the id, with what to do:
   first part exists here) but is missing: ``role models.depth: folder ./depth does not exist``;
 - a folder without the file its loader starts from (``pretrained.model``: ``model_index.json``);
 - a URL instead of a hub id, or something that is neither an existing folder nor a hub id;
-- a hub id that is not in the local hub cache while ``HF_HUB_OFFLINE=1`` forbids downloading it.
+- a hub id that is not in the local hub cache while ``HF_HUB_OFFLINE=1`` forbids downloading it;
+- a DreamSim variant (``models.dreamsim``) whose files its folder (``models.dreamsim_cache``, or the
+  folder given as ``models.dreamsim``) lacks while ``HF_HUB_OFFLINE=1`` forbids downloading them.
 
 :func:`validate_model_ids` finds these before anything loads (no network: the hub cache is read
 only in offline mode); :func:`explain_loading` turns any error raised while loading into a
@@ -27,12 +29,14 @@ from editspecialists.config_keys import value_at
 # What a role's value may be.
 HUB = "hub"  # a hub repo id or a local model folder
 DREAMSIM = "dreamsim"  # a DreamSim variant name (dinov2_vitb14) or a DreamSim cache folder
+DREAMSIM_CACHE = "dreamsim_cache"  # the folder a DreamSim variant is read from (or downloaded into)
 OPEN_CLIP = "open_clip"  # an open_clip architecture name (ViT-H-14) or a model-config .json file
 HUB_FILE = "hub_file"  # a local file or "<owner/name>:<file name>" of a hub repo
 
 KINDS = {
     "pretrained.model": HUB,
     "models.dreamsim": DREAMSIM,
+    "models.dreamsim_cache": DREAMSIM_CACHE,
     "models.hps_architecture": OPEN_CLIP,
     "models.hps_checkpoint": HUB_FILE,
 }  # every other role: HUB
@@ -48,8 +52,14 @@ class ModelIdError(ValueError):
 
 # ------------------------------------------------------------------------------ ids of config keys
 def model_ids_of(config, keys: Iterable[str]) -> dict[str, str]:
-    """``{role: id}`` for the dotted config keys ``keys`` (in order, without repeats)."""
-    return {key: value_at(config, key) for key in dict.fromkeys(keys)}
+    """``{role: id}`` for the dotted config keys ``keys`` (in order, without repeats); a DreamSim
+    variant (not a folder) brings the folder it is read from, ``models.dreamsim_cache``, after it."""
+    ids = {}
+    for key in dict.fromkeys(keys):
+        ids[key] = value_at(config, key)
+        if KINDS.get(key) == DREAMSIM and not Path(str(ids[key])).expanduser().is_dir():
+            ids["models.dreamsim_cache"] = value_at(config, "models.dreamsim_cache")
+    return ids
 
 
 # ------------------------------------------------------------------------------ checks without loading
@@ -162,17 +172,33 @@ def _hub_file_problem(role: str, model_id: str) -> str | None:
     return _not_an_id(role, model_id, "an existing file nor '<owner/name>:<file name>' of a Hugging Face hub repo")
 
 
-def _dreamsim_problem(role: str, model_id: str) -> str | None:
-    if Path(model_id).expanduser().is_dir():
-        return None
-    if looks_local(model_id) or "/" in model_id:
-        return _missing_path(role, model_id)
-    from dreamsim.config import dreamsim_weights
+def _dreamsim_problem(role: str, model_id: str, cache_dir: str) -> str | None:
+    """A DreamSim id that is neither a folder nor a variant with a patch model; offline, a folder
+    that lacks the variant's files (:func:`editspecialists.rewards.features.missing_dreamsim_files`)."""
+    from editspecialists.rewards.features import (DREAMSIM_FETCH, DREAMSIM_FILES, dreamsim_source,
+                                                  missing_dreamsim_files)
 
-    if model_id not in dreamsim_weights:
-        return _not_an_id(role, model_id, f"a DreamSim cache folder nor a DreamSim variant "
-                                          f"({', '.join(sorted(dreamsim_weights))})")
-    return None
+    if not Path(model_id).expanduser().is_dir():
+        if looks_local(model_id) or "/" in model_id:
+            return _missing_path(role, model_id)
+        if model_id not in DREAMSIM_FILES:
+            return _not_an_id(role, model_id, f"a DreamSim cache folder nor a DreamSim variant with a patch model "
+                                              f"({', '.join(DREAMSIM_FILES)})")
+    if not hub_offline():
+        return None
+    variant, folder = dreamsim_source(model_id, cache_dir)
+    missing = missing_dreamsim_files(variant, folder)
+    if not missing:
+        return None
+    where = "" if Path(model_id).expanduser().is_dir() else " (models.dreamsim_cache)"
+    return (f"role {role}: DreamSim {variant} is not in {folder}{where}, which lacks {', '.join(missing)}, "
+            f"and HF_HUB_OFFLINE=1 forbids downloading it: {DREAMSIM_FETCH}")
+
+
+def _dreamsim_cache_problem(role: str, folder: str) -> str | None:
+    """The folder is checked with its variant (:func:`_dreamsim_problem`); here only a file in its place."""
+    path = Path(folder).expanduser()
+    return f"role {role}: {folder} is a file, but a folder is needed" if path.exists() and not path.is_dir() else None
 
 
 def _open_clip_problem(role: str, model_id: str) -> str | None:
@@ -185,28 +211,39 @@ def _open_clip_problem(role: str, model_id: str) -> str | None:
     return None
 
 
-def id_problem(role: str, model_id, *, revision: str = "", kind: str = "") -> str | None:
+def id_problem(role: str, model_id, *, revision: str = "", kind: str = "", dreamsim_cache: str = "") -> str | None:
     """Why ``model_id`` (the value of config key ``role``) cannot load, found without loading it;
     None when it may load. ``kind`` defaults to the role's entry of :data:`KINDS` (else a hub id or
-    folder). Hub ids are looked up in the local cache only in offline mode."""
+    folder); ``dreamsim_cache``: the folder a DreamSim variant is read from. Hub ids and DreamSim
+    folders are looked up locally in offline mode only."""
     if not isinstance(model_id, str) or not model_id.strip():
         return f"role {role}: no model id given; set --config.{role}"
     kind = kind or KINDS.get(role, HUB)
     if kind == HUB_FILE:
         return _hub_file_problem(role, model_id)
     if kind == DREAMSIM:
-        return _dreamsim_problem(role, model_id)
+        return _dreamsim_problem(role, model_id, dreamsim_cache)
+    if kind == DREAMSIM_CACHE:
+        return _dreamsim_cache_problem(role, model_id)
     if kind == OPEN_CLIP:
         return _open_clip_problem(role, model_id)
     return _hub_problem(role, model_id, revision)
 
 
+def problems_of(ids: Mapping[str, str], revisions: Mapping[str, str] | None = None) -> list[str]:
+    """:func:`id_problem` of every role of ``ids`` (``{role: id}``) that has one, a DreamSim variant
+    checked with the folder of ``models.dreamsim_cache`` in ``ids``; ``revisions``: ``{role:
+    revision}`` where one is set."""
+    revisions = revisions or {}
+    problems = [id_problem(role, model_id, revision=revisions.get(role, ""),
+                           dreamsim_cache=ids.get("models.dreamsim_cache", "")) for role, model_id in ids.items()]
+    return [problem for problem in problems if problem]
+
+
 def validate_model_ids(ids: Mapping[str, str], revisions: Mapping[str, str] | None = None) -> None:
     """Raise one :class:`ModelIdError` listing every role of ``ids`` (``{role: id}``) whose id
-    cannot load (see :func:`id_problem`); ``revisions``: ``{role: revision}`` where one is set."""
-    revisions = revisions or {}
-    problems = [id_problem(role, model_id, revision=revisions.get(role, "")) for role, model_id in ids.items()]
-    problems = [problem for problem in problems if problem]
+    cannot load (see :func:`problems_of`)."""
+    problems = problems_of(ids, revisions)
     if problems:
         raise ModelIdError("\n".join(problems))
 
@@ -253,11 +290,11 @@ def _is_local(model_id: str) -> bool:
     return Path(str(model_id).partition(":")[0]).expanduser().exists()
 
 
-def loading_error_message(role: str, model_id: str, error: BaseException, *, revision: str = "",
-                          kind: str = "") -> str:
-    """One line naming ``role`` and ``model_id`` that says why loading failed and what to do:
+def loading_error_message(role: str, ids: Mapping[str, str], error: BaseException, revision: str = "") -> str:
+    """One line naming ``role`` and its id in ``ids`` that says why loading failed and what to do:
     :func:`id_problem` when it finds one, else what the error's class chain tells."""
-    problem = id_problem(role, model_id, revision=revision, kind=kind)
+    model_id = ids[role]
+    problem = id_problem(role, model_id, revision=revision, dreamsim_cache=ids.get("models.dreamsim_cache", ""))
     return problem or _failure(f"role {role}: {model_id}", _is_local(model_id), error)
 
 
@@ -281,9 +318,8 @@ def _explain(ids: Mapping[str, str], revisions: Mapping[str, str], error: BaseEx
     named = [role for role, model_id in ids.items() if str(model_id) in text]
     if len(named) == 1:
         role = named[0]
-        return loading_error_message(role, ids[role], error, revision=revisions.get(role, ""))
-    problems = [id_problem(role, model_id, revision=revisions.get(role, "")) for role, model_id in ids.items()]
-    problems = [problem for problem in problems if problem]
+        return loading_error_message(role, ids, error, revisions.get(role, ""))
+    problems = problems_of(ids, revisions)
     if problems:
         return "\n".join(problems)
     label = "roles " + ", ".join(f"{role} ({model_id})" for role, model_id in ids.items())

@@ -9,7 +9,6 @@ Needs the app extra: pip install -e '.[app]'.
 from absl import flags
 
 from editspecialists.command_line import run_script
-from editspecialists.training.launch import setup_logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "demo", "Exported folder, checkpoint, run folder, base model id, or 'demo'.")
@@ -19,7 +18,6 @@ flags.DEFINE_bool("share", False, "Also serve through a public Gradio link.")
 
 
 def main(_):
-    setup_logging()
     from editspecialists.specialist.app import build_app, demo_examples, load_models
 
     specialist, base = load_models(FLAGS.model)

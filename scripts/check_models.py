@@ -14,7 +14,7 @@ from absl import flags
 
 from editspecialists.model_check import check_models, report
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets
 
 FLAGS = flags.FLAGS
 define_config_flag("config/base.py", "Training or evaluation configuration file.")
@@ -24,7 +24,6 @@ flags.DEFINE_string("device", "auto", "auto (CUDA when available, else CPU), cpu
 def main(_):
     from editspecialists.evaluation.evaluator import resolve_device
 
-    setup_logging()
     config = FLAGS.config
     prepare_demo_assets(config, policy="pretrained" in config, evaluation=True)
     device = resolve_device(FLAGS.device)

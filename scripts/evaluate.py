@@ -11,14 +11,13 @@ replacing an earlier one.
 from editspecialists.command_line import define_config_flag, run_script
 from editspecialists.evaluation.compare import compare_with_base
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets
 
 _CONFIG = define_config_flag("config/eval.py", "Evaluation configuration file.")
 
 
 def main(_):
     config = _CONFIG.value
-    setup_logging()
     prepare_demo_assets(config, policy=False, evaluation=True)
     if config.base_vs_specialist:
         compare_with_base(config)

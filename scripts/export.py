@@ -12,7 +12,6 @@ is written outside it.
 from absl import flags
 
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import setup_logging
 
 FLAGS = flags.FLAGS
 define_config_flag("config/base.py", "Configuration file (its load_checkpoint is exported).")
@@ -24,7 +23,6 @@ flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --out
 
 
 def main(_):
-    setup_logging()
     from editspecialists.specialist.pipeline import export_checkpoint
 
     folder = export_checkpoint(FLAGS.config.load_checkpoint, FLAGS.out, merge_lora=FLAGS.merge_lora,

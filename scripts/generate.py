@@ -11,15 +11,14 @@ from absl import flags
 
 from editspecialists.generation import generate_edits
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets
 
 FLAGS = flags.FLAGS
 define_config_flag("config/base.py", "Generation configuration file.")
 
 
 def main(_):
-    setup_logging()
-    prepare_demo_assets(FLAGS.config)
+    prepare_demo_assets(FLAGS.config, feedback=False)
     print(f"edits written to {generate_edits(FLAGS.config)}")
 
 

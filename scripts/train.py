@@ -6,7 +6,8 @@
 from absl import flags
 
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import prepare_demo_assets, setup_logging
+from editspecialists.training.launch import prepare_demo_assets, process_state
+from editspecialists.training.run_folder import describe_run_folder
 from editspecialists.training.trainer import Trainer
 
 FLAGS = flags.FLAGS
@@ -14,9 +15,10 @@ define_config_flag("config/base.py", "Training configuration file.")
 
 
 def main(_):
-    setup_logging()
     prepare_demo_assets(FLAGS.config)
-    Trainer(FLAGS.config).run()
+    run_dir = Trainer(FLAGS.config).run()
+    if process_state().is_main_process:
+        print(describe_run_folder(run_dir))
 
 
 if __name__ == "__main__":

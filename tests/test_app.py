@@ -1,6 +1,7 @@
 """The editing app on the demo model: through its API (gradio_client), and a screenshot of the page in
 headless Chromium (the README's docs/app.png comes from it)."""
 
+import os
 import shutil
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -29,12 +31,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def demo_app(demo_assets_root, tmp_path_factory):
     """``scripts/app.py --model demo`` served from a folder without demo runs (the untrained demo
-    editor); yields its URL."""
+    editor); yields its ``url`` and the ``log`` file of its console (unbuffered, as a terminal shows it)."""
     tmp_path = tmp_path_factory.mktemp("app")
     port = free_port()
     log = open(tmp_path / "app.log", "w")
     process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "app.py"), "--model=demo", f"--port={port}"],
-                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+                               cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180
@@ -46,11 +49,22 @@ def demo_app(demo_assets_root, tmp_path_factory):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the app did not start:\n{(tmp_path / 'app.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url
+        yield SimpleNamespace(url=url, log=tmp_path / "app.log")
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.slow
+def test_the_app_says_what_it_loads_then_its_address(demo_app):
+    lines = [line for line in demo_app.log.read_text().splitlines() if line.strip()]
+    said = {prefix: next(i for i, line in enumerate(lines) if line.startswith(prefix)) for prefix in (
+        "app: no demo run with a checkpoint under logs/demo_brightness: the untrained demo editor",
+        "app: loading the specialist ", "app: editing the example images")}
+    address = next(i for i, line in enumerate(lines) if demo_app.url.rstrip("/") in line)
+    assert list(said.values()) == sorted(said.values()) and max(said.values()) < address, lines
+    assert lines[said["app: loading the specialist "]].endswith(" (--model demo) ...")
 
 
 @pytest.mark.slow
@@ -63,7 +77,7 @@ def test_the_app_returns_both_edits_at_the_inputs_size(demo_app, demo_assets_roo
     wide = tmp_path / "wide.png"
     Image.open(sorted(Path(paths["inputs"]).glob("*.png"))[0]).resize((48, 32)).save(wide)
     styles = [handle_file(str(p)) for p in sorted(Path(paths["styles"]).glob("*.png"))[:2]]
-    client = Client(demo_app, verbose=False)
+    client = Client(demo_app.url, verbose=False)
     specialist, base = client.predict(handle_file(str(wide)), styles, "car", "lego", "", 3, 2, api_name="/edit")
     for edit in (specialist, base):
         assert Image.open(edit).size == (48, 32)
@@ -76,9 +90,9 @@ def test_the_app_returns_both_edits_at_the_inputs_size(demo_app, demo_assets_roo
 def test_screenshot_of_the_app_shows_both_result_panes(demo_app, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              "--virtual-time-budget=20000", "--window-size=1280,860"]
-    dom = subprocess.run([*flags, "--dump-dom", demo_app], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run([*flags, "--dump-dom", demo_app.url], capture_output=True, text=True, timeout=120).stdout
     assert SPECIALIST_LABEL in dom and BASE_LABEL in dom
     screenshot = tmp_path / "app.png"
-    subprocess.run([*flags, f"--screenshot={screenshot}", demo_app], capture_output=True, timeout=120)
+    subprocess.run([*flags, f"--screenshot={screenshot}", demo_app.url], capture_output=True, timeout=120)
     assert Image.open(screenshot).size == (1280, 860)
     print(f"screenshot: {screenshot}")

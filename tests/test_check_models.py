@@ -15,7 +15,7 @@ import torch
 
 from editspecialists.evaluation.families import evaluation_model_keys
 from editspecialists.model_check import CheckResult, ModelCheck, POLICY, estimate_training_memory
-from editspecialists.model_ids import ModelIdError, explain_loading, id_problem, validate_model_ids
+from editspecialists.model_ids import ModelIdError, explain_loading, id_problem, model_ids_of, validate_model_ids
 from editspecialists.rewards.registry import feedback_model_keys
 from tests.helpers import load_config
 from tests.test_demo_runs import launch
@@ -123,11 +123,27 @@ def test_implausible_ids_are_named_offline_and_online(monkeypatch):
     assert id_problem("models.imagereward_tokenizer", "bert-base-uncased") is None  # legacy ids resolve too
 
 
-def test_other_kinds_of_ids():
+@pytest.fixture
+def hub_mode(monkeypatch, tmp_path):
+    """Sets offline mode (``HF_HUB_OFFLINE`` as read by the hub client) for the test, whatever the
+    environment says; the hub cache is an empty folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def set_offline(offline: bool) -> None:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+
+    return set_offline
+
+
+def test_other_kinds_of_ids(hub_mode):
+    hub_mode(False)
     assert "no model id given; set --config.pretrained.model" in id_problem("pretrained.model", "")
-    assert "'dinov2_vitb15' is neither a DreamSim cache folder nor a DreamSim variant" in id_problem(
-        "models.dreamsim", "dinov2_vitb15")
-    assert id_problem("models.dreamsim", "dinov2_vitb14") is None
+    assert "'dinov2_vitb15' is neither a DreamSim cache folder nor a DreamSim variant with a patch model " \
+           "(dinov2_vitb14, dino_vitb16)" in id_problem("models.dreamsim", "dinov2_vitb15")
+    assert "nor a DreamSim variant" in id_problem("models.dreamsim", "ensemble")  # no patch model
+    assert id_problem("models.dreamsim", "dinov2_vitb14", dreamsim_cache="/no/such/folder") is None  # downloads
     assert "is neither an open_clip model-config .json file nor an open_clip architecture name" in id_problem(
         "models.hps_architecture", "ViT-H-15")
     assert id_problem("models.hps_architecture", "ViT-H-14") is None
@@ -184,11 +200,48 @@ def test_error_among_several_roles_names_the_one_it_mentions(tmp_path):
             raise RuntimeError("shapes do not match")
 
 
-def test_validate_lists_every_bad_role():
+@pytest.mark.parametrize("offline", [False, True])
+def test_validate_lists_every_bad_role(hub_mode, offline):
+    """Online a well-formed hub id may load; offline, with an empty hub cache, it cannot."""
+    hub_mode(offline)
     with pytest.raises(ModelIdError) as caught:
         validate_model_ids({"models.depth": "./a", "models.clip": "x y", "models.dino": "facebook/dinov2-large"})
     lines = str(caught.value).splitlines()
-    assert [line.split(":")[0] for line in lines] == ["role models.depth", "role models.clip"]
+    assert [line.split(":")[0] for line in lines] == ["role models.depth", "role models.clip"] + (
+        ["role models.dino"] if offline else [])
+
+
+def test_dreamsim_folder_is_checked_offline_before_and_while_loading(hub_mode, tmp_path, tiny_root):
+    """The training pre-check (the ids of feedback_model_keys) names DreamSim's folder offline, as
+    it names a hub id missing from the hub cache; the loader's own error is explained the same way."""
+    from editspecialists.demo.cache import cached_build
+    from editspecialists.demo.feedback_standins import build_dreamsim
+    from editspecialists.rewards.features import DreamSimPatches
+
+    config = load_config("base")
+    config.models.dreamsim_cache = str(tmp_path / "dreamsim")
+    ids = model_ids_of(config, feedback_model_keys(config))
+    assert list(ids) == ["models.depth", "models.dreamsim", "models.dreamsim_cache", "models.detector",
+                         "models.segmenter"]
+    hub_mode(False)
+    assert id_problem("models.dreamsim", "dinov2_vitb14", dreamsim_cache=ids["models.dreamsim_cache"]) is None
+    hub_mode(True)
+    expected = (f"role models.dreamsim: DreamSim dinov2_vitb14 is not in {tmp_path / 'dreamsim'} "
+                f"(models.dreamsim_cache), which lacks dinov2_vitb14_pretrain.pth, "
+                f"dinov2_vitb14_patch_lora/adapter_config.json, facebookresearch_dinov2_main/hubconf.py, "
+                f"checkpoints/dinov2_vitb14_pretrain.pth, and HF_HUB_OFFLINE=1 forbids downloading it: run bash "
+                f"download_repos.sh on a machine online (it fills models.dreamsim_cache; --dreamsim-cache DIR fills "
+                f"another folder) or unset HF_HUB_OFFLINE")
+    dreamsim_ids = {role: ids[role] for role in ("models.dreamsim", "models.dreamsim_cache")}
+    with pytest.raises(ModelIdError) as caught:
+        validate_model_ids(dreamsim_ids)
+    assert str(caught.value) == expected
+    with pytest.raises(ModelIdError) as caught:
+        with explain_loading(dreamsim_ids):
+            DreamSimPatches.from_pretrained("dinov2_vitb14", cache_dir=ids["models.dreamsim_cache"])
+    assert str(caught.value) == expected
+    validate_model_ids({"models.dreamsim": "dinov2_vitb14",
+                        "models.dreamsim_cache": str(cached_build(tiny_root / "dreamsim", build_dreamsim))})
 
 
 def test_load_pipeline_names_the_policy_role(tmp_path):

@@ -1,10 +1,14 @@
 """The scripts' command line: config errors end with one ``error: ...`` line, and the config's keys
 are listed as dotted keys."""
 
+import logging
+import warnings
+
 import ml_collections
 import pytest
 
 from editspecialists.config_keys import flat_items
+from editspecialists.training.launch import CHATTY_LOGGERS, setup_logging
 from tests.test_demo_runs import launch
 
 
@@ -29,3 +33,53 @@ def test_flat_items_lists_dotted_keys_with_whole_dicts_kept_whole():
     assert flat_items(config) == [("a.x.deep", 2.0), ("a.y", "s"), ("b", 1), ("weights.p", 1), ("weights.q", 2)]
     assert flat_items(config, whole_dicts=("weights", "a.x")) == [
         ("a.x", {"deep": 2.0}), ("a.y", "s"), ("b", 1), ("weights", {"p": 1, "q": 2})]
+
+
+@pytest.fixture
+def logging_state():
+    """Restores the logging set-up, the library loggers' levels and the progress-bar switches."""
+    import diffusers
+    import transformers
+
+    root = logging.getLogger()
+    showwarning = warnings.showwarning
+    names = ("editspecialists", *CHATTY_LOGGERS)
+    saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in names},
+             transformers.utils.logging.is_progress_bar_enabled(), diffusers.utils.logging.is_progress_bar_enabled())
+    yield
+    root.handlers[:], level, levels, transformers_bars, diffusers_bars = saved
+    root.setLevel(level)
+    for name, name_level in levels.items():
+        logging.getLogger(name).setLevel(name_level)
+    logging.captureWarnings(False)
+    warnings.showwarning = showwarning
+    for library, enabled in ((transformers, transformers_bars), (diffusers, diffusers_bars)):
+        (library.utils.logging.enable_progress_bar if enabled else library.utils.logging.disable_progress_bar)()
+
+
+def test_console_is_quiet_by_default_and_verbose_brings_the_rest_back(logging_state, capsys):
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    def log_lines() -> list[str]:
+        logging.getLogger("editspecialists.training").info("epoch 0 done")
+        logging.getLogger("accelerate.checkpointing").info("Optimizer state saved")
+        logging.info("Loaded ViT-H-14 model config.")  # open_clip logs on the root logger
+        logging.getLogger("accelerate").warning("something to act on")
+        return capsys.readouterr().err.splitlines()
+
+    setup_logging(verbose=False)
+    assert log_lines() == ["epoch 0 done", "warning: something to act on"]
+    for lineno in (12, 80):  # pytest records warnings.warn; the console's hook is called as Python would
+        warnings.showwarning(FutureWarning("`x` is deprecated;\n use y"), FutureWarning, "/lib/site/x.py", lineno)
+    assert capsys.readouterr().err.splitlines() == ["warning: `x` is deprecated; use y (FutureWarning from x.py:12)"]
+    assert not transformers.utils.logging.is_progress_bar_enabled()
+    assert not diffusers.utils.logging.is_progress_bar_enabled()
+    assert not huggingface_hub.utils.are_progress_bars_disabled(), "downloads keep their bars"
+    setup_logging(verbose=True)
+    lines = log_lines()
+    assert [line.split(" ", 2)[2] for line in lines] == [
+        "INFO editspecialists.training: epoch 0 done", "INFO accelerate.checkpointing: Optimizer state saved",
+        "INFO root: Loaded ViT-H-14 model config.", "WARNING accelerate: something to act on"], lines
+    assert transformers.utils.logging.is_progress_bar_enabled() and diffusers.utils.logging.is_progress_bar_enabled()

@@ -77,8 +77,12 @@ def test_unreadable_files_are_skipped_with_one_warning(tmp_path, caplog):
 
 
 def test_empty_or_missing_or_unusable_folders_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError) as caught:
+        load_image_folder(tmp_path / "missing", 8, role="input image", key="inputimg_dir")
+    assert str(caught.value) == f"--config.inputimg_dir: input image folder {tmp_path / 'missing'} does not exist"
+    with pytest.raises(FileNotFoundError) as caught:
         load_image_folder(tmp_path / "missing", 8, role="input image")
+    assert str(caught.value) == f"input image folder {tmp_path / 'missing'} does not exist"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .jpg/.jpeg/.png"):
         load_image_folder(tmp_path / "empty", 8)

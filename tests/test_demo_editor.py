@@ -153,3 +153,21 @@ def test_the_demo_presets_and_the_tests_share_one_cache(tiny_root):
         assert config.demo_root == str(tiny_root), (name, preset)
         assert config.inputimg_dir == str(tiny_root / "demo-images" / "inputs")
         assert all(value.startswith(f"{tiny_root}/") for value in config.models.values()), config.models
+
+
+def test_build_log_lines_are_plain_text():
+    """A build logs its builder's first docstring sentence: no reST markup reaches the console."""
+    import importlib
+    import inspect
+    import re
+
+    from editspecialists.demo.cache import first_sentence
+
+    assert first_sentence("Write :data:`~editspecialists.x.NAMES` and ``a.json``, see :func:`build`. More.") == (
+        "Write NAMES and a.json, see build")
+    for name in ("feedback_standins", "images", "editor", "evaluation_standins", "policy_standin", "realsize"):
+        module = importlib.import_module(f"editspecialists.demo.{name}")
+        for function_name, function in inspect.getmembers(module, inspect.isfunction):
+            if function.__module__ == module.__name__ and function_name.startswith(("build_", "write_")):
+                line = first_sentence(function.__doc__ or function_name)
+                assert "`" not in line and not re.search(r":\w+:", line), (function_name, line)

@@ -33,9 +33,10 @@ def workdir(scripts_dir, demo_assets_root) -> Path:
     return scripts_dir
 
 
-def launch(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+def launch(command: str, cwd: Path, timeout: int = 900, console: bool = False) -> subprocess.CompletedProcess:
     """Run a shell-style command line (``VAR=value`` prefixes allowed) with this interpreter's
-    scripts first on PATH and the session's build cache."""
+    scripts first on PATH and the session's build cache. ``console``: stderr merged into stdout,
+    unbuffered and with its carriage returns, as a terminal receives them."""
     from editspecialists.demo.cache import CACHE_ENV, default_cache_root
 
     words = shlex.split(command)
@@ -44,15 +45,64 @@ def launch(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedP
     while "=" in words[0]:
         key, value = words.pop(0).split("=", 1)
         env[key] = value
-    return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if not console:
+        return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(words, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=timeout)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"), "")
 
 
-def run_command(command: str, cwd: Path, timeout: int = 900) -> str:
+def run_command(command: str, cwd: Path, timeout: int = 900, console: bool = False) -> str:
     """:func:`launch`, failing the test with the output on error; returns stdout + stderr."""
-    result = launch(command, cwd, timeout)
+    result = launch(command, cwd, timeout, console)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{command!r} failed:\n{output[-6000:]}"
     return output
+
+
+def terminal_lines(output: str) -> list[str]:
+    """The non-blank lines a terminal shows once it has printed ``output``: a carriage return goes
+    back to the start of the line (what follows overwrites it), ESC[nA moves n lines up, ESC[K
+    clears to the end of the line (how progress bars redraw in place and vanish)."""
+    lines, row, column = [""], 0, 0
+    for token in re.split(r"(\r|\n|\x1b\[[0-9;]*[A-Za-z])", output):
+        if token == "\n":
+            row, column = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r":
+            column = 0
+        elif token.startswith("\x1b["):
+            if token.endswith("A"):
+                row = max(0, row - int(token[2:-1] or 1))
+            elif token.endswith("K"):
+                lines[row] = lines[row][:column]
+        elif token:
+            line = lines[row].ljust(column)
+            lines[row] = line[:column] + token + line[column + len(token):]
+            column += len(token)
+    return [line.rstrip() for line in lines if line.strip()]
+
+
+# The console of the README's first command with the demo assets built, as the README states it
+# ("Two commands"): at most this many lines before the first epoch line, per epoch (counted from
+# the first epoch line to the last) and after the last epoch line. Progress bars that redraw in
+# place count as the lines they leave on the screen.
+CONSOLE_LINES_AT_START = 8  # the batch arithmetic, the held-out set, the masks, the base model's validation
+CONSOLE_LINES_PER_EPOCH = 2  # the epoch's line, its validation's (val.every 1)
+CONSOLE_LINES_AT_END = 4  # the last validation, the finished epoch bar, the weight check, the run folder
+EPOCH_LINE = re.compile(r"^epoch \d+ \(\d+/\d+\) \| ")
+
+
+def check_console_budget(output: str, epochs: int) -> None:
+    """The console keeps to the budget above and shows every epoch's line once."""
+    lines = terminal_lines(output)
+    shown = "\n".join(lines)
+    epoch_rows = [i for i, line in enumerate(lines) if EPOCH_LINE.match(line)]
+    assert len(epoch_rows) == epochs, shown
+    assert epoch_rows[0] <= CONSOLE_LINES_AT_START, shown
+    assert epoch_rows[-1] - epoch_rows[0] + 1 <= CONSOLE_LINES_PER_EPOCH * epochs, shown
+    assert len(lines) - epoch_rows[-1] - 1 <= CONSOLE_LINES_AT_END, shown
+    assert lines[-1].startswith("run folder logs/demo_brightness/"), shown
 
 
 def cache_markers(root: Path) -> dict[str, float]:
@@ -78,11 +128,12 @@ def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir, tiny_roo
     """Issue 8's check: the mean brightness of the last epochs exceeds the first epochs' by more
     than half the per-image standard deviation; the first optimizer step has ratio 1, clipfrac 0.
     Issue 16's: a second run in the same cache builds nothing, and no launch warns about guessed
-    accelerate settings."""
+    accelerate settings. Issue 28's: both consoles keep to the README's line budget."""
     command = readme_demo_command()
     assert command == ("accelerate launch -q --config_file config/accelerate_demo.yaml scripts/train.py "
                        "--config config/demo.py:brightness")
-    first = run_command(command, workdir)
+    first = run_command(command, workdir, console=True)
+    check_console_budget(first, epochs=12)
 
     run = only_run(workdir / "logs" / "demo_brightness")
     records = read_metrics(run)
@@ -106,7 +157,8 @@ def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir, tiny_roo
     assert (run / "validation" / "after_012.png").is_file()
 
     markers = cache_markers(tiny_root)
-    second = run_command(command + " --config.num_epochs=1", workdir)
+    second = run_command(command + " --config.num_epochs=1", workdir, console=True)
+    check_console_budget(second, epochs=1)
     assert "building " not in second and "demo assets:" not in second, second[-3000:]
     assert cache_markers(tiny_root) == markers
     for output in (first, second):
@@ -136,7 +188,7 @@ def test_missing_input_folder_ends_evaluation_with_the_message_alone(scripts_dir
                     scripts_dir)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1
-    assert lines[-1] == "error: input folder no/such/folder does not exist (check the config key)", result.stderr[-3000:]
+    assert lines[-1] == "error: --config.inputimg_dir: input folder no/such/folder does not exist", result.stderr[-3000:]
     assert "Traceback" not in result.stderr
 
 
@@ -148,6 +200,7 @@ def test_help_lists_config_keys_with_defaults_and_meanings(scripts_dir):
     assert rows["sample.num_steps"].split(" = ")[1].startswith("100")
     assert "inputs per process per sampling batch" in rows["sample.batch_size"]
     assert "models.detector" in rows and "reward.weights.structural" in rows
+    assert "--verbose: show every library's log lines and progress bars" in output
     demo = run_command("python scripts/train.py --config config/demo.py:brightness --helpfull", scripts_dir)
     assert "num_epochs = 12" in demo and "--flagfile" in demo
 

@@ -101,7 +101,7 @@ def test_edit_without_matching_input_is_a_clear_error(folders):
 
 def test_missing_and_empty_folders_are_clear_errors(folders, tmp_path):
     inputs, styles, edits = folders
-    with pytest.raises(FileNotFoundError, match=r"edits folder .*car_lego does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"^--config.sample_savedir: edits folder .*car_lego does not exist$"):
         _pair(folders)
     edits.mkdir(parents=True)
     with pytest.raises(ValueError, match=r"edits folder .*car_lego holds no .jpg/.jpeg/.png"):

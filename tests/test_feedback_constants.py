@@ -83,7 +83,7 @@ def test_detector_and_segmenter_see_each_image_once_per_run_and_masks_are_shown(
     config = feedback_config(tiny_ip2p_path, demo_assets_root, tmp_path, num_epochs=3,
                              **{"reward.box_threshold": 1.0})
     trainer = Trainer(config)
-    start_line = capsys.readouterr().out
+    start_line = capsys.readouterr().err
     run = trainer.run()
 
     assert len(seen["detect"]) == 8 + 5 and len(set(seen["detect"])) == 8 + 5, "each image once over 3 epochs"

@@ -133,7 +133,7 @@ def test_a_folder_without_a_readable_input_is_an_error(tiny_ip2p_path, tmp_path)
     config = fault_config(tiny_ip2p_path, tmp_path)
     for path in Path(config.inputimg_dir).iterdir():
         path.write_bytes(b"broken")
-    with pytest.raises(ValueError, match=r"input image folder .* has no readable image \(skipped: car_00.png"):
+    with pytest.raises(ValueError, match=r"^--config.inputimg_dir: input image folder .* has no readable image \(skipped: car_00.png"):
         generate_edits(config)
 
 

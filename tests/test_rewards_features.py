@@ -1,6 +1,9 @@
 """Patch embedders through their real loading paths: DreamSim (dreamsim package, offline tiny
 cache), transformers DINOv2 and CLIP."""
 
+import shutil
+import socket
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +58,49 @@ def test_dreamsim_variant_name_with_cache_dir_loads_the_same_model_and_restores_
     by_variant = load_patch_embedder("dreamsim", "dinov2_vitb14", device="cpu", cache_dir=folders["dreamsim"])
     assert torch.hub.get_dir() == hub_dir
     assert torch.equal(by_variant(images)[0], dreamsim(images)[0])
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to reach the network (a name lookup or a connection) fails and is recorded;
+    offline mode on, as ``HF_HUB_OFFLINE=1`` sets it."""
+    from huggingface_hub import constants
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access is disabled in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return attempts
+
+
+def test_dreamsim_loads_offline_from_its_folder_without_any_network_call(folders, dreamsim, images, tmp_path,
+                                                                         no_network):
+    """The folder download_repos.sh fills (models.dreamsim_cache) and a folder given as the id;
+    torch.hub reads the backbone's repository cached there instead of asking GitHub for its branch."""
+    cache = shutil.copytree(folders["dreamsim"], tmp_path / "dreamsim")
+    by_variant = DreamSimPatches.from_pretrained("dinov2_vitb14", cache_dir=str(cache))
+    by_folder = DreamSimPatches.from_pretrained(str(cache))
+    assert no_network == []
+    assert torch.equal(by_variant(images)[0], dreamsim(images)[0])
+    assert torch.equal(by_folder(images)[0], dreamsim(images)[0])
+
+
+def test_dreamsim_offline_with_files_missing_names_them_and_the_download_command(folders, tmp_path, no_network):
+    cache = shutil.copytree(folders["dreamsim"], tmp_path / "dreamsim")
+    (cache / "checkpoints" / "dinov2_vitb14_pretrain.pth").unlink()
+    with pytest.raises(FileNotFoundError) as caught:
+        DreamSimPatches.from_pretrained("dinov2_vitb14", cache_dir=str(cache))
+    assert str(caught.value) == (
+        f"DreamSim dinov2_vitb14: {cache} lacks checkpoints/dinov2_vitb14_pretrain.pth and HF_HUB_OFFLINE=1 forbids "
+        f"downloading them: run bash download_repos.sh on a machine online (it fills models.dreamsim_cache; "
+        f"--dreamsim-cache DIR fills another folder) or unset HF_HUB_OFFLINE")
+    assert no_network == []
 
 
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]

@@ -26,13 +26,18 @@ def test_batch_arithmetic_is_derived_and_checked():
         plan_batches(config, 1, 99)
 
 
-def test_empty_input_folder_fails_before_models_load(tmp_path, tiny_ip2p_path):
+def test_missing_or_empty_image_folders_fail_naming_the_key_before_models_load(tmp_path, tiny_ip2p_path):
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
     empty = tmp_path / "empty"
     empty.mkdir()
     config.inputimg_dir = str(empty)
-    with pytest.raises(ValueError, match=f"input image folder {empty} holds no"):
+    with pytest.raises(ValueError, match=f"^--config.inputimg_dir: input image folder {empty} holds no"):
         Trainer(config)
+    config.inputimg_dir = str(tmp_path / "data" / "inputs")
+    config.styleimg_dir = str(tmp_path / "lego")
+    with pytest.raises(FileNotFoundError) as caught:
+        Trainer(config)
+    assert str(caught.value) == f"--config.styleimg_dir: style image folder {tmp_path / 'lego'} does not exist"
 
 
 @pytest.mark.slow
@@ -41,7 +46,7 @@ def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path,
     full_run = Trainer(config).run()
 
     records = read_metrics(full_run)
-    summaries = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    summaries = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
     assert [line.split(" |")[0] for line in summaries] == ["epoch 0 (1/2)", "epoch 1 (2/2)"]
     for epoch, line in enumerate(summaries):
         assert f"brightness {records_of(records, epoch)['brightness_mean']:.4g} ± " in line

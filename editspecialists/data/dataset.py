@@ -46,10 +46,10 @@ class EditDataset:
     def __init__(self, input_dir: str | Path, style_dir: str | Path, input_name: str, style_name: str,
                  size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES, exclude: Collection[str] = (),
                  resize_filter: str = DEFAULT_RESIZE_FILTER):
-        self.input_files, self.inputs = load_image_folder(input_dir, size, role="input image",
-                                                            select=lambda name: name not in exclude,
+        self.input_files, self.inputs = load_image_folder(input_dir, size, "input image",
+                                                            lambda name: name not in exclude, key="inputimg_dir",
                                                             resize_filter=resize_filter)
-        self.style_files, self.styles = load_image_folder(style_dir, size, role="style image",
+        self.style_files, self.styles = load_image_folder(style_dir, size, "style image", key="styleimg_dir",
                                                             resize_filter=resize_filter)
         self.input_name, self.style_name = input_name, style_name
         self.templates = templates

@@ -37,14 +37,21 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_images(folder: str | Path, role: str = "image") -> list[Path]:
-    """Sorted .jpg/.jpeg/.png files of ``folder``; a clear error if it is missing or has none."""
+def folder_label(folder: str | Path, role: str, key: str = "") -> str:
+    """How errors name an image folder: ``--config.inputimg_dir: input image folder data/cars``
+    (``key``: the config key the folder comes from; without one, the folder alone)."""
+    return f"{f'--config.{key}: ' if key else ''}{role} folder {folder}"
+
+
+def list_images(folder: str | Path, role: str = "image", key: str = "") -> list[Path]:
+    """Sorted .jpg/.jpeg/.png files of ``folder``; a clear error, naming the config key ``key``
+    when given, if it is missing or has none."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"{role} folder {folder} does not exist (check the config key)")
+        raise FileNotFoundError(f"{folder_label(folder, role, key)} does not exist")
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
-        raise ValueError(f"{role} folder {folder} holds no .jpg/.jpeg/.png image")
+        raise ValueError(f"{folder_label(folder, role, key)} holds no .jpg/.jpeg/.png image")
     return files
 
 
@@ -141,14 +148,15 @@ def load_image(path: str | Path, size: int | None = None, resize_filter: str = D
 
 
 def read_each_image(folder: str | Path, role: str, read: Callable[[Path], T],
-                    select: Callable[[str], bool] | None = None) -> tuple[list[Path], list[T]]:
+                    select: Callable[[str], bool] | None = None, key: str = "") -> tuple[list[Path], list[T]]:
     """``read`` of every image file of ``folder`` (sorted) whose name ``select`` accepts (default:
     all); files it cannot read are skipped.
 
-    One warning names every skipped file and why; a folder with no usable image is an error.
+    One warning names every skipped file and why; a folder with no usable image is an error
+    (naming the config key ``key`` when given).
     """
     files, results, skipped = [], [], []
-    for path in [p for p in list_images(folder, role) if select is None or select(p.name)]:
+    for path in [p for p in list_images(folder, role, key) if select is None or select(p.name)]:
         try:
             results.append(read(path))
             files.append(path)
@@ -157,23 +165,26 @@ def read_each_image(folder: str | Path, role: str, read: Callable[[Path], T],
     if skipped:
         logger.warning("skipped %d unreadable %s file(s) in %s: %s", len(skipped), role, folder, "; ".join(skipped))
     if not files:
-        raise ValueError(f"{role} folder {folder} has no readable image (skipped: {'; '.join(skipped)})")
+        raise ValueError(f"{folder_label(folder, role, key)} has no readable image (skipped: {'; '.join(skipped)})")
     return files, results
 
 
-def readable_images(folder: str | Path, role: str = "image", select: Callable[[str], bool] | None = None) -> list[Path]:
+def readable_images(folder: str | Path, role: str = "image", select: Callable[[str], bool] | None = None,
+                    key: str = "") -> list[Path]:
     """The image files of ``folder`` (those whose names ``select`` accepts) that decode
-    (:func:`read_rgb`), skipped ones named in one warning."""
-    return read_each_image(folder, role, read_rgb, select)[0]
+    (:func:`read_rgb`), skipped ones named in one warning; errors name the config key ``key``
+    when given."""
+    return read_each_image(folder, role, read_rgb, select, key)[0]
 
 
 def load_image_folder(folder: str | Path, size: int, role: str = "image",
-                      select: Callable[[str], bool] | None = None,
+                      select: Callable[[str], bool] | None = None, key: str = "",
                       resize_filter: str = DEFAULT_RESIZE_FILTER) -> tuple[list[Path], torch.Tensor]:
     """The readable images of ``folder`` whose file names ``select`` accepts (default: all), as
     (N, 3, size, size) (:func:`load_image`); unreadable files are skipped.
 
-    One warning names every skipped file; a folder with no usable image is an error.
+    One warning names every skipped file; a folder with no usable image is an error (naming the
+    config key ``key`` when given).
     """
-    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size, resize_filter), select)
+    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size, resize_filter), select, key)
     return files, torch.stack(tensors)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -54,8 +55,10 @@ def is_current(folder: Path, build: Callable) -> bool:
 
 
 def first_sentence(text: str) -> str:
-    """The first sentence of a docstring, on one line, without reST's double backquotes."""
-    return " ".join(text.replace("``", "").split()).split(". ")[0].rstrip(".")
+    """The first sentence of a docstring, on one line, as plain text: reST's double backquotes and
+    roles (``:data:`~a.B``` becomes ``B``) dropped."""
+    plain = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", text.replace("``", ""))
+    return " ".join(plain.split()).split(". ")[0].rstrip(".")
 
 
 def builds_done() -> int:

@@ -110,9 +110,9 @@ def pair_edits(edit_dir: str | Path, input_dir: str | Path, style_dir: str | Pat
                input_name: str, style_name: str, seed: int) -> Pairing:
     """Every edit of ``edit_dir`` with its input, style image and prompt, sorted by edit name."""
     edit_dir, input_dir, style_dir = Path(edit_dir), Path(input_dir), Path(style_dir)
-    inputs = list_images(input_dir, "input")
-    styles = list_images(style_dir, "style")
-    list_images(edit_dir, "edits")
+    inputs = list_images(input_dir, "input", key="inputimg_dir")
+    styles = list_images(style_dir, "style", key="styleimg_dir")
+    list_images(edit_dir, "edits", key="sample_savedir")
     rng = random.Random(seed)
     prompt = descriptive_prompt(input_name, style_name)
     manifest = edit_dir / MANIFEST

@@ -15,6 +15,7 @@ maps onto the grid with :func:`editspecialists.rewards.semantic.downsample_mask`
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,17 @@ PatchTokens = tuple[torch.Tensor, tuple[int, int]]
 
 DREAMSIM_VARIANT = "dinov2_vitb14"
 DREAMSIM_CACHE = "~/.cache/dreamsim"
+# What a DreamSim cache folder holds for the patch model of each variant that has one: DreamSim's
+# backbone weights and LoRA adapter (its zip from GitHub), and the backbone's torch.hub repository
+# and weights (fetched by torch.hub into the folder on first use).
+DREAMSIM_FILES = {
+    "dinov2_vitb14": ("dinov2_vitb14_pretrain.pth", "dinov2_vitb14_patch_lora/adapter_config.json",
+                      "facebookresearch_dinov2_main/hubconf.py", "checkpoints/dinov2_vitb14_pretrain.pth"),
+    "dino_vitb16": ("dino_vitb16_pretrain.pth", "dino_vitb16_patch_lora/adapter_config.json",
+                    "facebookresearch_dino_main/hubconf.py", "checkpoints/dino_vitbase16_pretrain.pth"),
+}
+DREAMSIM_FETCH = ("run bash download_repos.sh on a machine online (it fills models.dreamsim_cache; "
+                  "--dreamsim-cache DIR fills another folder) or unset HF_HUB_OFFLINE")
 DINOV2_GRID = 18  # SPEC §8: DINOv2 patch tokens on an 18 × 18 grid (252 px at patch 14)
 
 
@@ -40,6 +52,52 @@ def torch_hub_dir(folder: str):
         torch.hub.set_dir(previous)
 
 
+def cached_hub_repo(folder: Path, repo: str) -> Path | None:
+    """The copy of the torch.hub repository ``owner/name[:ref]`` cached in ``folder`` (torch.hub's
+    ``owner_name_ref`` layout; without a ref, ``main`` or ``master``), or None."""
+    owner_name, _, ref = repo.partition(":")
+    for branch in [ref] if ref else ["main", "master"]:
+        candidate = folder / f"{owner_name.replace('/', '_')}_{branch.replace('/', '_')}"
+        if (candidate / "hubconf.py").is_file():
+            return candidate
+    return None
+
+
+@contextlib.contextmanager
+def cached_torch_hub(folder: Path):
+    """torch.hub pointed at ``folder`` (see :func:`torch_hub_dir`), where a repository cached in
+    the folder loads from it with no network call (``torch.hub.load`` otherwise asks GitHub for a
+    repository's default branch at every load, online or not)."""
+    load = torch.hub.load
+
+    def load_cached(repo_or_dir, model, *args, source="github", **kwargs):
+        cached = cached_hub_repo(folder, repo_or_dir) if source == "github" else None
+        if cached is None:
+            return load(repo_or_dir, model, *args, source=source, **kwargs)
+        return load(str(cached), model, *args, source="local", **kwargs)
+
+    with torch_hub_dir(str(folder)):
+        torch.hub.load = load_cached
+        try:
+            yield
+        finally:
+            torch.hub.load = load
+
+
+def dreamsim_source(model_id: str, cache_dir: str | None = None) -> tuple[str, Path]:
+    """(variant, folder) of a DreamSim id: an existing folder holds the ``dinov2_vitb14`` variant;
+    a variant name is looked up in ``cache_dir`` (default ``~/.cache/dreamsim``)."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return DREAMSIM_VARIANT, path
+    return model_id, Path(cache_dir or DREAMSIM_CACHE).expanduser()
+
+
+def missing_dreamsim_files(variant: str, folder: Path) -> list[str]:
+    """The files of :data:`DREAMSIM_FILES` that ``folder`` lacks for ``variant``."""
+    return [name for name in DREAMSIM_FILES[variant] if not (folder / name).is_file()]
+
+
 class DreamSimPatches:
     """DreamSim patch tokens (``model.embed`` of the ``<variant>_patch`` model, CLS dropped)."""
 
@@ -51,22 +109,30 @@ class DreamSimPatches:
                         cache_dir: str | None = None) -> "DreamSimPatches":
         """Load through ``dreamsim.dreamsim(..., use_patch_model=True)``.
 
-        ``model_id`` is a DreamSim variant (``"dinov2_vitb14"``), whose weights are downloaded
-        into ``cache_dir`` (default ``~/.cache/dreamsim``) on first use, or an existing DreamSim
-        cache folder (then the ``dinov2_vitb14`` variant is read from it; see
-        :mod:`editspecialists.demo.feedback_standins` for an offline tiny one). DreamSim resolves
-        its backbone through torch.hub inside the cache folder; the process's torch.hub directory
-        is restored afterwards.
+        ``model_id`` is a DreamSim variant with a patch model (a key of :data:`DREAMSIM_FILES`),
+        read from ``cache_dir`` (default ``~/.cache/dreamsim``), or an existing DreamSim cache
+        folder (then the ``dinov2_vitb14`` variant is read from it; see
+        :mod:`editspecialists.demo.feedback_standins` for an offline tiny one). A complete folder
+        loads without any network call; an incomplete one is filled by DreamSim's and torch.hub's
+        downloads, unless ``HF_HUB_OFFLINE=1``: then the missing files are an error naming them.
+        The process's torch.hub directory is restored afterwards.
         """
         from dreamsim import dreamsim
         from dreamsim.config import dreamsim_args
 
-        if Path(model_id).expanduser().is_dir():
-            variant, folder = DREAMSIM_VARIANT, Path(model_id).expanduser()
-        else:
-            variant, folder = model_id, Path(cache_dir or DREAMSIM_CACHE).expanduser()
+        from editspecialists.model_ids import hub_offline
+
+        variant, folder = dreamsim_source(model_id, cache_dir)
+        if variant not in DREAMSIM_FILES:
+            raise ValueError(f"DreamSim variant {variant!r} has no patch model; use one of {', '.join(DREAMSIM_FILES)}")
+        missing = missing_dreamsim_files(variant, folder)
+        if missing and hub_offline():
+            raise FileNotFoundError(f"DreamSim {variant}: {folder} lacks {', '.join(missing)} and HF_HUB_OFFLINE=1 "
+                                    f"forbids downloading them: {DREAMSIM_FETCH}")
         folder.mkdir(parents=True, exist_ok=True)
-        with torch_hub_dir(str(folder)), warnings.catch_warnings():
+        # dreamsim prints "Using cached <folder>" when it has nothing to download
+        quiet = contextlib.redirect_stdout(io.StringIO()) if not missing else contextlib.nullcontext()
+        with cached_torch_hub(folder), warnings.catch_warnings(), quiet:
             # dreamsim wraps its model in PEFT, then loads the adapter into it: PEFT warns, harmlessly
             warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
             model, _ = dreamsim(pretrained=True, device=str(device), cache_dir=str(folder),

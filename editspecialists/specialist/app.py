@@ -34,6 +34,7 @@ def demo_model(runs: str | Path = DEMO_RUNS) -> str:
             logger.warning("demo: skipping %s (%s)", run, error)
             continue
         return str(run)
+    logger.info("app: no demo run with a checkpoint under %s: the untrained demo editor", runs)
     ensure_demo_assets()
     return demo_paths()["policy"]
 
@@ -44,7 +45,9 @@ def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSp
     from editspecialists.demo.editor import DEMO_RESOLUTION
 
     is_demo = model == "demo"
-    specialist = EditSpecialistPipeline.from_pretrained(demo_model() if is_demo else model, device=device)
+    source = demo_model() if is_demo else model
+    logger.info("app: loading the specialist %s%s ...", source, " (--model demo)" if is_demo else "")
+    specialist = EditSpecialistPipeline.from_pretrained(source, device=device)
     if is_demo:  # the untrained demo editor records no names, resolution nor steps
         for key, value in {"input_name": "car", "style_name": "lego", "resolution": DEMO_RESOLUTION}.items():
             specialist.info[key] = specialist.info.get(key) or value
@@ -52,6 +55,8 @@ def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSp
     if hasattr(specialist.denoiser, "reference"):
         return specialist, None
     base = specialist.info["base"]
+    logger.info("app: loading the base model %s (revision %s) for the edits beside the specialist's ...",
+                base["model"], base["revision"])
     return specialist, EditSpecialistPipeline.from_base(base["model"], base["revision"],
                                                        specialist.info["scheduler"]).to(specialist.device)
 
@@ -93,6 +98,8 @@ def build_app(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline |
         except ValueError as error:  # bad input: the message on the page
             raise gr.Error(str(error)) from error
 
+    if examples:
+        logger.info("app: editing the example images (seed 0, %d steps) ...", steps)
     shown = run(read_rgb(examples[0]), examples[1], "", "", "", 0, steps) if examples else (None, None)
 
     with gr.Blocks(title="EditSpecialists") as page:

@@ -4,12 +4,80 @@ logging, the process state, demo assets."""
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
+from pathlib import Path
 
 
-def setup_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    for noisy in ("httpx", "urllib3", "PIL", "accelerate"):  # accelerate: INFO lines at every checkpoint
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+# Loggers whose INFO lines say nothing a person acts on (requests, image plugins, compiler statistics).
+CHATTY_LOGGERS = ("httpx", "urllib3", "PIL", "torch")
+
+
+class ConsoleFormatter(logging.Formatter):
+    """Our console lines: an INFO message as it is, a warning or error after its level in lower case
+    (``warning: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+_warnings_shown: set[str] = set()
+
+
+def show_warning_once(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one console line, the first time its text comes up (another library's
+    warning repeats at every model load): ``warning: <text> (<category> from <file>:<line>)``."""
+    text = " ".join(str(message).split())
+    if text not in _warnings_shown:
+        _warnings_shown.add(text)
+        logging.getLogger("py.warnings").warning("%s (%s from %s:%d)", text, category.__name__,
+                                                 Path(filename).name, lineno)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The scripts' console (stderr): this package's INFO lines and every library's warnings.
+
+    Quiet (the default): other libraries' INFO lines (accelerate's at every checkpoint, open_clip's
+    at every load) and their loading and shard-writing progress bars are off (downloads keep
+    theirs); lines are plain text; a Python warning is one line, given once
+    (:func:`show_warning_once`). ``verbose`` (``--verbose``): other libraries' INFO lines and
+    progress bars too, each line with time, level and logger, warnings as Python prints them.
+    Replaces any handler of the root logger (absl's), so that each line is printed once.
+    """
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s") if verbose
+                         else ConsoleFormatter("%(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("editspecialists").setLevel(logging.INFO)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    if not verbose:
+        warnings.showwarning = show_warning_once
+    for library in (transformers, diffusers):
+        if verbose:
+            library.utils.logging.enable_progress_bar()
+        else:
+            library.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()  # downloads show theirs (transformers' switch turns them off)
+
+
+def console_line(text: str) -> None:
+    """Print ``text`` as a line of its own above the progress bars, on stderr like them:
+    ``accelerate launch`` relays a process's stderr through a pipe, so a line printed on stdout
+    would reach the terminal ahead of a bar's redraw and be glued to it."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 def process_state():
@@ -24,14 +92,18 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
+def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False, feedback: bool = True) -> None:
     """Build the demo's images and tiny models when the config asks for them (demo presets);
-    see :func:`editspecialists.demo.assets.ensure_demo_assets` for the flags."""
+    see :func:`editspecialists.demo.assets.ensure_demo_assets` for ``policy`` and ``evaluation``.
+    ``feedback``: whether the script scores with the config's feedback models (the notice that
+    the demo's models have random weights is given where stand-ins are used)."""
     if config.get("demo_root"):
         from editspecialists.demo.assets import ensure_demo_assets
+        from editspecialists.rewards.registry import feedback_model_keys
 
         state = process_state()
-        silence_random_weight_warnings(explain=state.is_main_process)
+        loads_standins = evaluation or (feedback and "reward" in config and bool(feedback_model_keys(config)))
+        silence_random_weight_warnings(explain=state.is_main_process and loads_standins)
         with state.main_process_first():
             ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
 

@@ -102,3 +102,11 @@ def epoch_of(line: str) -> float:
     except json.JSONDecodeError:
         return float("inf")
     return row["after_epochs"] - 1 if "after_epochs" in row else row.get("epoch", 0)
+
+
+def describe_run_folder(run_dir: Path) -> str:
+    """The last console line of a training run: its folder and what it holds (metrics, one image
+    grid per epoch, the newest checkpoint)."""
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    newest = f"{ckpt.CHECKPOINTS}/{checkpoints[-1].name}" if checkpoints else "no checkpoint"
+    return f"run folder {run_dir}: {METRICS_FILE}, images/, {newest}"

@@ -36,7 +36,7 @@ from editspecialists.rewards.registry import feedback_model_keys, validation_sco
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training import run_folder
 from editspecialists.training.gather import gather_list, gather_object
-from editspecialists.training.launch import process_state
+from editspecialists.training.launch import console_line, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, combine_scores, micro_step_is_usable, preference_loss,
@@ -346,7 +346,7 @@ class Trainer:
         time extrapolated from the epochs of this launch."""
         if self.accelerator.is_main_process:
             remaining = elapsed_s / done * (total - done)
-            tqdm.write(epoch_summary(epoch, self.config.num_epochs, self.run_logger.records, elapsed_s, remaining))
+            console_line(epoch_summary(epoch, self.config.num_epochs, self.run_logger.records, elapsed_s, remaining))
 
     def check_replicas_in_sync(self) -> None:
         """Compare weight fingerprints across processes; a difference means a sync bug."""
@@ -427,7 +427,7 @@ class Trainer:
                 masks += list(role_masks.cpu())
         if acc.is_main_process:
             folder = write_mask_preview(self.run_dir, records, images, masks)
-            tqdm.write(detection_summary(records, folder))
+            console_line(detection_summary(records, folder))
 
     def masks_of(self, role: str, images: torch.Tensor, files: list[str], name: str):
         """Masks ``(N, H, W)`` of ``name`` in ``images`` (N, 3, H, W) of ``role``, this process's

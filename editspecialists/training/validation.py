@@ -35,6 +35,7 @@ from editspecialists.data.manifest import write_then_rename
 from editspecialists.paired import PairedDifference, paired_difference, verdict
 from editspecialists.rewards.constants import image_keys
 from editspecialists.training.gather import gather_list
+from editspecialists.training.launch import console_line
 from editspecialists.training.tracking import labelled_grid
 
 VALIDATION_FILE = "validation.jsonl"
@@ -81,7 +82,7 @@ def load_validation_set(held_out: HeldOut, style_dir: str | Path, size: int, *, 
     training."""
     wanted = set(held_out.files)
     input_paths, inputs = load_image_folder(held_out.folder, size, "held-out input image", wanted.__contains__,
-                                            resize_filter)
+                                            resize_filter=resize_filter)
     style_paths, styles = load_image_folder(style_dir, size, "style image", resize_filter=resize_filter)
     items = plan_edits(seed, [p.name for p in input_paths], [p.name for p in style_paths], input_name, style_name,
                        generation_prompt, seeds_per_input)
@@ -238,14 +239,12 @@ class Validation:
 
     def report(self, after_epochs: int, rows: list[dict], grid_edits: torch.Tensor, edit_fn: EditFn) -> dict:
         """Write the rows, log the summary and the grid, print the console line (main process)."""
-        from tqdm.auto import tqdm
-
         append_rows(self.path, rows)
         if after_epochs == 0:
             self.base_rows = rows
         summary = summarise(rows, self.base_rows, self.directions)
         self.run_logger.log({"after_epochs": after_epochs, **summary})
-        tqdm.write(validation_line(after_epochs, len(rows), summary, self.directions))
+        console_line(validation_line(after_epochs, len(rows), summary, self.directions))
         self.save_grid(after_epochs, rows, grid_edits, edit_fn)
         return summary
 
