@@ -27,7 +27,8 @@ def get_config(preset=""):
     config.styleimg_dir = "data/styles"
     # Edits are read from <sample_savedir>/<input_name>_<style_name>/ (scripts/generate.py's output).
     config.sample_savedir = "generated_samples"
-    # <input>_<style>.json, _per_image.csv, _report.png; later evaluations <input>_<style>.2.json, ...
+    # <input>_<style>.json, _per_image.csv, _report.png, written together (JSON last); a rerun with the
+    # same settings replaces them, other settings write <input>_<style>.2.json, ...
     config.eval_savedir = "evaluation_results"
 
     # ---- what was edited ----

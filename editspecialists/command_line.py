@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import Callable
 from absl import flags
 
 from editspecialists.config_keys import flat_items, key_meanings
+from editspecialists.stopping import Stopped
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
@@ -39,15 +41,17 @@ def define_config_flag(default: str, help_text: str, name: str = "config"):
 
     try:
         return config_flags.DEFINE_config_file(name, default, help_text)
-    except CONFIG_ERRORS as error:
+    except Exception as error:  # noqa: BLE001 - whatever the config file raises is reported in one line
         exit_with_message(command_line_error_message(error, sys.argv, name, default), status=2)
 
 
 def run_script(main: Callable, usage: str, config_flag: str | None = "config") -> None:
     """``absl.app.run(main)`` for the scripts, where config and input errors end the program with
     the message alone (``error: ...`` on stderr, exit status 2 for the command line, 1 for input
-    found bad while running) instead of a traceback, ``--help`` lists the config keys, and the
-    console is set up before ``main`` runs (quiet, or everything with ``--verbose``).
+    found bad while running) instead of a traceback, a run stopped by a signal
+    (:class:`~editspecialists.stopping.Stopped`) with its one line and status 128 + the signal,
+    ``--help`` lists the config keys, and the console is set up before ``main`` runs (quiet, or
+    everything with ``--verbose``).
 
     usage: the script's docstring, printed first by ``--help``; config_flag: the script's config
     flag, None for a script without one (its ``--help`` lists its flags).
@@ -63,6 +67,10 @@ def run_script(main: Callable, usage: str, config_flag: str | None = "config") -
         setup_logging(verbose=flags.FLAGS[VERBOSE_FLAG].value)
         try:
             return main(argv)
+        except Stopped as stop:
+            if str(stop):
+                exit_with_message(str(stop), status=stop.status, prefix="")
+            sys.exit(stop.status)
         except (ValueError, OSError) as error:
             if not raised_by_us(error):
                 raise
@@ -85,7 +93,7 @@ def parse_command_line(argv: list[str], usage: str, config_flag: str | None) -> 
         if config_flag is not None:
             flags.FLAGS[config_flag].value.keys()  # ml_collections raises a config file's load error at first use
         return remaining
-    except (flags.Error, *CONFIG_ERRORS) as error:
+    except Exception as error:  # noqa: BLE001 - flag errors, and whatever a config file raises
         if config_flag is None:
             exit_with_message(str(error).strip().splitlines()[0], status=2)
         message = command_line_error_message(error, argv, config_flag, config_argument(argv, config_flag))
@@ -100,11 +108,35 @@ def command_line_error_message(error: BaseException, argv: list[str], config_fla
     root = innermost_cause(error)
     if isinstance(root, KeyError):  # ml_collections: an override names no key of the config
         return unknown_key_message(root.args[0] if root.args else "", argv, config_flag, config_file)
+    line = raising_line(root, config_file.split(":", 1)[0])
+    if line:
+        return f"--{config_flag} {config_file}: line {line}: {root.__class__.__name__}: {root_message(root)}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     if len(lines) == 1:  # absl's own "flag --x=y: reason"
         return lines[0]
     reason = [line.strip() for line in str(root).strip().splitlines() if line.strip()][-1]
     return f"--{config_flag} {config_file}: {reason}"
+
+
+def raising_line(error: BaseException, config_path: str) -> int | None:
+    """The line of the config file ``config_path`` that raised ``error`` (its syntax error, or the
+    deepest frame of its traceback in that file); None if the file did not raise it."""
+    target = Path(config_path).resolve()
+    if isinstance(error, SyntaxError) and error.filename and Path(error.filename).resolve() == target:
+        return error.lineno
+    lines = []
+    frame = error.__traceback__
+    while frame is not None:
+        if Path(frame.tb_frame.f_code.co_filename).resolve() == target:
+            lines.append(frame.tb_lineno)
+        frame = frame.tb_next
+    return lines[-1] if lines else None
+
+
+def root_message(error: BaseException) -> str:
+    """The first line of an error's message (a SyntaxError's message without its position)."""
+    text = error.msg if isinstance(error, SyntaxError) else str(error)
+    return (text.strip().splitlines() or [""])[0]
 
 
 def innermost_cause(error: BaseException) -> BaseException:
@@ -169,15 +201,15 @@ def raised_by_us(error: BaseException) -> bool:
     return Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
-def exit_with_message(message: str, status: int) -> None:
-    """End the program with ``error: message`` on stderr and ``status``.
+def exit_with_message(message: str, status: int, prefix: str = "error: ") -> None:
+    """End the program with ``prefix`` + ``message`` on stderr and ``status``.
 
     In a launch of several processes the launcher prints its own failure report after ours, so
     the first local process leaves the message to a small process that prints it once the
     launcher has exited (our message is then the last line); the other local processes wait to be
     stopped by the launcher, and report only if they are not (their error is theirs alone).
     """
-    text = f"error: {message}"
+    text = f"{prefix}{message}"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:
             time.sleep(10)
@@ -210,6 +242,39 @@ while not gone() and time.monotonic() < deadline:
     time.sleep(0.05)
 print(text, file=sys.stderr, flush=True)
 """
+
+
+def command_with(overrides: dict[str, str]) -> str:
+    """The command that started this program, shell-quoted, with ``--config.KEY=VALUE`` of each of
+    ``overrides`` in place of that key's own override: the command to run to go on.
+
+    Under ``accelerate launch`` or ``torchrun`` it is the launcher's command line (on several
+    machines, that of this machine's launcher)."""
+    argv = launcher_argv() or [sys.executable, *sys.argv]
+    for key, value in overrides.items():
+        flag = f"--config.{key}"
+        kept, skip_next = [], False
+        for arg in argv:
+            if skip_next:
+                skip_next = False
+            elif arg == flag:
+                skip_next = True
+            elif not arg.startswith(flag + "="):
+                kept.append(arg)
+        argv = [*kept, f"{flag}={value}"]
+    return shlex.join(argv)
+
+
+def launcher_argv() -> list[str] | None:
+    """The command line of the launcher (the parent process) of a torchrun-style launch, None
+    outside one or where it cannot be read."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode() for part in raw.split(b"\0") if part] or None
 
 
 def print_help(argv: list[str], usage: str, config_flag: str, full: bool) -> None:

@@ -25,6 +25,10 @@ Safe to stop at any moment: each edit is written under a temporary name and rena
 complete, and the manifest (written aside and renamed after each batch) records what is done. An
 edit counts as done only when the manifest lists it and its file decodes; anything else is redone,
 with one line naming it. Edits of another model in the folder are refused unless ``overwrite``.
+SIGTERM or SIGINT finishes the current batch (its edits and the manifest), then stops
+(:class:`~editspecialists.stopping.Stopped`); a failed write (a full disk) removes the batch's
+temporary file and stops with one message naming the folder, the space needed and free
+(:func:`~editspecialists.writing.write_failure`). Either way the same command goes on.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from editspecialists import writing
+from editspecialists.command_line import command_with
 from editspecialists.config_checks import validate_generation_config
 from editspecialists.data.edit_plan import edit_name, plan_edits
 from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
@@ -45,7 +51,9 @@ from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFF
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.pipeline import use_xformers_attention
 from editspecialists.precision import cuda_fp16_autocast
+from editspecialists.specialist import folder as export
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
+from editspecialists.stopping import StopOnSignal, Stopped, signal_name
 from editspecialists.training import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
@@ -68,6 +76,7 @@ def model_config(config):
     """The config that defines the model: the checkpoint's run config, else ``config`` itself."""
     if not config.load_checkpoint:
         return config
+    export.refuse_incomplete_export(config.load_checkpoint)
     return ckpt.saved_run_config(ckpt.resolve_checkpoint(config.load_checkpoint))
 
 
@@ -209,23 +218,42 @@ def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_i
     scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
                             config.sample.style_image_guidance_scale)
     size = config.data_resize
-    for start in tqdm(range(0, len(todo), config.sample.batch_size), desc="editing"):
-        chunk = todo[start:start + config.sample.batch_size]
-        inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size, config.resize_filter)
-                              for e in chunk])
-        styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
-                              for e in chunk])
-        with cuda_fp16_autocast(config.sample.generation_autocast, device):
-            edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
-                                        [editor.generator(e["seed"]) for e in chunk],
-                                        num_inference_steps=config.sample.num_steps, scales=scales,
-                                        eta=config.sample.eta, research_code_compat=config.research_code_compat)[:, 0]
-        for entry, edit in zip(chunk, edits):
-            image = tensor_to_image(edit)
-            write_then_rename(folder / entry["edit"], lambda tmp: save_edit(image, tmp, entry["edit"]))
-            manifest[entry["edit"]] = {**entry, "model": model}
-        write_manifest(folder, manifest)
+    with StopOnSignal("finishing the current batch of edits, then stopping") as stop:
+        for start in tqdm(range(0, len(todo), config.sample.batch_size), desc="editing"):
+            if stop.requested():
+                raise Stopped(f"stopped by {signal_name(stop.signum)}: {start} of the {len(todo)} edits to make "
+                              f"are in {folder}. Make the rest with: {command_with({})}", stop.signum)
+            chunk = todo[start:start + config.sample.batch_size]
+            inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size, config.resize_filter)
+                                  for e in chunk])
+            styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
+                                  for e in chunk])
+            with cuda_fp16_autocast(config.sample.generation_autocast, device):
+                edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
+                                            [editor.generator(e["seed"]) for e in chunk],
+                                            num_inference_steps=config.sample.num_steps, scales=scales,
+                                            eta=config.sample.eta,
+                                            research_code_compat=config.research_code_compat)[:, 0]
+            try:
+                for entry, edit in zip(chunk, edits):
+                    image = tensor_to_image(edit)
+                    write_then_rename(folder / entry["edit"], lambda tmp: save_edit(image, tmp, entry["edit"]))
+                    manifest[entry["edit"]] = {**entry, "model": model}
+                write_manifest(folder, manifest)
+            except writing.WRITE_ERRORS as error:
+                remove_temporary_files(folder)
+                raise writing.write_failure(folder, "edits to", writing.failure_reason(error),
+                                            remaining_bytes(folder, manifest, len(todo) - start, size),
+                                            f"The edits listed in its {MANIFEST} are complete. Free some space, "
+                                            f"then make the rest with: {command_with({})}") from error
     return folder
+
+
+def remaining_bytes(folder: Path, manifest: dict[str, dict], count: int, size: int) -> int:
+    """About the bytes ``count`` more edits take: the mean size of the edits in ``folder``'s manifest
+    (uncompressed RGB at ``size`` when there are none)."""
+    sizes = [(folder / name).stat().st_size for name in manifest if (folder / name).is_file()]
+    return count * (round(sum(sizes) / len(sizes)) if sizes else 3 * size * size)
 
 
 def remove_temporary_files(folder: Path) -> None:

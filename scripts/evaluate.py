@@ -4,8 +4,10 @@
     python scripts/evaluate.py --config config/eval.py:demo   # tiny models, demo data
     python scripts/evaluate.py --config.base_vs_specialist=logs/<run>   # both models on the run's held-out inputs
 
-Each evaluation writes new files (<input>_<style>.json, then <input>_<style>.2.json, ...), never
-replacing an earlier one.
+The outputs (<input>_<style>.json, _per_image.csv, _report.png) are written together at the end,
+the JSON last; a rerun with the same settings replaces them, an evaluation with other settings
+writes <input>_<style>.2.json, ... beside them. SIGTERM or Ctrl-C stops between batches, writing
+nothing.
 """
 
 from editspecialists.command_line import define_config_flag, run_script

@@ -5,8 +5,9 @@
 
 --config.load_checkpoint takes a checkpoint folder, its weights file or a run folder (its newest
 checkpoint that verifies). --components=reference stores the base model's id and revision instead
-of copying its components. --out must be empty or new (--overwrite replaces its contents); nothing
-is written outside it.
+of copying its components. --out must be empty or new (--overwrite replaces its contents). The
+export is written as <out>.tmp and renamed to --out when complete: an export that fails or is
+killed leaves --out as it was.
 """
 
 from absl import flags

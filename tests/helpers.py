@@ -14,32 +14,37 @@ def load_config(name: str, preset: str | None = None):
     return module.get_config() if preset is None else module.get_config(preset)
 
 
-def tiny_brightness_config(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides):
-    """The demo brightness preset on the tiny random pipeline and given demo images: seconds per epoch."""
+def tiny_brightness_settings(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides) -> dict:
+    """{dotted config key: value} that make the demo brightness preset a run of seconds per epoch on
+    the tiny random pipeline and given demo images (written here), ``overrides`` applied."""
     from editspecialists.demo.images import write_demo_images
 
     inputs, styles = write_demo_images(data_dir, size=32)
+    return {"demo_root": "", "pretrained.model": str(tiny_ip2p_path), "inputimg_dir": str(inputs),
+            "styleimg_dir": str(styles), "logdir": str(logdir), "run_name": "run", "num_epochs": 2,
+            "sample.num_steps": 4, "sample.batch_size": 2, "sample.num_batches_per_epoch": 2,
+            "train.batch_size": 1, "train.gradient_accumulation_steps": 2, "train.timestep_fraction": 0.5,
+            "val.every": 0,  # no held-out validation unless a test asks (tests/test_validation_runs.py)
+            **overrides}
+
+
+def tiny_brightness_config(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides):
+    """The demo brightness preset on the tiny random pipeline and given demo images: seconds per epoch."""
     config = load_config("demo", "brightness")
-    config.demo_root = ""
-    config.pretrained.model = str(tiny_ip2p_path)
-    config.inputimg_dir, config.styleimg_dir = str(inputs), str(styles)
-    config.logdir = str(logdir)
-    config.run_name = "run"
-    config.num_epochs = 2
-    config.sample.num_steps = 4
-    config.sample.batch_size = 2
-    config.sample.num_batches_per_epoch = 2
-    config.train.batch_size = 1
-    config.train.gradient_accumulation_steps = 2
-    config.train.timestep_fraction = 0.5
-    config.val.every = 0  # no held-out validation unless a test asks (tests/test_validation_runs.py)
-    for key, value in overrides.items():
+    for key, value in tiny_brightness_settings(tiny_ip2p_path, data_dir, logdir, **overrides).items():
         target = config
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target[parent]
         target[leaf] = value
     return config
+
+
+def tiny_brightness_args(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides) -> list[str]:
+    """The command-line arguments of scripts/train.py (or generate.py) for
+    :func:`tiny_brightness_config` with the same arguments."""
+    settings = tiny_brightness_settings(tiny_ip2p_path, data_dir, logdir, **overrides)
+    return [f"--config={REPO / 'config' / 'demo.py'}:brightness", *(f"--config.{k}={v}" for k, v in settings.items())]
 
 
 def perturb_style_path(policy, scale=0.1):

@@ -16,7 +16,8 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
 
-from editspecialists.specialist.app import BASE_LABEL, SPECIALIST_LABEL  # noqa: E402
+from editspecialists.specialist.app import APP_MAX_SIDE, BASE_LABEL, SPECIALIST_LABEL, edit_pair  # noqa: E402
+from tests.test_images_faults import oversized_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
@@ -83,6 +84,33 @@ def test_the_app_returns_both_edits_at_the_inputs_size(demo_app, demo_assets_roo
         assert Image.open(edit).size == (48, 32)
     with pytest.raises(Exception, match="one to 5 style images"):
         client.predict(handle_file(str(wide)), styles * 3, "car", "lego", "", 3, 2, api_name="/edit")
+    huge = oversized_png(tmp_path / "huge.png", 20000, 20000)
+    with pytest.raises(Exception, match="20000x20000 pixels, more than the limit of 89478485"):
+        client.predict(handle_file(str(huge)), styles, "car", "lego", "", 3, 2, api_name="/edit")
+    with pytest.raises(Exception, match=r"the seed must be a whole number from 0 to 2\*\*64 - 1"):
+        client.predict(handle_file(str(wide)), styles, "car", "lego", "", 2**70, 2, api_name="/edit")
+
+
+def test_uploads_are_checked_and_downsized_as_they_are_read_and_seeds_validated(tiny_ip2p_path, tmp_path):
+    """edit_pair (the app's edit) refuses an image over the pixel limit from its header, reads a
+    large one downsized to APP_MAX_SIDE (the edits come back at that size) and refuses seeds a
+    torch generator cannot take."""
+    from editspecialists.specialist.pipeline import EditSpecialistPipeline
+
+    base = EditSpecialistPipeline.from_base(str(tiny_ip2p_path), warn=False).to("cpu")
+    base.info["resolution"] = 32
+    style = tmp_path / "style.png"
+    Image.new("RGB", (40, 40), (20, 20, 230)).save(style)
+    large = tmp_path / "large.png"
+    Image.new("RGB", (3000, 2000), (230, 20, 20)).save(large)
+    edit, base_edit = edit_pair(base, None, str(large), [str(style)], "car", "lego", "", 1, 1)
+    assert edit.size == base_edit.size == (APP_MAX_SIDE, round(APP_MAX_SIDE * 2 / 3))
+    with pytest.raises(ValueError, match="huge.png: more than twice the limit of 89478485 pixels"):
+        edit_pair(base, None, str(oversized_png(tmp_path / "huge.png", 20000, 20000)), [str(style)], "", "", "p", 1, 1)
+    for seed in (2**70, -1, 1.5):
+        with pytest.raises(ValueError, match=f"the seed must be a whole number from 0 to 2\\*\\*64 - 1 = "
+                                             f"{2**64 - 1}, got {seed!r}"):
+            edit_pair(base, None, str(large), [str(style)], "car", "lego", "", seed, 1)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.pipeline import load_pipeline
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import sample_edits
+from editspecialists import writing
 from editspecialists.training import checkpoint as ckpt
 from tests.helpers import load_config
 
@@ -129,14 +130,14 @@ def test_a_checkpoint_is_replaced_only_once_its_successor_is_complete(tmp_path):
     final = tmp_path / ckpt.checkpoint_name(2)
     final.mkdir()
     (final / ckpt.WEIGHTS).write_text("old")
-    stale = ckpt.temporary_path(final)
+    stale = writing.temporary_path(final)
     stale.mkdir()
     (stale / "half-written").write_text("")
-    tmp = ckpt.temporary_folder(final)
+    tmp = writing.temporary_folder(final)
     assert tmp == stale and not any(tmp.iterdir()), "an interrupted save's leftovers are cleared"
     (tmp / ckpt.WEIGHTS).write_text("new")
     assert (final / ckpt.WEIGHTS).read_text() == "old", "the old checkpoint stays until the commit"
-    ckpt.commit_folder(tmp, final)
+    writing.commit_folder(tmp, final)
     assert (final / ckpt.WEIGHTS).read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]
     assert ckpt.resolve_checkpoint(final / ckpt.WEIGHTS) == final

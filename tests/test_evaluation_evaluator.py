@@ -220,7 +220,8 @@ def write_models_manifest(edits: Path, models: dict[str, dict | None]) -> None:
 
 def test_output_names_edits_models_and_left_out_edits_and_keeps_earlier_results(eval_config, caplog):
     """Missing, unreadable and unlisted edits are named in one warning and counted; the models come
-    from the manifest; a second evaluation is written beside the first."""
+    from the manifest; an evaluation of other edits is written beside the first, and a rerun with
+    the same settings replaces its own files."""
     eval_config.metrics, eval_config.whole_frame = "l2_out", True
     edits = Path(eval_config.sample_savedir) / "car_lego"
     trained = {"base": "tiny-ip2p", "revision": "main", "checkpoint": "/runs/a/checkpoint_0001", "weights_sha256": "ab" * 32}
@@ -250,8 +251,12 @@ def test_output_names_edits_models_and_left_out_edits_and_keeps_earlier_results(
     assert sorted(set(p.name for p in out.iterdir()) - set(first_files)) == [
         "car_lego.2.json", "car_lego.2_per_image.csv", "car_lego.2_report.png"]
     assert json.loads((out / "car_lego.2.json").read_text())["models"] == second["models"] == [None]
+    assert json.loads((out / "car_lego.2.json").read_text())["files"] == [
+        "car_lego.2.json", "car_lego.2_per_image.csv", "car_lego.2_report.png"]
+    names = sorted(p.name for p in out.iterdir())
     evaluate(eval_config)
-    assert (out / "car_lego.3.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == names, "the same settings replace their own files"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in first_files} == first_files
 
 
 def test_no_scorable_edit_is_an_error_naming_each(eval_config):

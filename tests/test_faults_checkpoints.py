@@ -3,6 +3,7 @@ full disk). Each test asserts what the user sees and that nothing earlier is los
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from editspecialists.command_line import raised_by_us
+from editspecialists import writing
+from editspecialists.command_line import command_with, raised_by_us
 from editspecialists.training import checkpoint as ckpt
 from editspecialists.training import run_folder
 from editspecialists.training.tracking import METRICS_FILE, read_metrics
@@ -130,7 +133,7 @@ def test_every_checkpoint_file_is_hashed_and_no_checkpoint_verifies_when_all_are
 def fill_the_disk_at(monkeypatch, epoch: int) -> None:
     """Make the optimizer state file of checkpoint ``epoch`` a link to /dev/full: torch's own write
     call then fails with ENOSPC, as on a full disk."""
-    original = ckpt.temporary_folder
+    original = writing.temporary_folder
 
     def temporary_folder(folder):
         tmp = original(folder)
@@ -139,7 +142,14 @@ def fill_the_disk_at(monkeypatch, epoch: int) -> None:
             os.symlink("/dev/full", tmp / ckpt.ACCELERATE_STATE / "optimizer.bin")
         return tmp
 
-    monkeypatch.setattr(ckpt, "temporary_folder", temporary_folder)
+    monkeypatch.setattr(writing, "temporary_folder", temporary_folder)
+
+
+def assert_failed_save_message(message: str, folder: Path, reason: str) -> None:
+    """One message: the folder, why, the space needed and free, and a command that goes on."""
+    assert message.startswith(f"could not write checkpoint {folder}: {reason}. It needs about ")
+    assert "MB free on its disk. " in message and message.count("could not write") == 1
+    assert "Free some space, then run: " in message
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fail a write with ENOSPC")
@@ -148,13 +158,14 @@ def test_a_full_disk_stops_the_run_with_the_space_needed_and_free(tiny_ip2p_path
     fill_the_disk_at(monkeypatch, 2)
     trainer = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=3,
                                              save_freq=1))
-    with pytest.raises(ckpt.CheckpointSaveError) as raised:
+    with pytest.raises(writing.WriteFailedError) as raised:
         trainer.run()
     run, message = trainer.run_dir, str(raised.value)
-    size = ckpt.folder_bytes(checkpoint_of(run, 1))
-    assert f"could not save checkpoint {checkpoint_of(run, 2)}" in message
-    assert f"a checkpoint takes {size / 1e6:,.1f} MB" in message and "MB free on its disk" in message
-    assert "unexpected pos" in message and f"--config.load_checkpoint={run}" in message
+    assert_failed_save_message(message, checkpoint_of(run, 2),
+                               "torch's writer stopped part-way, as it does when the disk is full")
+    assert f"It needs about {trainer.checkpoint_bytes() / 1e6:,.1f} MB" in message
+    assert message.endswith(f"Earlier checkpoints are intact. Free some space, then run: "
+                            f"{command_with({'load_checkpoint': str(run)})}")
     assert raised_by_us(raised.value), "the scripts print it as one line and exit 1"
     assert [c.name for c in ckpt.list_checkpoints(run)] == ["checkpoint_0001"]
     assert not list((run / ckpt.CHECKPOINTS).glob("*.tmp")), "the partial folder is removed"
@@ -162,15 +173,168 @@ def test_a_full_disk_stops_the_run_with_the_space_needed_and_free(tiny_ip2p_path
     assert {r["epoch"] for r in read_metrics(run)} == {0, 1}, "the run stopped at the failed save"
 
 
+NO_SPACE = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_first_checkpoint_is_one_message_and_the_same_command_starts_again(
+        tiny_ip2p_path, tmp_path, monkeypatch, caplog):
+    """safetensors' own writer fails as it does on a full disk (its message, measured on a full
+    tmpfs); the run has no checkpoint to protect, so the same config, run_name included, starts it
+    again in its folder."""
+    import safetensors.torch
+
+    def serialize_file(*args, **kwargs):
+        raise SafetensorError(NO_SPACE)
+
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1)
+    with monkeypatch.context() as patched:
+        patched.setattr(safetensors.torch, "serialize_file", serialize_file)
+        trainer = Trainer(config)
+        with pytest.raises(writing.WriteFailedError) as raised:
+            trainer.run()
+    run, message = trainer.run_dir, str(raised.value)
+    assert_failed_save_message(message, checkpoint_of(run, 1), "no space left on its disk")
+    assert message.endswith(f"Free some space, then run: {command_with({})}"), "no checkpoint: the same command"
+    assert "Earlier checkpoints" not in message and NO_SPACE not in message
+    assert sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir()) == [], "the partial folder is removed"
+
+    again = Trainer(config)
+    assert again.run_dir == run
+    assert any(f"{run} holds a run that stopped before its first checkpoint" in r.getMessage() for r in caplog.records)
+    again.run()
+    assert [c.name for c in ckpt.list_checkpoints(run)] == ["checkpoint_0001"]
+    assert {r["epoch"] for r in read_metrics(run)} == {0}, "the failed run's rows are gone"
+
+
+def fill_leaving(folder: Path, free: int) -> Path:
+    """A file on ``folder``'s file system that leaves about ``free`` bytes free."""
+    filler = folder / "filler"
+    with open(filler, "wb") as handle:
+        handle.write(b"\0" * max(0, writing.free_bytes(folder) - free))
+    return filler
+
+
+@pytest.fixture
+def small_file_system(tmp_path):
+    """A 4 MB tmpfs mounted for the test (root only)."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                            text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_a_real_full_file_system_at_a_checkpoint_loses_nothing(tiny_ip2p_path, tmp_path, small_file_system,
+                                                               monkeypatch):
+    """The run writes to a tmpfs that fills up as the second checkpoint is written: the disk is
+    left with just more than the checkpoint's tensors (the free-space check passes), and the
+    libraries' own writes fail on the real file system. Then space is freed and the run resumed."""
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", small_file_system / "logs", num_epochs=2)
+    original = writing.check_free_space
+    fillers = []
+
+    def check_then_fill(target, what, needed, advice):
+        original(target, what, needed, advice)
+        if target.name == ckpt.checkpoint_name(2):
+            fillers.append(fill_leaving(small_file_system, needed + 8192))
+
+    monkeypatch.setattr(writing, "check_free_space", check_then_fill)
+    trainer = Trainer(config)
+    with pytest.raises(writing.WriteFailedError) as raised:
+        trainer.run()
+    run = trainer.run_dir
+    assert_failed_save_message(str(raised.value), checkpoint_of(run, 2), "no space left on its disk")
+    assert sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir()) == ["checkpoint_0001"]
+    ckpt.verify_checkpoint(checkpoint_of(run, 1), with_state=True)
+
+    fillers[0].unlink()
+    monkeypatch.setattr(writing, "check_free_space", original)
+    resumed = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", small_file_system / "logs",
+                                             num_epochs=2, load_checkpoint=str(run)))
+    resumed.run()
+    assert [c.name for c in ckpt.list_checkpoints(run)] == ["checkpoint_0001", "checkpoint_0002"]
+
+
 def test_saving_is_refused_before_writing_when_less_space_is_free_than_a_checkpoint_takes(tmp_path):
     folder = tmp_path / "run" / ckpt.CHECKPOINTS / ckpt.checkpoint_name(2)
     folder.parent.mkdir(parents=True)
     free = shutil.disk_usage(tmp_path).free
-    with pytest.raises(ckpt.CheckpointSaveError, match="not enough free space to start writing it"):
-        ckpt.check_free_space(folder, free * 2)
-    ckpt.check_free_space(folder, None)
-    ckpt.check_free_space(folder, 1)
+    with pytest.raises(writing.WriteFailedError, match="not enough free space to start writing it"):
+        writing.check_free_space(folder, "checkpoint", free * 2, "")
+    writing.check_free_space(folder, "checkpoint", None, "")
+    writing.check_free_space(folder, "checkpoint", 1, "")
     assert not folder.exists()
+
+
+# ------------------------------------------------------------------------------ content hashes
+def test_a_weights_file_with_its_header_reordered_verifies_and_changed_values_do_not(tmp_path):
+    """The hash covers the tensors (names, dtypes, shapes, bytes) and the metadata, not the
+    layout of the file: the same content rewritten in another order is the same checkpoint."""
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "checkpoint_0001"
+    checkpoint.mkdir()
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.float16)}
+    ckpt.save_weights(checkpoint / ckpt.WEIGHTS, tensors, {"use_lora": "True", "lora_rank": "8"})
+    (checkpoint / ckpt.TRAINER_STATE).write_text('{"epoch": 1, "global_step": 2}')
+    ckpt.record_hashes(checkpoint)
+    weights = checkpoint / ckpt.WEIGHTS
+    before = weights.read_bytes()
+
+    metadata = {"lora_rank": "8", "use_lora": "True", "format": "editspecialists-1"}
+    save_file({"a": tensors["a"], "b": tensors["b"]}, str(weights), metadata=metadata)
+    assert weights.read_bytes() != before
+    ckpt.verify_checkpoint(checkpoint)
+
+    save_file({"a": tensors["a"], "b": tensors["b"] + 1}, str(weights), metadata=metadata)
+    with pytest.raises(ckpt.CheckpointError, match=f"{weights} has changed since it was saved"):
+        ckpt.verify_checkpoint(checkpoint)
+    save_file({"a": tensors["a"], "b": tensors["b"]}, str(weights), metadata={**metadata, "lora_rank": "4"})
+    with pytest.raises(ckpt.CheckpointError, match="SHA-256 of its tensors differs"):
+        ckpt.verify_checkpoint(checkpoint)
+    weights.write_bytes(before[:-10])
+    with pytest.raises(ckpt.CheckpointError, match=f"{weights} has {len(before) - 10} bytes, {len(before)} were"):
+        ckpt.verify_checkpoint(checkpoint)
+
+
+# ------------------------------------------------------------------------------ a refused resume
+@pytest.mark.slow
+def test_a_resume_refused_for_a_forged_state_leaves_no_record_and_runs_nothing(tiny_ip2p_path, tmp_path, full_run):
+    """The optimizer state is replaced by a pickle that would run code, and hashes.json forged to
+    match: torch refuses to unpickle it, the error is one line naming the file, and the run folder
+    gets no resume record, no resume config and no changed metrics."""
+    run = copy_run(full_run, tmp_path)
+    marker = tmp_path / "executed"
+    checkpoint = checkpoint_of(run, 3)
+    (checkpoint / ckpt.ACCELERATE_STATE / "optimizer.bin").write_bytes(pickle.dumps(RunsCode(str(marker)), protocol=2))
+    ckpt.record_hashes(checkpoint)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    with pytest.raises(ckpt.CheckpointError) as raised:
+        Trainer(three_epoch_config(tiny_ip2p_path, tmp_path, run_name="", num_epochs=4, load_checkpoint=str(run)))
+    assert str(raised.value).startswith(f"{checkpoint / ckpt.ACCELERATE_STATE} cannot be loaded: UnpicklingError")
+    assert "\n" not in str(raised.value) and raised_by_us(raised.value)
+    assert not marker.exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+class RunsCode:
+    """Unpickling it would create ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 # ------------------------------------------------------------------------------ run folders
@@ -181,7 +345,7 @@ def fake_run(run: Path, epochs: int) -> None:
     for epoch in range(1, epochs + 1):
         folder = checkpoint_of(run, epoch)
         folder.mkdir(parents=True)
-        (folder / ckpt.WEIGHTS).write_bytes(b"weights")
+        ckpt.save_weights(folder / ckpt.WEIGHTS, {"w": torch.zeros(1)}, {})
         (folder / ckpt.TRAINER_STATE).write_text(json.dumps({"epoch": epoch, "global_step": epoch}))
         ckpt.record_hashes(folder)
     rows = [{"epoch": e, "score_mean": e} for e in range(epochs + 1)]
@@ -194,11 +358,13 @@ def run_config(logdir: Path, run_name: str):
     return ml_collections.ConfigDict({"logdir": str(logdir), "run_name": run_name})
 
 
-def test_a_new_run_never_writes_into_a_folder_that_holds_a_run(tmp_path):
+def test_a_new_run_never_writes_into_a_folder_that_holds_a_run_with_checkpoints(tmp_path):
     fake_run(tmp_path / "run", 1)
-    with pytest.raises(ValueError, match=f"{tmp_path / 'run'} already holds a run: resume it with "
-                                         f"--config.load_checkpoint="):
+    resume = command_with({"load_checkpoint": str(tmp_path / "run")})
+    with pytest.raises(ValueError) as raised:
         run_folder.choose_run_dir(run_config(tmp_path, "run"), None)
+    assert str(raised.value) == (f"{tmp_path / 'run'} already holds a run with checkpoints: resume it ({resume}), "
+                                 f"or choose another run_name")
     assert (tmp_path / "run" / "config.json").read_text() == '{"first": true}'
     assert run_folder.choose_run_dir(run_config(tmp_path, "other"), None) == tmp_path / "other"
 

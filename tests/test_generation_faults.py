@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from editspecialists.data import images
 from editspecialists.data.images import read_rgb
 from editspecialists.generation import generate_edits, read_manifest
 from tests.helpers import REPO, tiny_brightness_config
@@ -118,7 +119,7 @@ def test_unreadable_and_oversized_inputs_are_skipped_with_one_warning(tiny_ip2p_
     (Path(config.styleimg_dir) / "lego_broken.jpg").write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="editspecialists.data.images"):
         folder = generate_edits(config)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == images.__name__]
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("skipped 3 unreadable input image file(s) in")
     for name, reason in (("half.jpg", "truncated"), ("huge.png", "more than twice the limit of 89478485 pixels"),

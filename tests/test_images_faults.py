@@ -142,3 +142,29 @@ def test_training_skips_oversized_and_truncated_files_and_keeps_the_rest(tmp_pat
     assert len(warnings_) == 1 and warnings_[0].startswith("skipped 2 unreadable style image file(s)")
     assert "half.jpg (OSError: image file is truncated" in warnings_[0]
     assert "huge.png (more than twice the limit of 89478485 pixels" in warnings_[0]
+
+
+def test_links_to_files_outside_an_image_folder_are_named_in_one_warning(tmp_path, caplog):
+    folder, elsewhere = tmp_path / "inputs", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8), RED).save(folder / "inside.png")
+    Image.new("RGB", (8, 8), BLUE).save(elsewhere / "outside.png")
+    (folder / "linked.png").symlink_to(elsewhere / "outside.png")
+    (folder / "alias.png").symlink_to(folder / "inside.png")
+    with caplog.at_level(logging.WARNING):
+        files, images = load_image_folder(folder, 8, role="input image")
+    assert [f.name for f in files] == ["alias.png", "inside.png", "linked.png"] and len(images) == 3
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings_ == [f"1 input image file(s) in {folder} link to files outside it (used as they are): "
+                         f"linked.png -> {elsewhere / 'outside.png'}"]
+
+
+def test_a_large_image_read_with_a_side_limit_is_downsized_on_load(tmp_path):
+    """A 6000x4000 JPEG read with max_side 1000 is decoded at a reduced scale (draft), upright,
+    at most 1000 px on its longer side; its aspect is kept."""
+    photo = tmp_path / "big.jpg"
+    Image.new("RGB", (6000, 4000), RED).save(photo, quality=80)
+    image = read_rgb(photo, max_side=1000)
+    assert image.size == (1000, 667) and image.mode == "RGB"
+    assert read_rgb(sideways_jpeg(tmp_path / "phone.jpg"), max_side=10).size == (5, 10)

@@ -2,7 +2,11 @@
 model, images of any size, and files at fault named."""
 
 import json
+import logging
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -12,7 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from editspecialists import EditSpecialistPipeline
+from safetensors import SafetensorError
+
+from editspecialists import EditSpecialistPipeline, writing
+from editspecialists.specialist.app import load_models
 from editspecialists.generation import generate_edits, read_manifest
 from editspecialists.specialist.folder import METADATA, SPECIALIST, ExportError
 from editspecialists.specialist.pipeline import working_size
@@ -105,13 +112,15 @@ def test_merged_export_with_a_referenced_base_is_within_1e4_of_the_adapter(train
     assert reference.prompt == "turn the car into lego" and reference.images.equal(base_edit)
 
 
-def test_a_base_model_id_edits_as_the_untrained_policy(tiny_ip2p_path, tmp_path, capsys):
+def test_a_base_model_id_edits_as_the_untrained_policy(tiny_ip2p_path, tmp_path, caplog):
     config = generation_config(tiny_ip2p_path, tmp_path)
     folder = generate_edits(config)
     entry = read_manifest(folder)["edit_car_05.png"]
-    capsys.readouterr()
+    caplog.clear()
     pipe = EditSpecialistPipeline.from_pretrained(str(tiny_ip2p_path), device="cpu")
-    assert "base InstructPix2Pix model, untrained" in capsys.readouterr().out
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{tiny_ip2p_path} is the base InstructPix2Pix model, untrained: its edits are the base "
+                        f"model's (visual-prompt modules at their initial, identity state; no specialist loaded)"]
     edit = pipe(tmp_path / "data" / "inputs" / entry["input"], tmp_path / "data" / "styles" / entry["style"],
                 entry["prompt"], num_inference_steps=STEPS, generator=entry["seed"], max_side=32).images[0]
     assert np.array_equal(pixels(edit), pixels(Image.open(folder / entry["edit"])))
@@ -181,3 +190,92 @@ def test_export_refuses_a_non_empty_folder(trained_run, tmp_path):
     with pytest.raises(ExportError, match=f"{out} is not empty"):
         pipe.save_pretrained(out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# ------------------------------------------------------------------------------ exports under faults
+def incomplete_copies(exported: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Copies of the export each missing what makes it complete, with the mark named in the error."""
+    without_metadata = shutil.copytree(exported, tmp_path / "without_metadata")
+    (without_metadata / METADATA).unlink()
+    card_only = tmp_path / "card_and_components"
+    shutil.copytree(exported, card_only, ignore=shutil.ignore_patterns(METADATA, "hashes.json", SPECIALIST))
+    return {"metadata": (without_metadata, "hashes.json, specialist, README.md (its model card)"),
+            "card": (card_only, "README.md (its model card)")}
+
+
+def test_an_incomplete_export_is_refused_by_from_pretrained_generate_and_the_app(exported, trained_run,
+                                                                                 tiny_ip2p_path, tmp_path):
+    """Without editspecialist.json a copied or half-written export would load as the base model,
+    whose edits are not the specialist's: it is refused, naming the folder and what it lacks."""
+    _, root = trained_run
+    for folder, marks in incomplete_copies(exported, tmp_path).values():
+        message = f"{folder} is an incomplete export: it has {marks} but no {METADATA} "
+        with pytest.raises(ExportError, match=re.escape(message)):
+            EditSpecialistPipeline.from_pretrained(folder, device="cpu")
+        with pytest.raises(ExportError, match=re.escape(message)):
+            load_models(str(folder), device="cpu")
+        with pytest.raises(ExportError, match=re.escape(message)):
+            generate_edits(generation_config(tiny_ip2p_path, root, load_checkpoint=str(folder)))
+    merged_unet_only = tmp_path / "merged_unet_only"
+    unet = EditSpecialistPipeline.from_pretrained(trained_run[0], device="cpu").denoiser.unet
+    unet.save_pretrained(merged_unet_only / "unet")
+    (merged_unet_only / "model_index.json").write_text((exported / "model_index.json").read_text())
+    with pytest.raises(ExportError, match=re.escape("it has unet/ with 12 input channels but no")):
+        EditSpecialistPipeline.from_pretrained(merged_unet_only, device="cpu")
+
+
+NO_SPACE = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def test_an_export_on_a_full_disk_writes_nothing_and_keeps_the_earlier_one(trained_run, exported, tmp_path,
+                                                                           monkeypatch):
+    """safetensors fails as on a full disk at the export's third weights file: one message names the
+    folder, the space needed and free; no temporary folder is left and the earlier export in that
+    folder (being overwritten) is untouched."""
+    import safetensors.torch
+
+    out = shutil.copytree(exported, tmp_path / "car_lego")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+    original = safetensors.torch.serialize_file
+
+    def serialize_file(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise SafetensorError(NO_SPACE)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", serialize_file)
+    specialist = EditSpecialistPipeline.from_pretrained(trained_run[0], device="cpu")
+    with pytest.raises(writing.WriteFailedError) as raised:
+        specialist.save_pretrained(out, overwrite=True)
+    message = str(raised.value)
+    assert message.startswith(f"could not write export {out}: no space left on its disk. It needs about ")
+    assert f"MB free on its disk. Nothing was written to {out}. Free some space, then run again: " in message
+    assert all(Path(path).is_relative_to(out.with_name("car_lego.tmp")) for path in calls), "written aside"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["car_lego"], "no temporary folder left"
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    monkeypatch.undo()
+    EditSpecialistPipeline.from_pretrained(out, device="cpu")
+
+
+@pytest.mark.slow
+def test_an_export_killed_midway_leaves_a_refused_folder_and_the_same_command_completes_it(trained_run, tmp_path):
+    """scripts/export.py is killed (SIGKILL) while writing its third weights file: --out does not
+    exist, its temporary folder is refused by from_pretrained, and the same command, run again,
+    writes a complete export."""
+    run, _ = trained_run
+    out = tmp_path / "car_lego"
+    command = [sys.executable, "scripts/export.py", f"--config.load_checkpoint={run}", f"--out={out}"]
+    killed = subprocess.run([sys.executable, "tests/signal_worker.py", "SIGKILL@serialize:3", *command[1:]],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = out.with_name("car_lego.tmp")
+    assert not out.exists() and partial.is_dir()
+    with pytest.raises(ExportError, match=re.escape(f"{partial} is an incomplete export: it has README.md (its "
+                                                    f"model card) but no {METADATA}")):
+        EditSpecialistPipeline.from_pretrained(partial, device="cpu")
+    again = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["car_lego"]
+    EditSpecialistPipeline.from_pretrained(out, device="cpu")

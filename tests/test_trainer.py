@@ -289,8 +289,8 @@ def train_epochs_skipped(monkeypatch) -> list:
     """Skip the preference updates (they do not matter here); returns the list that gets each
     epoch's (order, has_preference) as the trainer passes them to ``train_epoch``."""
     seen = []
-    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch, inner, trajectories, order, has_preference:
-                        seen.append((order.cpu(), has_preference.cpu())))
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch, inner, trajectories, order, has_preference,
+                        first=0: seen.append((order.cpu(), has_preference.cpu())))
     return seen
 
 

@@ -45,13 +45,19 @@ def folder_label(folder: str | Path, role: str, key: str = "") -> str:
 
 def list_images(folder: str | Path, role: str = "image", key: str = "") -> list[Path]:
     """Sorted .jpg/.jpeg/.png files of ``folder``; a clear error, naming the config key ``key``
-    when given, if it is missing or has none."""
+    when given, if it is missing or has none. Files that are links to places outside the folder
+    are used, and named in one warning."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder_label(folder, role, key)} does not exist")
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
         raise ValueError(f"{folder_label(folder, role, key)} holds no .jpg/.jpeg/.png image")
+    outside = [f"{p.name} -> {p.resolve()}" for p in files if p.is_symlink()
+               and not p.resolve().is_relative_to(folder.resolve())]
+    if outside:
+        logger.warning("%d %s file(s) in %s link to files outside it (used as they are): %s", len(outside), role,
+                       folder, "; ".join(outside))
     return files
 
 
@@ -115,8 +121,10 @@ def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully as an upright RGB image (its EXIF orientation applied, :func:`to_rgb`).
+def read_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
+    """Decode ``path`` fully as an upright RGB image (its EXIF orientation applied, :func:`to_rgb`);
+    with ``max_side``, downsized on load so that its longer side is at most ``max_side`` (a JPEG
+    is decoded at a reduced scale: the full-size pixels are never held).
 
     Raises :class:`UnreadableImageError` naming the file for anything that is not a complete image
     of at most :data:`MAX_IMAGE_PIXELS` pixels; the size is checked from the header, before decoding.
@@ -127,8 +135,13 @@ def read_rgb(path: str | Path) -> Image.Image:
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height <= MAX_IMAGE_PIXELS:
+                    if max_side:
+                        image.draft("RGB", (max_side, max_side))
                     image.load()
-                    return to_rgb(ImageOps.exif_transpose(image))
+                    ImageOps.exif_transpose(image, in_place=True)
+                    if max_side:
+                        image.thumbnail((max_side, max_side), Image.BICUBIC)
+                    return to_rgb(image)
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(path, f"more than twice the limit of {MAX_IMAGE_PIXELS} pixels "
                                          f"(data.images.MAX_IMAGE_PIXELS): {error}") from error

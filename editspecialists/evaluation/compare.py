@@ -6,21 +6,25 @@ its held-out validation planned them), through generate.py's code; both edit fol
 evaluate.py's code with every metric of the evaluation config. Per metric: the two means, the
 paired mean difference (specialist - base) over the edits and its standard error, and the verdict
 (:func:`editspecialists.paired.verdict`). Written as ``<eval_savedir>/<input>_<style>_base_vs_specialist/``
-(``base/`` and ``specialist/`` edits, ``comparison.json``, ``comparison.csv``) and printed as a table.
+(``base/`` and ``specialist/`` edits, ``comparison.json``, ``comparison.csv``, written together by
+:func:`~editspecialists.evaluation.report.write_evaluation`) and printed as a table.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
 import math
 from pathlib import Path
 
+from editspecialists.command_line import command_with
 from editspecialists.data.held_out import HeldOut, held_out_inputs
 from editspecialists.evaluation.evaluator import ScoredEdits, run_name, score_edits
 from editspecialists.evaluation.families import LOWER_IS_BETTER, METRIC_DEFINITIONS
+from editspecialists.evaluation.report import write_evaluation
 from editspecialists.generation import generate_edits
 from editspecialists.paired import paired_difference, verdict
 from editspecialists.training import checkpoint as ckpt
@@ -100,7 +104,8 @@ def comparison_table(metrics: dict[str, dict]) -> str:
 
 def compare_with_base(config) -> dict:
     """Generate the held-out edits of the base model and of the specialist ``config.base_vs_specialist``,
-    score both, and write and print the comparison; returns the JSON payload."""
+    score both, and write and print the comparison; returns the JSON written (a rerun with the same
+    config replaces it)."""
     checkpoint = ckpt.resolve_checkpoint(config.base_vs_specialist)
     trained = ckpt.saved_run_config(checkpoint)
     held_out = run_held_out(checkpoint, trained)
@@ -116,16 +121,19 @@ def compare_with_base(config) -> dict:
                "held_out": {"folder": str(held_out.folder), "source": held_out.source, "inputs": held_out.files,
                             "seeds_per_input": trained.val.seeds},
                "edits_compared": len(rows), "metrics": metrics,
-               "skipped": {**scored["base"].skipped, **scored["specialist"].skipped}}
-    (out / "comparison.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_rows(out / "comparison.csv", rows)
+               "skipped": {**scored["base"].skipped, **scored["specialist"].skipped},
+               "settings": {"config": config.to_dict(), "specialist": str(checkpoint)}}
+    written = write_evaluation(out, "comparison", payload, {".csv": rows_csv(rows)},
+                               f"Earlier comparisons are intact. Free some space, then run: {command_with({})}")
     print(comparison_table(metrics))
-    print(f"{len(rows)} held-out edits per model; wrote {out / 'comparison.json'}")
-    return payload
+    print(f"{len(rows)} held-out edits per model; wrote {written}")
+    return json.loads(written.read_text())
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["edit"])
-        writer.writeheader()
-        writer.writerows(rows)
+def rows_csv(rows: list[dict]) -> bytes:
+    """The comparison's CSV: one row per edit with both models' values."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["edit"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()

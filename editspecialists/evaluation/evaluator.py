@@ -6,8 +6,9 @@ writes them). Edits, inputs and styles are resized (short side) and centre-cropp
 image to its edit's size, so pixel and patch metrics compare aligned images. A metric family whose
 optional dependency or model cannot be loaded is skipped with one log line; the others still run.
 Edits that cannot be scored (missing, unreadable, not in the manifest) are named in one warning and
-counted in the output, which never replaces an earlier evaluation's
-(:func:`editspecialists.evaluation.report.output_stem`).
+counted in the output. The outputs are written together at the end
+(:func:`editspecialists.evaluation.report.write_evaluation`): a rerun with the same settings
+replaces them, other settings get their own. SIGTERM or SIGINT stops between batches, writing nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from editspecialists.data.images import UnreadableImageError, image_to_tensor, r
 from editspecialists.evaluation.families import FAMILIES, METRIC_DEFINITIONS, EvalBatch, FamilySettings, parse_metrics
 from editspecialists.evaluation.images import resize_center_crop as align_tensors
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
-from editspecialists.evaluation.report import output_stem, summarise, write_csv, write_json, write_report_png
+from editspecialists.command_line import command_with
+from editspecialists.evaluation.report import csv_bytes, report_png_bytes, summarise, write_evaluation
 from editspecialists.model_ids import explain_loading, model_ids_of
 from editspecialists.precision import dtype_named
 from editspecialists.rewards.masks import MASK_KEYS, MaskPredictor, whole_frame_masks
+from editspecialists.stopping import StopOnSignal, Stopped, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +202,16 @@ def make_batch(items: Sequence[EvalItem], images: dict[Path, Image.Image], input
 
 
 def score_all(items, images, families, masks: MaskSource | None, selected: Sequence[str], config,
-              device: torch.device) -> dict[str, list[float]]:
-    """Per-image values ``{metric: [value per item]}`` of every loaded family's selected metrics."""
+              device: torch.device, stop: StopOnSignal | None = None) -> dict[str, list[float]]:
+    """Per-image values ``{metric: [value per item]}`` of every loaded family's selected metrics;
+    :class:`Stopped` between batches when ``stop`` was requested (nothing is written)."""
     names = [m for spec, _ in families for m in spec.metrics if m in selected]
     per_image = {name: [math.nan] * len(items) for name in names}
     batches = list(batches_by_size(items, images, config.batch_size))
-    for indices in tqdm(batches, desc="evaluating", unit="batch"):
+    for done, indices in enumerate(tqdm(batches, desc="evaluating", unit="batch")):
+        if stop is not None and stop.requested():
+            raise Stopped(f"stopped by {signal_name(stop.signum)} after {done} of {len(batches)} batches; nothing was "
+                          f"written to {config.eval_savedir}. Evaluate with: {command_with({})}", stop.signum)
         chunk = [items[i] for i in indices]
         batch = make_batch(chunk, images, config.input_name, device, config.data_resize, config.resize_filter)
         if masks is not None:
@@ -255,7 +262,8 @@ def score_edits(config) -> ScoredEdits:
             masks = load_mask_source(config, settings)
         except Exception as err:  # only the mask-based metrics are lost
             families = drop_mask_families(families, err, selected, skipped)
-    per_image = score_all(items, images, families, masks, selected, config, settings.device)
+    with StopOnSignal("finishing the current batch, then stopping without writing") as stop:
+        per_image = score_all(items, images, families, masks, selected, config, settings.device, stop)
     header = {
         "metric_definitions": METRIC_DEFINITIONS,
         "input_name": config.input_name,
@@ -277,17 +285,15 @@ def score_edits(config) -> ScoredEdits:
 def evaluate(config) -> dict:
     """Run the evaluation described by ``config`` (see ``config/eval.py``); returns the JSON payload."""
     scored = score_edits(config)
-    name = run_name(config.input_name, config.style_name)
-    out_dir = Path(config.eval_savedir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(scored.per_image)
-    stem = output_stem(out_dir, name)
-    write_json(out_dir / f"{stem}.json", summary, scored.skipped, scored.header)
-    write_csv(out_dir / f"{stem}_per_image.csv", scored.items, scored.per_image)
-    write_report_png(out_dir / f"{stem}_report.png", scored.items, scored.images, scored.per_image,
-                     max_rows=config.report_rows)
+    payload = {**scored.header, "metrics": summary, "skipped": scored.skipped,
+               "settings": {"config": config.to_dict(), "models": scored.header["models"]}}
+    files = {"_per_image.csv": csv_bytes(scored.items, scored.per_image),
+             "_report.png": report_png_bytes(scored.items, scored.images, scored.per_image,
+                                             max_rows=config.report_rows)}
+    written = write_evaluation(Path(config.eval_savedir), run_name(config.input_name, config.style_name), payload,
+                               files, f"Earlier evaluations are intact. Free some space, then run: {command_with({})}")
     for metric, stats in summary.items():
         logger.info("%s: mean %s, std %s, count %d", metric, stats["mean"], stats["std"], stats["count"])
-    logger.info("scored %d of %d edits; wrote %s", len(scored.items), scored.header["edits_listed"],
-                out_dir / f"{stem}.json")
+    logger.info("scored %d of %d edits; wrote %s", len(scored.items), scored.header["edits_listed"], written)
     return {**scored.header, "metrics": summary, "skipped": scored.skipped}

@@ -7,14 +7,18 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from editspecialists.data.images import read_rgb
-from editspecialists.specialist.pipeline import EditSpecialistPipeline
+from editspecialists.specialist.pipeline import EditSpecialistPipeline, check_seed
 from editspecialists.training import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
 MAX_STYLE_IMAGES = 5
+# Uploads are downsized when read so that their longer side is at most this many pixels (the edits
+# are returned at that size): memory stays bounded whatever the upload's size.
+APP_MAX_SIDE = 2048
 DEMO_RUNS = "logs/demo_brightness"  # where the demo training (config/demo.py:brightness) writes its runs
 DEMO_STEPS = 10  # config/demo.py's sample.num_steps
 SPECIALIST_LABEL = "specialist"
@@ -57,21 +61,25 @@ def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSp
     base = specialist.info["base"]
     logger.info("app: loading the base model %s (revision %s) for the edits beside the specialist's ...",
                 base["model"], base["revision"])
-    return specialist, EditSpecialistPipeline.from_base(base["model"], base["revision"],
-                                                       specialist.info["scheduler"]).to(specialist.device)
+    return specialist, EditSpecialistPipeline.from_base(base["model"], base["revision"], specialist.info["scheduler"],
+                                                       warn=False).to(specialist.device)
 
 
 def edit_pair(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline | None, image, style_files,
               input_name: str, style_name: str, prompt: str, seed: int, steps: int):
-    """(specialist's edit, base model's edit) of ``image`` for the same seed and prompt; the style
-    image is drawn from ``style_files`` with the seed."""
+    """(specialist's edit, base model's edit) of ``image`` (a file path) for the same seed and
+    prompt; the style image is drawn from ``style_files`` with the seed. Every upload is checked
+    against ``data.images.MAX_IMAGE_PIXELS`` from its header and downsized to :data:`APP_MAX_SIDE`
+    as it is read; bad input is a ValueError whose message the page shows."""
     if image is None or not 1 <= len(style_files or []) <= MAX_STYLE_IMAGES:
         raise ValueError(f"upload an input image and one to {MAX_STYLE_IMAGES} style images")
-    styles = [read_rgb(getattr(f, "name", f)) for f in style_files]
-    style = styles[np.random.default_rng(int(seed)).integers(len(styles))]
+    seed = check_seed(seed)
+    image = read_rgb(image, max_side=APP_MAX_SIDE)
+    styles = [read_rgb(getattr(f, "name", f), max_side=APP_MAX_SIDE) for f in style_files]
+    style = styles[np.random.default_rng(seed).integers(len(styles))]
     prompt = prompt.strip() or specialist.default_prompt(input_name.strip() or None, style_name.strip() or None)
     defaults = specialist.info.get("defaults") or {}
-    settings = {"num_inference_steps": int(steps), "generator": int(seed), **{
+    settings = {"num_inference_steps": int(steps), "generator": seed, **{
         key: defaults[key] for key in ("guidance_scale", "image_guidance_scale", "style_image_guidance_scale", "eta")
         if key in defaults}}
     edit = specialist(image, style, prompt, **settings).images[0]
@@ -89,6 +97,9 @@ def build_app(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline |
     (seed 0) already shown."""
     import gradio as gr
 
+    # Gradio opens uploads with Pillow, whose own size check would end a large upload in Gradio's
+    # generic error; edit_pair checks the size from the header itself, with the limit in its message.
+    Image.MAX_IMAGE_PIXELS = None
     info = specialist.info
     steps = (info.get("defaults") or {}).get("num_inference_steps", 100)
 
@@ -100,7 +111,7 @@ def build_app(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline |
 
     if examples:
         logger.info("app: editing the example images (seed 0, %d steps) ...", steps)
-    shown = run(read_rgb(examples[0]), examples[1], "", "", "", 0, steps) if examples else (None, None)
+    shown = run(examples[0], examples[1], "", "", "", 0, steps) if examples else (None, None)
 
     with gr.Blocks(title="EditSpecialists") as page:
         gr.Markdown(f"# EditSpecialists: {info.get('input_name') or 'base'} → {info.get('style_name') or 'base'}\n"
@@ -109,7 +120,8 @@ def build_app(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline |
                     f"{MAX_STYLE_IMAGES} style images; the style image is drawn with the seed.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="pil", label="input image", value=examples[0] if examples else None)
+                image = gr.Image(type="filepath", image_mode=None, label="input image",
+                                 value=examples[0] if examples else None)
                 style_files = gr.File(file_count="multiple", file_types=["image"], label="style images (1 to 5)",
                                       value=examples[1] if examples else None)
                 with gr.Row():

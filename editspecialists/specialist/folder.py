@@ -4,7 +4,7 @@ Layout (``EditSpecialistPipeline.save_pretrained`` writes it, ``from_pretrained`
 
     <out>/editspecialist.json   metadata (:func:`read_metadata`), written last: a folder without it
                                 is not a complete export
-    <out>/README.md             model card
+    <out>/README.md             model card (written first: even a partial export is marked as one)
     <out>/hashes.json           size and SHA-256 of every other file (checked when loading)
     <out>/scheduler/            the sampler's config (the family the specialist was trained with)
     <out>/model_index.json, vae/, text_encoder/, tokenizer/, unet/
@@ -16,14 +16,19 @@ Layout (``EditSpecialistPipeline.save_pretrained`` writes it, ``from_pretrained`
                                 folder, loaded by the training code's own checks
     merged export ("unet": "merged"): unet/ is the 12-channel UNet with LoRA merged (always
                                 written) and style_module.safetensors the style module
+
+The folder is written as ``<out>.tmp`` and renamed to ``<out>`` when complete
+(:func:`editspecialists.writing.write_folder`). A folder with any mark of an export
+(:func:`export_marks`) but no ``editspecialist.json`` is refused (:func:`refuse_incomplete_export`),
+never loaded as the base model it would otherwise look like.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+from editspecialists.diffusion.policy import VISUAL_PROMPT_CHANNELS
 from editspecialists.training import checkpoint as ckpt
 
 METADATA = "editspecialist.json"
@@ -34,6 +39,8 @@ FORMAT = "editspecialists-export-1"
 COMPONENTS = ("copy", "reference")
 UNETS = ("adapter", "merged")
 REQUIRED_KEYS = ("base", "components", "unet", "scheduler", "architecture")
+MODEL_CARD_TITLE = "# EditSpecialist:"  # the first line of every model card we write
+SPECIALIST_UNET_CHANNELS = 8 + VISUAL_PROMPT_CHANNELS  # InstructPix2Pix's 8 and the visual prompt's
 
 
 class ExportError(ValueError):
@@ -42,6 +49,37 @@ class ExportError(ValueError):
 
 def is_export(path: Path) -> bool:
     return (Path(path) / METADATA).is_file()
+
+
+def export_marks(folder: Path) -> list[str]:
+    """What in ``folder`` belongs to an export only: hashes.json, specialist/, style_module.safetensors,
+    our model card, a UNet with the specialist's 12 input channels."""
+    folder = Path(folder)
+    marks = [name for name in (ckpt.HASHES, SPECIALIST, STYLE_MODULE) if (folder / name).exists()]
+    card = folder / MODEL_CARD
+    if card.is_file() and card.read_text(errors="replace").startswith(MODEL_CARD_TITLE):
+        marks.append(f"{MODEL_CARD} (its model card)")
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        unet = {}
+    if isinstance(unet, dict) and unet.get("in_channels") == SPECIALIST_UNET_CHANNELS:
+        marks.append(f"unet/ with {SPECIALIST_UNET_CHANNELS} input channels")
+    return marks
+
+
+def refuse_incomplete_export(path: str | Path) -> None:
+    """Raise :class:`ExportError` for a folder that carries marks of an export (:func:`export_marks`)
+    but not its ``editspecialist.json``: an export stopped part-way or copied in part, which must
+    not pass for the base model."""
+    folder = Path(str(path)).expanduser()
+    is_checkpoint_or_run = (folder / ckpt.WEIGHTS).is_file() or (folder / ckpt.CHECKPOINTS).is_dir()
+    if not folder.is_dir() or is_export(folder) or is_checkpoint_or_run:
+        return
+    marks = export_marks(folder)
+    if marks:
+        raise ExportError(f"{folder} is an incomplete export: it has {', '.join(marks)} but no {METADATA} (written "
+                          f"last, when an export is complete); export the specialist again")
 
 
 def read_metadata(folder: Path) -> dict:
@@ -81,17 +119,6 @@ def check_output_folder(folder: Path, overwrite: bool) -> None:
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise ExportError(f"{folder} is not empty: choose an empty or new folder, or overwrite=True "
                           f"(--overwrite) to replace its contents")
-
-
-def prepare_output_folder(folder: Path, overwrite: bool) -> None:
-    """Create ``folder`` for an export (:func:`check_output_folder`; with ``overwrite`` its contents
-    are deleted). Nothing is written outside it."""
-    folder = Path(folder)
-    check_output_folder(folder, overwrite)
-    if folder.is_dir():
-        for child in folder.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
 
 
 def write_metadata(folder: Path, metadata: dict) -> None:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from editspecialists import writing
+from editspecialists.command_line import command_with
 from editspecialists.config_keys import value_at
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import (DEFAULT_RESIZE_FILTER, image_to_tensor, read_rgb, resize_cover, resize_to,
@@ -107,13 +109,15 @@ class EditSpecialistPipeline:
                         device: str | torch.device | None = None) -> "EditSpecialistPipeline":
         """Load an exported folder, a checkpoint folder (or its weights file), a run folder (its
         newest checkpoint that verifies) or a base InstructPix2Pix (hub id or diffusers folder:
-        the untrained visual-prompt model, with a notice). Errors name the file at fault.
+        the untrained visual-prompt model, with a warning). Errors name the file at fault; a folder
+        with marks of an export but no complete export is refused, never loaded as the base.
 
         device: default CUDA when available; torch_dtype: of every model (fp32 edits exactly as
         generate.py does).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         local = Path(str(path)).expanduser()
+        export.refuse_incomplete_export(local)
         if export.is_export(local):
             specialist = cls.from_export(local)
         elif local.is_file() or (local / ckpt.WEIGHTS).is_file() or (local / ckpt.CHECKPOINTS).is_dir():
@@ -143,11 +147,14 @@ class EditSpecialistPipeline:
         return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, policy, info)
 
     @classmethod
-    def from_base(cls, model_id: str, revision: str = "main",
-                  scheduler: str = "euler_ancestral") -> "EditSpecialistPipeline":
-        """The base InstructPix2Pix with the visual-prompt modules at their initial, identity state."""
-        print(f"{model_id}: the base InstructPix2Pix model, untrained (visual-prompt modules at their "
-              f"initial, identity state; no checkpoint given)")
+    def from_base(cls, model_id: str, revision: str = "main", scheduler: str = "euler_ancestral", *,
+                  warn: bool = True) -> "EditSpecialistPipeline":
+        """The base InstructPix2Pix with the visual-prompt modules at their initial, identity state;
+        ``warn``: log a warning that its edits are the untrained base model's."""
+        if warn:
+            logger.warning("%s is the base InstructPix2Pix model, untrained: its edits are the base model's "
+                           "(visual-prompt modules at their initial, identity state; no specialist loaded)",
+                           model_id)
         pipe = load_pipeline(model_id, revision=revision, scheduler=scheduler)
         policy = build_policy(pipe.unet, use_lora=True)
         info = {"base": {"model": model_id, "revision": revision}, "scheduler": scheduler, "trained": False,
@@ -233,10 +240,11 @@ class EditSpecialistPipeline:
                             eta=eta, generator=generators, research_code_compat=research_code_compat).images
 
     def generator(self, generator: torch.Generator | int | None) -> torch.Generator:
-        """A generator on the pipeline's device from an int seed (a random one for None)."""
+        """A generator on the pipeline's device from an int seed (:func:`check_seed`; a random one
+        for None)."""
         if isinstance(generator, torch.Generator):
             return generator
-        seed = int(generator) if generator is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        seed = check_seed(generator) if generator is not None else int(np.random.SeedSequence().generate_state(1)[0])
         return torch.Generator(self.device).manual_seed(seed)
 
     def default_prompt(self, input_name: str | None = None, style_name: str | None = None) -> str:
@@ -284,24 +292,34 @@ class EditSpecialistPipeline:
         if not hasattr(self.denoiser, "trainable_state_dict"):
             raise ValueError("this pipeline was loaded from a merged export: export its source checkpoint instead")
         folder = Path(folder)
-        export.prepare_output_folder(folder, overwrite)
+        export.check_output_folder(folder, overwrite)
         unet = merged_unet(self.denoiser) if merge_lora else initial_unet(self.denoiser)
-        if components == "copy":
-            self.diffusers_pipeline(unet).save_pretrained(folder)
-        else:
-            self.scheduler.save_pretrained(folder / "scheduler")
-            if merge_lora:
-                unet.save_pretrained(folder / "unet")
-        if merge_lora:
-            ckpt.save_weights(folder / export.STYLE_MODULE, self.denoiser.style_module.state_dict(), {})
-        else:
-            self.write_adapter(folder / export.SPECIALIST)
         info = {**self.info, "method_version": package_metadata.version("editspecialists"),
                 "components": components, "unet": "merged" if merge_lora else "adapter"}
         info.pop("format", None)
-        (folder / export.MODEL_CARD).write_text(model_card(info))
-        export.write_metadata(folder, info)
-        return folder
+        written = [unet] if components == "copy" or merge_lora else []
+        written += [self.vae, self.text_encoder] if components == "copy" else []
+        written += [self.denoiser.style_module] if merge_lora else []
+        adapter = {} if merge_lora else self.denoiser.trainable_state_dict()
+
+        def write(tmp: Path) -> None:
+            (tmp / export.MODEL_CARD).write_text(model_card(info))
+            if components == "copy":
+                self.diffusers_pipeline(unet).save_pretrained(tmp)
+            else:
+                self.scheduler.save_pretrained(tmp / "scheduler")
+                if merge_lora:
+                    unet.save_pretrained(tmp / "unet")
+            if merge_lora:
+                ckpt.save_weights(tmp / export.STYLE_MODULE, self.denoiser.style_module.state_dict(), {})
+            else:
+                self.write_adapter(tmp / export.SPECIALIST)
+            export.write_metadata(tmp, info)
+
+        needed = sum(tensor_bytes(module.state_dict().values()) for module in written) + tensor_bytes(adapter.values())
+        return writing.write_folder(folder, write, "export", needed,
+                                    f"Nothing was written to {folder}. Free some space, then run again: "
+                                    f"{command_with({})}")
 
     def diffusers_pipeline(self, unet):
         """A ``StableDiffusionInstructPix2PixPipeline`` of this pipeline's components and ``unet``."""
@@ -317,6 +335,23 @@ class EditSpecialistPipeline:
         ckpt.save_weights(folder / ckpt.WEIGHTS, self.denoiser.trainable_state_dict(), self.info["architecture"])
         (folder / ckpt.TRAINER_STATE).write_text(json.dumps((self.info.get("source") or {}).get("trainer", {})))
         ckpt.record_hashes(folder)
+
+
+MAX_SEED = 2**64 - 1  # torch generators take seeds from 0 to 2**64 - 1
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int from 0 to :data:`MAX_SEED`; a ValueError naming the range otherwise."""
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"the seed must be a whole number from 0 to 2**64 - 1 = {MAX_SEED}, got {seed!r}")
+    return int(seed)
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of the values of ``tensors`` (an iterable of tensors)."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def export_checkpoint(load_checkpoint: str, out: str | Path, **options) -> Path:
@@ -401,7 +436,7 @@ def load_merged_unet(folder: Path):
 
 def merged_denoiser(folder: Path, unet) -> MergedDenoiser:
     """The merged export's UNet (checked to take 12 channels) and its style module."""
-    expected = 8 + VISUAL_PROMPT_CHANNELS
+    expected = export.SPECIALIST_UNET_CHANNELS
     if unet.config.in_channels != expected:
         raise export.ExportError(f"{folder / 'unet' / 'config.json'}: a UNet with {unet.config.in_channels} input "
                                  f"channels, not the specialist's {expected}: another architecture")

@@ -8,7 +8,12 @@ Layout of a run folder::
         weights.safetensors            trainable weights + architecture metadata
         trainer.json                   {"epoch": next epoch to run, "global_step": ...}
         state/                         accelerate state (optimizer, RNG, ...) for exact resume
-        hashes.json                    size and SHA-256 of every file above, written last
+        hashes.json                    size and SHA-256 of every file above (of the tensors of a
+                                       safetensors file), written last
+    <run>/checkpoints/checkpoint_0005_step_42/  saved by a run stopped within epoch 5 (after
+                                       optimizer step 42; training/stopping.py): as above, and
+        samples_<process>.safetensors  each process's sampled edits of the epoch, ranked
+                                       (trainer.json's "within_epoch" says where to go on)
 
 Folders are written under a temporary name and renamed when complete, so an interrupted save
 never leaves a checkpoint that looks valid. ``hashes.json`` is checked whenever a checkpoint is
@@ -24,7 +29,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -42,7 +46,7 @@ ACCELERATE_STATE = "state"
 HASHES = "hashes.json"
 RUN_CONFIG = "config.json"  # the run's resolved config, in the run folder
 CHECKPOINTS = "checkpoints"
-_CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)$")
+_CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)(?:_step_(\d+))?$")
 # Settings that change the set or shape of the saved weights.
 ARCHITECTURE_KEYS = ("use_lora", "lora_rank", "lora_alpha")
 
@@ -52,8 +56,17 @@ def architecture_of(config) -> dict[str, str]:
     return {key: str(config[key]) for key in ARCHITECTURE_KEYS}
 
 
-def checkpoint_name(epoch: int) -> str:
-    return f"checkpoint_{epoch:04d}"
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """``checkpoint_<epoch>``: saved at the start of ``epoch`` (epochs before it done);
+    ``checkpoint_<epoch>_step_<step>``: saved by a run stopped within ``epoch`` after optimizer
+    step ``step``."""
+    return f"checkpoint_{epoch:04d}" + (f"_step_{step}" if step is not None else "")
+
+
+def checkpoint_order(path: Path) -> tuple[int, int]:
+    """(epoch, step or -1) of a checkpoint folder's name: sorts checkpoints by training progress."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)), int(match.group(2) or -1)
 
 
 def run_folder_of(checkpoint: str | Path) -> Path:
@@ -67,7 +80,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if _CHECKPOINT_RE.match(p.name) and (p / WEIGHTS).is_file()]
-    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_order)
 
 
 class CheckpointError(ValueError):
@@ -108,28 +121,87 @@ def resolve_checkpoint(path: str | Path, *, with_state: bool = False) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (read in 16 MiB blocks); remembered for the process while
-    the file's size and modification time stay the same, so that resolving, loading and
-    recording provenance read a large weights file once."""
+    """Hex SHA-256 of a file's bytes (read in 16 MiB blocks); see :func:`remembered`."""
+    def digest_bytes(handle, digest):
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+
+    return remembered(path, "bytes", digest_bytes)
+
+
+def tensors_sha256(path: Path) -> str:
+    """Hex SHA-256 of the content of a safetensors file: each tensor in name order (name, dtype,
+    shape, then its bytes), then the metadata with its keys sorted. Files holding the same tensors
+    and metadata hash alike whatever the order of their header; a file that is not a complete
+    safetensors file raises :class:`CheckpointError`."""
+    def digest_tensors(handle, digest):
+        header, data_start = safetensors_header(path, handle)
+        size = Path(path).stat().st_size
+        metadata = header.pop("__metadata__", None) or {}
+        for name in sorted(header):
+            try:
+                begin, end = (int(offset) for offset in header[name]["data_offsets"])
+                described = json.dumps([name, header[name]["dtype"], header[name]["shape"]])
+            except (KeyError, TypeError, ValueError) as error:
+                raise CheckpointError(f"{path} is not a safetensors file (entry {name}: {error!r})") from error
+            if not 0 <= begin <= end <= size - data_start:
+                raise CheckpointError(f"{path} is cut short: tensor {name} ends past the end of the file")
+            digest.update(described.encode())
+            handle.seek(data_start + begin)
+            for offset in range(begin, end, 1 << 24):
+                digest.update(handle.read(min(1 << 24, end - offset)))
+        digest.update(json.dumps(metadata, sort_keys=True).encode())
+
+    return remembered(path, "tensors", digest_tensors)
+
+
+def safetensors_header(path: Path, handle) -> tuple[dict, int]:
+    """(the parsed JSON header of an open safetensors file, the offset where its data starts)."""
+    length = int.from_bytes(handle.read(8), "little")
+    if not 2 <= length <= Path(path).stat().st_size - 8:
+        raise CheckpointError(f"{path} is not a safetensors file (header length {length})")
+    try:
+        header = json.loads(handle.read(length))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not a safetensors file (unreadable header: {error})") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    return header, 8 + length
+
+
+def remembered(path: Path, kind: str, digest_into) -> str:
+    """``digest_into(open file, sha256 object)``'s hex digest of ``path``, remembered for the process
+    while the file (its inode: a file written aside and renamed is another), size and modification
+    time stay the same, so that resolving, loading and recording provenance read a large weights
+    file once."""
     stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, kind)
     if key not in _HASHED:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
+            digest_into(handle, digest)
         _HASHED[key] = digest.hexdigest()
     return _HASHED[key]
 
 
-_HASHED: dict[tuple[str, int, int], str] = {}
+_HASHED: dict[tuple[str, int, int, int, str], str] = {}
+# hashes.json's "hash_of" of a file hashed by :func:`tensors_sha256` (absent: the file's bytes).
+TENSOR_CONTENT = "tensors"
+
+
+def file_record(path: Path) -> dict:
+    """hashes.json's entry of one file: its size and SHA-256, of its tensors for a safetensors
+    file (so that a rewritten header with the same tensors still verifies), else of its bytes."""
+    if path.suffix == ".safetensors":
+        return {"bytes": path.stat().st_size, "sha256": tensors_sha256(path), "hash_of": TENSOR_CONTENT}
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def record_hashes(folder: Path) -> None:
-    """Write ``folder/hashes.json``: ``{relative path: {"bytes", "sha256"}}`` of every file in it."""
+    """Write ``folder/hashes.json``: ``{relative path: {"bytes", "sha256"[, "hash_of"]}}`` of every
+    file in it (:func:`file_record`)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != HASHES)
-    record = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-              for p in files}
+    record = {p.relative_to(folder).as_posix(): file_record(p) for p in files}
     (folder / HASHES).write_text(json.dumps({"algorithm": "sha256", "files": record}, indent=1))
 
 
@@ -166,10 +238,26 @@ def verify_files(folder: Path, record: dict[str, dict], names) -> None:
         path = Path(folder) / name
         if not path.is_file():
             raise CheckpointError(f"{path} is missing")
-        if path.stat().st_size != record[name]["bytes"]:
-            raise CheckpointError(f"{path} has {path.stat().st_size} bytes, {record[name]['bytes']} were saved")
-        if file_sha256(path) != record[name]["sha256"]:
+        saved, size = record[name], path.stat().st_size
+        if saved.get("hash_of") == TENSOR_CONTENT:
+            if recorded_content_differs(path, saved["sha256"]):
+                if size != saved["bytes"]:
+                    raise CheckpointError(f"{path} has {size} bytes, {saved['bytes']} were saved")
+                raise CheckpointError(f"{path} has changed since it was saved (SHA-256 of its tensors differs)")
+            continue
+        if size != saved["bytes"]:
+            raise CheckpointError(f"{path} has {size} bytes, {saved['bytes']} were saved")
+        if file_sha256(path) != saved["sha256"]:
             raise CheckpointError(f"{path} has changed since it was saved (SHA-256 differs)")
+
+
+def recorded_content_differs(path: Path, sha256: str) -> bool:
+    """Whether the tensors of safetensors file ``path`` differ from those hashed as ``sha256``
+    (a file that is no longer a complete safetensors file differs)."""
+    try:
+        return tensors_sha256(path) != sha256
+    except CheckpointError:
+        return True
 
 
 def verifies(checkpoint: Path) -> bool:
@@ -344,74 +432,12 @@ def load_weights(policy, checkpoint: str | Path, architecture: dict[str, str]) -
     policy.load_state_dict(saved, strict=False)
 
 
-def temporary_path(folder: Path) -> Path:
-    """``<folder>.tmp``: where ``folder`` is written before :func:`commit_folder` renames it."""
-    return folder.with_name(folder.name + ".tmp")
-
-
-def temporary_folder(folder: Path) -> Path:
-    """An empty :func:`temporary_path` of ``folder`` (a leftover of an interrupted save is removed)."""
-    tmp = temporary_path(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_folder(tmp: Path, folder: Path) -> Path:
-    """Rename the complete ``tmp`` to ``folder``.
-
-    An existing ``folder`` is moved aside first and deleted only once the new one is in place,
-    so an interruption at any point leaves a complete checkpoint under ``folder`` or its ``.old``.
-    """
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0 keeps all)."""
     if keep <= 0:
         return
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
-
-
-def folder_bytes(folder: Path) -> int:
-    """Total size in bytes of the files under ``folder``."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-class CheckpointSaveError(OSError):
-    """Writing a checkpoint failed (most often a full disk); the message names the folder, the
-    space a checkpoint takes and the space free."""
-
-
-def save_failure(folder: Path, reason: str, needed: int | None) -> CheckpointSaveError:
-    """The error that stops a run whose checkpoint ``folder`` could not be written: ``reason``,
-    the bytes a checkpoint takes (``needed``: the previous checkpoint's size, None if this is the
-    first) and the bytes free on that disk."""
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
-    free = shutil.disk_usage(existing).free
-    size = f"a checkpoint takes {_megabytes(needed)}" if needed else "this is the run's first checkpoint"
-    return CheckpointSaveError(
-        f"could not save checkpoint {folder}: {reason}. {size}; {_megabytes(free)} free on its disk. "
-        f"Earlier checkpoints are intact: free some space and resume with --config.load_checkpoint={run_folder_of(folder)}"
-    )
-
-
-def _megabytes(count: int) -> str:
-    return f"{count / 1e6:,.1f} MB"
-
-
-def check_free_space(folder: Path, needed: int | None) -> None:
-    """Refuse to start writing checkpoint ``folder`` when its disk has less free space than the
-    previous checkpoint took (``needed``; no check before the first)."""
-    if needed and shutil.disk_usage(folder.parent).free < needed:
-        raise save_failure(folder, "not enough free space to start writing it", needed)
 
 
 def read_trainer_state(checkpoint: Path) -> dict:

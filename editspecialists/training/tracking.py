@@ -8,10 +8,12 @@ import math
 import netrc
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image, ImageDraw
 
+from editspecialists import writing
 from editspecialists.data.images import tensor_to_image
 
 logger = logging.getLogger(__name__)
@@ -58,12 +60,16 @@ def start_wandb(project: str, run_dir: Path, config: dict | None, run_name: str)
 
 
 class RunLogger:
-    """Writes metrics from the main process only; other processes get a no-op logger."""
+    """Writes metrics from the main process only; other processes get a no-op logger.
+
+    A failed write raises :func:`writing.write_failure` ending with ``after_failed_write()`` (what
+    to do next, as the caller knows it)."""
 
     def __init__(self, run_dir: Path, *, enabled: bool, wandb_project: str = "", config: dict | None = None,
-                 run_name: str = ""):
+                 run_name: str = "", after_failed_write: Callable[[], str] = lambda: ""):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.after_failed_write = after_failed_write
         self.records: list[dict] = []  # everything logged by this run, for the console summaries
         self.wandb_run = None
         if enabled and wandb_project:
@@ -75,8 +81,13 @@ class RunLogger:
             return
         record = {k: _plain(v) for k, v in record.items()}
         self.records.append(record)
-        with open(self.run_dir / METRICS_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+
+        def append(path: Path) -> None:
+            with open(path, "a") as handle:
+                handle.write(line)
+
+        self.write(self.run_dir / METRICS_FILE, append, len(line))
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"})
 
@@ -87,12 +98,21 @@ class RunLogger:
             return None
         path = path or self.run_dir / "images" / f"{name}_{epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
+        self.write(path, image.save, 3 * image.width * image.height)
         if self.wandb_run is not None:
             import wandb
 
             self.wandb_run.log({name: wandb.Image(str(path)), "epoch": epoch})
         return path
+
+    def write(self, path: Path, write: Callable[[Path], object], needed: int):
+        """``write(path)``, returned; a failure of the library writing is :func:`writing.write_failure`
+        (``needed``: about the bytes it writes)."""
+        try:
+            return write(path)
+        except writing.WRITE_ERRORS as error:
+            raise writing.write_failure(path, "log", writing.failure_reason(error), needed,
+                                        self.after_failed_write()) from error
 
     def close(self) -> None:
         if self.wandb_run is not None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import pickle
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from editspecialists import writing
+from editspecialists.stopping import StopOnSignal, Stopped, signal_name
 from editspecialists.training.config_rules import validate_training_config
 from editspecialists.data.dataset import EditBatch, EditDataset
 from editspecialists.data.held_out import held_out_inputs
@@ -42,6 +45,7 @@ from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, combine_scores, micro_step_is_usable, preference_loss,
                                               rank_edits, standardization_groups)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
+from editspecialists.training.within_epoch import EpochSamples, StopTraining, load_samples, save_samples
 from editspecialists.training.validation import (HELD_OUT_ROLE, Validation, ValidationSet, describe_validation,
                                                  load_validation_set, validation_cost)
 
@@ -181,10 +185,16 @@ class Trainer:
                                          and acc.device.type == "cuda")
         self.run_logger = RunLogger(self.run_dir, enabled=acc.is_main_process,
                                     wandb_project=config.wandb_project, config=config.to_dict(),
-                                    run_name=self.run_dir.name)
+                                    run_name=self.run_dir.name,
+                                    after_failed_write=lambda: run_folder.after_failed_write(self.run_dir))
         self.first_epoch, self.global_step = 0, 0
+        self.resumed_samples: EpochSamples | None = None
+        self.stop_signal = StopOnSignal("finishing the current optimizer step on every process, then saving "
+                                        "a checkpoint")
         if self.checkpoint:
             self.resume(self.checkpoint)
+            self._on_main_process(lambda: run_folder.start_run_folder(
+                self.run_dir, config.to_json_best_effort(indent=2), self.checkpoint, self.first_epoch))
         self.validation = self._make_validation()
         acc.print(self.plan.describe())
         acc.print(describe_validation(self.validation_set, self.no_validation_reason, config.val.every,
@@ -233,25 +243,34 @@ class Trainer:
                                sample.nb_gen, self.plan.trained_timesteps)
 
     def _make_run_dir(self) -> Path:
-        """The run folder, chosen and started by the main process (:mod:`run_folder`); an error
-        there (a folder that holds another run) is raised on every process."""
+        """The run folder, chosen and created by the main process (:mod:`run_folder`). A new run's
+        config is written now; a resumed run's records once its checkpoint has loaded."""
+        def make() -> str:
+            run_dir = run_folder.choose_run_dir(self.config, self.checkpoint)
+            if self.checkpoint:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            else:
+                run_folder.start_run_folder(run_dir, self.config.to_json_best_effort(indent=2), None, 0)
+            return str(run_dir)
+
+        return Path(self._on_main_process(make))
+
+    def _on_main_process(self, work):
+        """``work()`` on the main process, its result given to every process; its ValueError or
+        OSError (a folder that holds another run, a failed write) raised on every process."""
         from accelerate.utils import broadcast_object_list
 
         outcome = [None]
         if self.accelerator.is_main_process:
             try:
-                run_dir = run_folder.choose_run_dir(self.config, self.checkpoint)
-                first_epoch = ckpt.read_trainer_state(self.checkpoint)["epoch"] if self.checkpoint else 0
-                run_folder.start_run_folder(run_dir, self.config.to_json_best_effort(indent=2), self.checkpoint,
-                                            first_epoch)
-                outcome = [("ok", str(run_dir))]
+                outcome = [("ok", work())]
             except (ValueError, OSError) as error:
                 outcome = [("error", error)]
         broadcast_object_list(outcome)
         kind, value = outcome[0]
         if kind == "error":
             raise value
-        return Path(value)
+        return value
 
     def _load_models(self) -> None:
         config, acc = self.config, self.accelerator
@@ -290,21 +309,30 @@ class Trainer:
 
     # ---------------------------------------------------------------- epoch loop
     def run(self) -> Path:
-        """Run epochs ``first_epoch .. num_epochs - 1``; returns the run folder."""
+        """Run epochs ``first_epoch .. num_epochs - 1``; returns the run folder.
+
+        SIGTERM or SIGINT stops the run at the next safe point of every process (after the current
+        optimizer step, or before the next sampling batch) with a checkpoint: :meth:`stop_and_save`.
+        """
         config = self.config
         epochs = range(self.first_epoch, config.num_epochs)
-        self.validate(self.first_epoch)
         start = time.monotonic()
-        for done, epoch in enumerate(tqdm(epochs, desc="epoch", disable=not self.accelerator.is_local_main_process), 1):
-            trajectories, batches, scores = self.sample_epoch(epoch)
-            order, has_preference = self.rank_and_log(epoch, scores, [len(batch.prompts) for batch in batches])
-            self.log_grid(epoch, trajectories, batches, scores, order)
-            for inner in range(config.train.num_inner_epochs):
-                self.train_epoch(epoch, inner, trajectories, order, has_preference)
-            if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
-                self.save_checkpoint(epoch + 1)
-            self.print_epoch_summary(epoch, time.monotonic() - start, done, len(epochs))
-            self.validate(epoch + 1)
+        samples = None
+        with self.stop_signal:
+            try:
+                self.validate(self.first_epoch)
+                for done, epoch in enumerate(tqdm(epochs, desc="epoch",
+                                                  disable=not self.accelerator.is_local_main_process), 1):
+                    samples, self.resumed_samples = self.resumed_samples or self.epoch_samples(epoch), None
+                    for inner in range(samples.inner, config.train.num_inner_epochs):
+                        self.train_epoch(epoch, inner, samples.trajectories, samples.order, samples.has_preference,
+                                         first=samples.start if inner == samples.inner else 0)
+                    if (epoch + 1) % config.save_freq == 0 or epoch + 1 == config.num_epochs:
+                        self.save_checkpoint(epoch + 1)
+                    self.print_epoch_summary(epoch, time.monotonic() - start, done, len(epochs))
+                    self.validate(epoch + 1)
+            except StopTraining as stop:
+                self.stop_and_save(stop, samples)
         self.check_replicas_in_sync()
         self.scoring.close()
         self.run_logger.close()
@@ -341,6 +369,38 @@ class Trainer:
                                         research_code_compat=self.config.research_code_compat)
         return trajectories.images[:, 0]
 
+    def epoch_samples(self, epoch: int) -> EpochSamples:
+        """The epoch's edits of this process: sampled, scored, ranked (over every process) and logged."""
+        trajectories, batches, scores = self.sample_epoch(epoch)
+        order, has_preference = self.rank_and_log(epoch, scores, [len(batch.prompts) for batch in batches])
+        self.log_grid(epoch, trajectories, batches, scores, order)
+        return EpochSamples(trajectories, order, has_preference)
+
+    def stop_and_save(self, stop: StopTraining, samples: EpochSamples | None):
+        """Save the checkpoint a stopped run resumes from, then raise :class:`Stopped` saying where
+        and how to resume (the message on the main process only).
+
+        Stopped before sampling an epoch: ``checkpoint_<epoch>`` (saved now unless it exists).
+        Stopped within an epoch: ``checkpoint_<epoch>_step_<global_step>`` with the epoch's samples
+        and the place to go on from, so that the resumed run equals an uninterrupted one.
+        """
+        acc = self.accelerator
+        if stop.inner is None:
+            checkpoint = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(stop.epoch)
+            if checkpoint not in ckpt.list_checkpoints(self.run_dir):
+                self.save_checkpoint(stop.epoch)
+            where = f"before epoch {stop.epoch}"
+        else:
+            checkpoint = self.save_checkpoint(stop.epoch, EpochSamples(samples.trajectories, samples.order,
+                                                                       samples.has_preference, stop.inner, stop.start))
+            where = f"in epoch {stop.epoch} after optimizer step {self.global_step}"
+        self.scoring.close()
+        self.run_logger.close()
+        signum = self.stop_signal.signum
+        message = (f"stopped by {signal_name(signum)} {where}; saved {checkpoint}. Resume with: "
+                   f"{run_folder.continue_command(self.run_dir)}") if acc.is_main_process else ""
+        raise Stopped(message, signum)
+
     def print_epoch_summary(self, epoch: int, elapsed_s: float, done: int, total: int) -> None:
         """The epoch's console line (main process; see :func:`tracking.epoch_summary`), remaining
         time extrapolated from the epochs of this launch."""
@@ -374,6 +434,8 @@ class Trainer:
         policy.eval()
         parts, deferred = [], []
         for batch in tqdm(batches, desc="sampling", leave=False, disable=not acc.is_local_main_process):
+            if self.stop_signal.requested(acc):
+                raise StopTraining(epoch)
             trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
                                         nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
                                         generator=generator, autocast=acc.autocast,
@@ -426,7 +488,8 @@ class Trainer:
                 images += list(role_images)
                 masks += list(role_masks.cpu())
         if acc.is_main_process:
-            folder = write_mask_preview(self.run_dir, records, images, masks)
+            folder = self.run_logger.write(self.run_dir, lambda run: write_mask_preview(run, records, images, masks),
+                                           sum(3 * image[0].numel() for image in images))
             console_line(detection_summary(records, folder))
 
     def masks_of(self, role: str, images: torch.Tensor, files: list[str], name: str):
@@ -500,8 +563,10 @@ class Trainer:
         grid = edit_grid(first.inputs, first.styles, trajectories.images[:count].cpu(), captions)
         self.run_logger.log_image("edits", grid, epoch)
 
-    def train_epoch(self, epoch: int, inner: int, trajectories: Trajectories, order, has_preference):
-        """One pass of clipped preference updates over this process's trajectories."""
+    def train_epoch(self, epoch: int, inner: int, trajectories: Trajectories, order, has_preference, first: int = 0):
+        """One pass of clipped preference updates over this process's trajectories, from the
+        ``first`` input of its shuffled order (a run resumed within the epoch). Stops after an
+        optimizer step when a signal asks to (:class:`StopTraining`)."""
         acc, train = self.accelerator, self.config.train
         generator = derived_generator(self.config.seed, TIMESTEPS, epoch, inner, acc.process_index)
         num_inputs = trajectories.log_probs.shape[0]
@@ -511,7 +576,7 @@ class Trainer:
                                    for _ in range(num_inputs)])[:, : self.plan.trained_timesteps]
         self.policy.train()
         window = _WindowStats(acc.device)
-        starts = range(0, num_inputs, train.batch_size)
+        starts = range(first, num_inputs, train.batch_size)
         for start in tqdm(starts, desc="training", leave=False, disable=not acc.is_local_main_process):
             index = input_order[start:start + train.batch_size]
             batch = trajectories.select(index.to(trajectories.latents.device))
@@ -523,6 +588,8 @@ class Trainer:
                     self.global_step += 1
                     self.run_logger.log({"epoch": epoch, "step": self.global_step, **window.reduce(acc)})
                     window = _WindowStats(acc.device)
+            if acc.sync_gradients and self.stop_signal.requested(acc):
+                raise StopTraining(epoch, inner, start + train.batch_size)
 
     def micro_step(self, batch: Trajectories, step_index, order, has_preference, window) -> None:
         """Forward policy and reference at one timestep per input, loss, backward (accumulated)."""
@@ -545,61 +612,98 @@ class Trainer:
             self.optimizer.zero_grad()
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, next_epoch: int) -> Path:
+    def save_checkpoint(self, next_epoch: int, within: EpochSamples | None = None) -> Path:
         """Write checkpoint_<next_epoch> atomically (weights, trainer state, accelerate state,
-        hashes of them all).
+        hashes of them all); with ``within`` (a run stopped within epoch ``next_epoch``),
+        checkpoint_<next_epoch>_step_<global_step> with each process's samples of the epoch and
+        where training goes on in them.
 
-        A failed write (full disk, any OS error) on any process removes the partial folder, leaves
-        earlier checkpoints untouched and stops the run on every process with a
-        :class:`~editspecialists.training.checkpoint.CheckpointSaveError` naming the folder, the
-        space a checkpoint takes and the space free.
+        The disk must have the space the checkpoint needs (:meth:`checkpoint_bytes`) before
+        anything is written. A failed write (full disk, any error of the libraries writing) on any
+        process removes the partial folder, leaves earlier checkpoints untouched and stops the run on
+        every process with a :class:`~editspecialists.writing.WriteFailedError` naming the folder,
+        the space needed and the space free, and the command that goes on.
         """
         acc = self.accelerator
-        final = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(next_epoch)
-        tmp = ckpt.temporary_path(final)
-        previous = ckpt.list_checkpoints(self.run_dir)
-        needed = ckpt.folder_bytes(previous[-1]) if previous else None
+        step = self.global_step if within is not None else None
+        final = self.run_dir / ckpt.CHECKPOINTS / ckpt.checkpoint_name(next_epoch, step)
+        tmp = writing.temporary_path(final)
+        needed = self.checkpoint_bytes(within)
+        trainer_state = {"epoch": next_epoch, "global_step": self.global_step}
+        if within is not None:
+            trainer_state["within_epoch"] = {"inner": within.inner, "start": within.start,
+                                             "num_processes": acc.num_processes}
 
         def prepare():
             final.parent.mkdir(parents=True, exist_ok=True)
-            ckpt.check_free_space(final, needed)
-            ckpt.temporary_folder(final)
+            writing.check_free_space(final, "checkpoint", needed, "")
+            writing.temporary_folder(final)
+
+        def save_state():
+            acc.save_state(str(tmp / ckpt.ACCELERATE_STATE))
+            if within is not None:
+                save_samples(tmp, acc.process_index, within)
 
         def write_and_commit():
             ckpt.save_weights(tmp / ckpt.WEIGHTS, self.unwrapped_policy.trainable_state_dict(),
                               ckpt.architecture_of(self.config))
-            (tmp / ckpt.TRAINER_STATE).write_text(json.dumps({"epoch": next_epoch, "global_step": self.global_step}))
+            (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state))
             ckpt.record_hashes(tmp)
-            ckpt.commit_folder(tmp, final)
+            writing.commit_folder(tmp, final)
             ckpt.prune_checkpoints(self.run_dir, self.config.num_checkpoint_limit)
 
-        steps = [(prepare, True), (lambda: acc.save_state(str(tmp / ckpt.ACCELERATE_STATE)), False),
-                 (write_and_commit, True)]
+        steps = [(prepare, True), (save_state, False), (write_and_commit, True)]
         for step, main_only in steps:
             failure = attempt(step) if acc.is_main_process or not main_only else ""
             failures = [f for f in gather_object(acc, failure) if f]
             if failures:
                 if acc.is_main_process:
                     shutil.rmtree(tmp, ignore_errors=True)
-                raise ckpt.save_failure(final, failures[0], needed)
+                raise writing.write_failure(final, "checkpoint", failures[0], needed,
+                                            run_folder.after_failed_write(self.run_dir))
         return final
 
+    def checkpoint_bytes(self, within: EpochSamples | None = None) -> int:
+        """Bytes of the tensors a checkpoint holds: the trainable weights, the optimizer state and,
+        ``within`` an epoch, every process's samples (the files add a little to it)."""
+        weights = self.unwrapped_policy.trainable_state_dict().values()
+        optimizer = [value for state in self.optimizer.state_dict()["state"].values() for value in state.values()
+                     if torch.is_tensor(value)]
+        samples = within.tensors().values() if within is not None else []
+        return (sum(t.numel() * t.element_size() for t in [*weights, *optimizer])
+                + self.accelerator.num_processes * sum(t.numel() * t.element_size() for t in samples))
+
     def resume(self, checkpoint: Path) -> None:
-        """Restore weights, optimizer, RNG states and counters from a checkpoint folder."""
+        """Restore weights, optimizer, RNG states and counters from a checkpoint folder (and, for a
+        run stopped within an epoch, that epoch's samples and where to go on in them)."""
+        acc = self.accelerator
         ckpt.load_weights(self.unwrapped_policy, checkpoint, ckpt.architecture_of(self.config))
-        self.accelerator.load_state(str(checkpoint / ckpt.ACCELERATE_STATE))
         state = ckpt.read_trainer_state(checkpoint)
+        within = state.get("within_epoch")
+        if within and within["num_processes"] != acc.num_processes:
+            raise ckpt.CheckpointError(f"{checkpoint} was saved within an epoch by {within['num_processes']} "
+                                       f"processes: resume it with {within['num_processes']} processes "
+                                       f"(this launch has {acc.num_processes})")
+        try:
+            acc.load_state(str(checkpoint / ckpt.ACCELERATE_STATE))
+        except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, ValueError, OSError) as error:
+            raise ckpt.CheckpointError(f"{checkpoint / ckpt.ACCELERATE_STATE} cannot be loaded: "
+                                       f"{writing.failure_reason(error)}") from error
         self.first_epoch, self.global_step = state["epoch"], state["global_step"]
-        self.accelerator.print(f"resumed from {checkpoint} at epoch {self.first_epoch}")
+        if within:
+            self.resumed_samples = load_samples(checkpoint, acc.process_index, acc.device, within["inner"],
+                                                within["start"])
+        where = f"after optimizer step {self.global_step} of epoch" if within else "at epoch"
+        acc.print(f"resumed from {checkpoint} {where} {self.first_epoch}")
 
 
 def attempt(write) -> str:
-    """Run ``write()``; "" if it succeeded, else what went wrong (OS errors and the RuntimeError
-    torch raises when a file write fails part-way)."""
+    """Run ``write()``; "" if it succeeded, else why it failed (:func:`writing.failure_reason` of
+    an error of the libraries that write)."""
     try:
         write()
-    except (OSError, RuntimeError) as error:
-        return f"{error.__class__.__name__}: {error}"
+    except writing.WRITE_ERRORS as error:
+        return writing.failure_reason(error)
     return ""
 
 
