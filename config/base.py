@@ -24,12 +24,24 @@ def get_config():
     config.use_lora = True  # LoRA on the UNet attention (False: full fine-tuning, a reference UNet copy)
     config.lora_rank = 8  # LoRA rank r
     config.lora_alpha = 8  # LoRA scaling alpha (the update is scaled by alpha / r)
+    # xformers' memory-efficient attention in the UNet and VAE (training and generate.py; needs
+    # pip install xformers), the original's key; PyTorch's own attention is memory-efficient too.
+    config.use_xformers = False
     # "default": peft's (A Kaiming-uniform, B zero); "gaussian": A ~ N(0, std 1/lora_rank), several
     # times larger updates at the same learning rate
     config.lora_init = "default"
-    config.wandb_project = ""  # empty: no wandb; offline automatically without credentials
+    # wandb project of the run, as the original (which always logged to "EditSpecialists"); empty:
+    # no wandb. Not installed or not logged in: metrics.jsonl only, with one line saying so (never a
+    # prompt); WANDB_MODE=offline/disabled is obeyed.
+    config.wandb_project = "EditSpecialists"
     # "without_lora" (on for full fine-tuning only), "always" or "never"
     config.gradient_checkpointing = "without_lora"
+    # Reproduces the paper's code, defects included: its sampler scaled Euler-ancestral step i's
+    # model input with step i-1's sigma, and its training forward's style cross-attention attended
+    # from the noisy latent instead of the input image's latent, so training recomputed other
+    # log-probabilities than sampling recorded. For checking against the paper or continuing its
+    # runs; also applies to generate.py's sampler.
+    config.research_code_compat = False
     config.demo_root = ""  # set by config/demo.py: scripts build the demo assets there first
     config.overwrite = False  # generate.py: redo edits that already exist (else they are skipped)
 
@@ -40,6 +52,9 @@ def get_config():
     config.style_name = "lego"  # the target concept
     config.whole_frame = False  # global edits: masks are the whole image
     config.data_resize = 256  # short side resized, then centre-cropped to a square
+    # Filter of that resize (training and generate.py): "bilinear" is torchvision's Resize +
+    # CenterCrop as the original used them; "bicubic" (Pillow's) was ours before.
+    config.resize_filter = "bilinear"
 
     # ---- base model ----
     config.pretrained = pretrained = ml_collections.ConfigDict()
@@ -57,10 +72,16 @@ def get_config():
     sample.batch_size = 4  # inputs per process per sampling batch
     sample.num_batches_per_epoch = 2  # sampling batches per process per epoch
     sample.nb_gen = 2  # edits per input, ranked against each other
-    sample.sample_savedir = "outputs/edits"  # generate.py writes here
+    sample.sample_savedir = "generated_samples"  # generate.py writes here (the original's folder)
     # generate.py's instruction: "per_image" draws a template from each image's seed; "first" is
     # always "turn the {input} into {style}"
     sample.generation_prompt = "per_image"
+    # generate.py's edit files: "input" is edit_<input file name> in the input's format, as the
+    # original (a .jpg input gives a JPEG edit at Pillow's quality 75); "png": edit_<stem>.png, lossless
+    sample.edit_format = "input"
+    # generate.py on CUDA: the VAE, UNet and style module under fp16 autocast as the original (the
+    # sampler's steps stay fp32); False runs fp32. No effect on the CPU.
+    sample.generation_autocast = True
 
     # ---- training ----
     config.train = train = ml_collections.ConfigDict()
@@ -77,6 +98,10 @@ def get_config():
     train.timestep_fraction = 1.0  # share of each trajectory's trainable steps used for training
     train.eps = 0.1  # clip band of the ratio: [1 - eps, 1 + eps]
     train.beta = 0.1  # temperature of the preference loss
+    # Skip a micro-step on every process when any ratio exp(log p - log p_ref) of it overflows in
+    # fp32 (a log-ratio above ~88.72), as the original did; False trains on it (the loss works in
+    # log space, so the ratio is clamped to the band's edge). Logged: skipped_fraction per step.
+    train.skip_ratio_overflow = True
     train.score_alpha = ml_collections.FieldReference(1.0)  # weight of the semantic score
     train.rec_lambda = ml_collections.FieldReference(0.5)  # weight of reconstruction in semantic
 

@@ -39,6 +39,7 @@ def get_config(preset: str = ""):
     config.seed = 42
     config.lora_init = "gaussian"
     config.pretrained.model = paths["policy"]
+    config.wandb_project = ""  # the demo stays local and quiet: metrics.jsonl only
     config.models.update(demo_models_config(config.demo_root))
 
     config.num_epochs = 2

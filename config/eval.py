@@ -26,10 +26,10 @@ def get_config(preset=""):
     config.inputimg_dir = "data/inputs"
     config.styleimg_dir = "data/styles"
     # Edits are read from <sample_savedir>/<input_name>_<style_name>/ (scripts/generate.py's output).
-    config.sample_savedir = "outputs/edits"
+    config.sample_savedir = "generated_samples"
     # <input>_<style>.json, _per_image.csv, _report.png, written together (JSON last); a rerun with the
     # same settings replaces them, other settings write <input>_<style>.2.json, ...
-    config.eval_savedir = "outputs/eval"
+    config.eval_savedir = "evaluation_results"
 
     # ---- what was edited ----
     config.input_name = "car"
@@ -39,6 +39,16 @@ def get_config(preset=""):
     config.whole_frame = False
     # "none" compares raw relative depths (faithful); "scale_shift" least-squares aligns the edit's first.
     config.structural_align = "none"
+    # Edits, inputs and styles resized (short side) and centre-cropped to this before every metric,
+    # as the original (256); 0 scores the edits at their own size (inputs and styles fitted to it).
+    config.data_resize = 256
+    # Filter of that resize: "bilinear" (torchvision's Resize, the original's) or "bicubic".
+    config.resize_filter = "bilinear"
+    # "intended": the *_gen_sty / *_gen_input definitions; "research_code": the numbers the
+    # original's evaluation printed (its CLIP branch compared input with style for clipSim_gen_input
+    # and input with edit for clipSim_gen_sty; its DINOv2 branch input with style for dinoSim_gen_sty),
+    # to set beside the paper's table (README "Generate and evaluate").
+    config.patch_slicing = "intended"
 
     # ---- metrics ----
     # "all", or a comma-separated string of (README "Generate and evaluate" defines each):
@@ -52,6 +62,7 @@ def get_config(preset=""):
     config.seed = 42  # style image choice when the edits folder has no manifest.jsonl
     config.device = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     config.dtype = "fp32"  # "fp32", "fp16" or "bf16" for every evaluation model
+    config.hps_autocast = True  # HPSv2 under fp16 autocast on CUDA, as the original (no effect on CPU)
     config.box_threshold = 0.4  # Grounding DINO box score threshold
     config.text_threshold = 0.3  # Grounding DINO text score threshold
     config.report_rows = 16  # edits shown in the side-by-side PNG report
@@ -91,4 +102,5 @@ def use_demo_assets(config, root=None):
     config.sample_savedir = "outputs/demo_edits"
     config.eval_savedir = "outputs/demo_eval"
     config.batch_size = 4
+    config.data_resize = 32  # the demo's training resolution (config/demo.py)
     config.models.update(demo_models_config(root))

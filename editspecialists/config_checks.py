@@ -15,12 +15,15 @@ loading; evaluation skips a family whose model cannot load, by design).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable
 
 from editspecialists.data.dataset import GENERATION_PROMPTS
+from editspecialists.data.images import RESIZE_FILTERS
+from editspecialists.data.manifest import EDIT_FORMATS
 from editspecialists.diffusion.pipeline import SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
 from editspecialists.config_keys import value_at
@@ -120,6 +123,13 @@ def name(value):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
 
+def xformers_switch(value):
+    """A bool; True only where the xformers package is installed."""
+    if value is True and importlib.util.find_spec("xformers") is None:
+        return "must be False: True needs the xformers package (pip install xformers)"
+    return boolean(value)
+
+
 # ------------------------------------------------------------------------------ the tables
 def _uses_lora(config) -> bool:
     return value_at(config, "use_lora") is True
@@ -140,6 +150,9 @@ SHARED_RULES = (
     Rule("style_name", name),
     Rule("whole_frame", boolean),
     Rule("data_resize", multiple_of(8), "(the VAE works on 8x8 pixel blocks)"),
+    Rule("resize_filter", one_of(RESIZE_FILTERS)),
+    Rule("research_code_compat", boolean),
+    Rule("use_xformers", xformers_switch),
     Rule("pretrained.scheduler", one_of(SCHEDULERS)),
     Rule("sample.num_steps", integer(1)),
     Rule("sample.eta", number(0)),
@@ -149,6 +162,8 @@ SHARED_RULES = (
     Rule("sample.batch_size", integer(1)),
     Rule("sample.sample_savedir", text),
     Rule("sample.generation_prompt", one_of(GENERATION_PROMPTS)),
+    Rule("sample.edit_format", one_of(EDIT_FORMATS)),
+    Rule("sample.generation_autocast", boolean),
 )
 
 # What defines the policy: the run's config (a checkpoint's own when generating from one).

@@ -1,9 +1,13 @@
 """Editing a folder of images with a trained specialist (or the base model): generate.py.
 
-Each readable input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input
-stem>.png``, and a line in ``manifest.jsonl``: input file, style file, prompt template index and
-prompt, seed, edit file, and the model (:func:`model_record`). Unreadable inputs and styles are
-skipped as training skips them (one warning names them).
+Each readable input gets one edit, written as ``<sample_savedir>/<input>_<style>/edit_<input file
+name>`` in the input's own format (``sample.edit_format`` "input", the original's: a .jpg input
+gives a JPEG edit at Pillow's default quality) or ``edit_<input stem>.png`` ("png", lossless), and
+a line in ``manifest.jsonl``: input file, style file, prompt template index and prompt, seed, edit
+file, and the model (:func:`model_record`). Unreadable inputs and styles are skipped as training
+skips them (one warning names them). On CUDA the VAE, the UNet and the style module run under
+fp16 autocast, as the original's generate.py (``sample.generation_autocast``; the sampler's steps
+stay fp32); on the CPU everything runs in fp32.
 
 Each batch is edited by :meth:`EditSpecialistPipeline.edit_tensors
 <editspecialists.specialist.pipeline.EditSpecialistPipeline.edit_tensors>`, so the pipeline gives
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from editspecialists import writing
@@ -44,6 +49,8 @@ from editspecialists.data.images import UnreadableImageError, load_image, read_r
 from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
 from editspecialists.diffusion.guidance import GuidanceScales
+from editspecialists.diffusion.pipeline import use_xformers_attention
+from editspecialists.precision import cuda_fp16_autocast
 from editspecialists.specialist import folder as export
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
 from editspecialists.stopping import StopOnSignal, Stopped, signal_name
@@ -53,6 +60,12 @@ logger = logging.getLogger(__name__)
 
 # The keys of a model record that identify the model (its checkpoint path does not).
 MODEL_IDENTITY = ("base", "revision", "weights_sha256")
+
+
+def save_edit(image: Image.Image, path: Path, name: str) -> None:
+    """Write ``image`` to ``path`` in the format of the edit file ``name``'s suffix (Pillow's default
+    settings: JPEG at quality 75)."""
+    image.save(path, format=Image.registered_extensions()[Path(name).suffix.lower()])
 
 
 def output_folder(config) -> Path:
@@ -106,25 +119,28 @@ def check_one_model(folder: Path, manifest: dict[str, dict], model: dict) -> Non
 
 def load_editor(config, device) -> EditSpecialistPipeline:
     """The specialist of ``config.load_checkpoint`` (else the base model ``pretrained.model``) on
-    ``device`` in fp32, sampling with ``pretrained.scheduler``."""
+    ``device`` in fp32, sampling with ``pretrained.scheduler`` (xformers attention with ``use_xformers``)."""
     if config.load_checkpoint:
         editor = EditSpecialistPipeline.from_checkpoint(config.load_checkpoint, scheduler=config.pretrained.scheduler)
     else:
         editor = EditSpecialistPipeline.from_base(config.pretrained.model, revision=config.pretrained.revision,
                                                   scheduler=config.pretrained.scheduler)
+    if config.use_xformers:
+        use_xformers_attention(editor.denoiser.unet, editor.vae)
     return editor.to(device)
 
 
 def planned_edits(config, input_files: Sequence[str] | None = None, seeds_per_input: int = 1) -> list[dict]:
     """Manifest entries (without the model) of the edits of every readable input image, or of
-    ``input_files`` (names in ``config.inputimg_dir``), ``seeds_per_input`` each
-    (:func:`editspecialists.data.edit_plan.plan_edits`)."""
+    ``input_files`` (names in ``config.inputimg_dir``), ``seeds_per_input`` each, named after
+    ``sample.edit_format`` (:func:`editspecialists.data.edit_plan.plan_edits`)."""
     wanted = None if input_files is None else set(input_files).__contains__
     inputs = readable_images(config.inputimg_dir, "input image", wanted, key="inputimg_dir")
-    check_distinct_edit_names(inputs)
+    check_distinct_edit_names(inputs, config.sample.edit_format)
     styles = readable_images(config.styleimg_dir, "style image", key="styleimg_dir")
     return plan_edits(config.seed, [path.name for path in inputs], [path.name for path in styles],
-                      config.input_name, config.style_name, config.sample.generation_prompt, seeds_per_input)
+                      config.input_name, config.style_name, config.sample.generation_prompt, seeds_per_input,
+                      config.sample.edit_format)
 
 
 def edits_to_make(planned: list[dict], folder: Path, manifest: dict[str, dict]) -> list[dict]:
@@ -154,15 +170,27 @@ def undone_reason(path: Path, listed: bool) -> str | None:
     return None
 
 
-def check_distinct_edit_names(inputs: list[Path]) -> None:
-    """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png``)."""
+def check_distinct_edit_names(inputs: list[Path], edit_format: str) -> None:
+    """Refuse inputs whose edits would share a file (``car.jpg`` and ``car.png`` in "png")."""
     by_edit: dict[str, list[str]] = {}
     for path in inputs:
-        by_edit.setdefault(edit_name(path.name), []).append(path.name)
+        by_edit.setdefault(edit_name(path.name, edit_format=edit_format), []).append(path.name)
     clashes = [" and ".join(names) for names in by_edit.values() if len(names) > 1]
     if clashes:
         raise ValueError(f"input files {'; '.join(clashes)} in {inputs[0].parent} would be written to "
                          f"the same edit file: rename one of each")
+
+
+def check_same_edit_names(folder: Path, manifest: dict[str, dict], planned: list[dict]) -> None:
+    """Refuse to add edits to a folder whose manifest lists an edit of a planned input in another
+    file format (another ``sample.edit_format``): evaluation would score both."""
+    planned_suffix = {entry["input"]: Path(entry["edit"]).suffix for entry in planned}
+    others = sorted(f"{name} of {entry['input']}" for name, entry in manifest.items()
+                    if Path(name).suffix != planned_suffix.get(entry["input"], Path(name).suffix))
+    if others:
+        raise ValueError(f"{folder} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, written "
+                         f"with another sample.edit_format: set the same edit_format, --config.overwrite=True "
+                         f"to replace them, or another sample.sample_savedir")
 
 
 def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_input: int = 1) -> Path:
@@ -181,6 +209,7 @@ def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_i
     model = model_record(config)
     manifest = {} if config.overwrite else read_manifest(folder)
     check_one_model(folder, manifest, model)
+    check_same_edit_names(folder, manifest, planned)
     todo = edits_to_make(planned, folder, manifest)
     if not todo:
         print(f"all edits already exist in {folder} (--config.overwrite=True redoes them)")
@@ -195,16 +224,20 @@ def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_i
                 raise Stopped(f"stopped by {signal_name(stop.signum)}: {start} of the {len(todo)} edits to make "
                               f"are in {folder}. Make the rest with: {command_with({})}", stop.signum)
             chunk = todo[start:start + config.sample.batch_size]
-            inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size) for e in chunk])
-            styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size) for e in chunk])
-            edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
-                                        [editor.generator(e["seed"]) for e in chunk],
-                                        num_inference_steps=config.sample.num_steps, scales=scales,
-                                        eta=config.sample.eta)[:, 0]
+            inputs = torch.stack([load_image(Path(config.inputimg_dir) / e["input"], size, config.resize_filter)
+                                  for e in chunk])
+            styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
+                                  for e in chunk])
+            with cuda_fp16_autocast(config.sample.generation_autocast, device):
+                edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
+                                            [editor.generator(e["seed"]) for e in chunk],
+                                            num_inference_steps=config.sample.num_steps, scales=scales,
+                                            eta=config.sample.eta,
+                                            research_code_compat=config.research_code_compat)[:, 0]
             try:
                 for entry, edit in zip(chunk, edits):
                     image = tensor_to_image(edit)
-                    write_then_rename(folder / entry["edit"], lambda tmp: image.save(tmp, format="PNG"))
+                    write_then_rename(folder / entry["edit"], lambda tmp: save_edit(image, tmp, entry["edit"]))
                     manifest[entry["edit"]] = {**entry, "model": model}
                 write_manifest(folder, manifest)
             except writing.WRITE_ERRORS as error:

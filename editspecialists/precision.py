@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -23,3 +25,11 @@ def mixed_precision_dtype(name: str) -> torch.dtype:
     if name not in MIXED_PRECISION:
         raise ValueError(f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, got {name!r}")
     return DTYPES[MIXED_PRECISION[name]]
+
+
+def cuda_fp16_autocast(enabled: bool, device: torch.device):
+    """fp16 autocast on a CUDA ``device`` when ``enabled`` (the original's generate.py and HPS
+    scorer ran under ``torch.autocast("cuda")``); no autocast elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()

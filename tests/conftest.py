@@ -1,5 +1,6 @@
 """Shared fixtures: tiny models built once in the cache of the demo and reused across test runs."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 # Tiny models are overhead-bound: one thread per test process avoids oversubscribing small CI
 # machines and is as fast as two.
 torch.set_num_threads(1)
+# No test reaches wandb's servers, even where credentials exist (subprocesses inherit this).
+os.environ["WANDB_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")

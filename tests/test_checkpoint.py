@@ -145,10 +145,13 @@ def test_a_checkpoint_is_replaced_only_once_its_successor_is_complete(tmp_path):
 
 def old_run(folder, **values):
     """A run folder as main wrote it before issue 14: no lora_init, reward.standardize or
-    reward.mask_fallback in its config.json, bf16 and seed 42 by default, revision "", a bool
-    gradient_checkpointing; ``values`` (dotted keys) set further saved values."""
+    reward.mask_fallback (nor issue 27's train.skip_ratio_overflow and resize_filter) in its
+    config.json, bf16 and seed 42 by default, revision "", a bool gradient_checkpointing;
+    ``values`` (dotted keys) set further saved values."""
     saved = load_config("base").to_dict()
     del saved["lora_init"], saved["reward"]["standardize"], saved["reward"]["mask_fallback"]
+    del saved["train"]["skip_ratio_overflow"], saved["resize_filter"], saved["research_code_compat"]
+    del saved["use_xformers"], saved["sample"]["edit_format"], saved["sample"]["generation_autocast"]
     saved.update(seed=42, mixed_precision="bf16", gradient_checkpointing=False, num_epochs=20)
     saved["pretrained"]["revision"] = ""
     saved["models"]["segmenter"] = "facebook/sam2.1-hiera-large"
@@ -171,6 +174,9 @@ def test_an_old_run_config_reads_missing_keys_as_their_old_values(tmp_path):
     assert saved.lora_init == "gaussian"
     assert saved.reward.standardize == "epoch"
     assert saved.reward.mask_fallback == "ones"
+    assert saved.train.skip_ratio_overflow is False and saved.resize_filter == "bicubic"
+    assert (saved.sample.edit_format, saved.sample.generation_autocast) == ("png", False)
+    assert saved.research_code_compat is False and saved.use_xformers is False
     assert saved.pretrained.revision == "main" and saved.gradient_checkpointing == "never"
     assert saved.mixed_precision == "bf16", "a saved value is kept"
 

@@ -111,6 +111,13 @@ def test_every_evaluation_key_refuses_a_value_of_no_kind(key):
     ("sample.num_batches_per_epoch", 0, "sample.num_batches_per_epoch must be >= 1, got 0"),
     ("sample.nb_gen", 1, "sample.nb_gen must be >= 2 (edits are ranked against each other), got 1"),
     ("sample.generation_prompt", "random", "sample.generation_prompt must be one of ['per_image', 'first'], got 'random'"),
+    ("sample.edit_format", "jpg", "sample.edit_format must be one of ['input', 'png'], got 'jpg'"),
+    ("sample.generation_autocast", "fp16", "sample.generation_autocast must be True or False, got 'fp16'"),
+    ("resize_filter", "lanczos", "resize_filter must be one of ['bilinear', 'bicubic'], got 'lanczos'"),
+    ("research_code_compat", 1, "research_code_compat must be True or False, got 1"),
+    ("use_xformers", True, "use_xformers must be False: True needs the xformers package (pip install xformers), "
+                           "got True"),
+    ("train.skip_ratio_overflow", None, "train.skip_ratio_overflow must be True or False, got None"),
     ("train.batch_size", 0, "train.batch_size must be >= 1, got 0"),
     ("train.use_8bit_adam", "no", "train.use_8bit_adam must be True or False, got 'no'"),
     ("train.learning_rate", -0.001, "train.learning_rate must be > 0, got -0.001"),
@@ -202,6 +209,9 @@ def test_a_missing_key_is_named():
     ("structural_align", "affine", "structural_align must be one of ['none', 'scale_shift'], got 'affine'"),
     ("style_name", "", "style_name must be a non-empty string, got ''"),
     ("whole_frame", "yes", "whole_frame must be True or False, got 'yes'"),
+    ("data_resize", -256, "data_resize must be >= 0 (0: the edits' own size), got -256"),
+    ("resize_filter", "nearest", "resize_filter must be one of ['bilinear', 'bicubic'], got 'nearest'"),
+    ("patch_slicing", "original", "patch_slicing must be one of ['intended', 'research_code'], got 'original'"),
 ])
 def test_a_wrong_evaluation_value_is_named_with_its_range(key, value, message):
     config = load_config("eval", "demo")

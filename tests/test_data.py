@@ -10,7 +10,7 @@ from PIL import Image
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES, EditDataset
 from editspecialists.demo.images import write_demo_images
-from editspecialists.data.images import load_image, load_image_folder
+from editspecialists.data.images import load_image, load_image_folder, resize_center_crop
 
 
 def digest(folder):
@@ -45,6 +45,24 @@ def test_non_square_is_resized_on_short_side_and_centre_cropped(tmp_path):
     Image.fromarray(array).save(tmp_path / "wide.png")
     image = load_image(tmp_path / "wide.png", 20)
     assert image.shape == (3, 20, 20) and image.mean() > 0.95
+
+
+@pytest.mark.parametrize("width, height, size", [(349, 200, 64), (150, 263, 48), (30, 20, 32)])
+def test_the_training_resize_is_torchvisions_resize_and_centre_crop(tmp_path, width, height, size):
+    """The original's transform, T.Compose([Resize(S), CenterCrop(S), ToTensor()]), pixel for pixel:
+    349x200 to 64 makes the long side int(111.68) = 111 (not rounded to 112) and the crop offset
+    round(23.5) = 24 (not 23); 30x20 to 32 enlarges."""
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(width)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    original = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])(Image.open(tmp_path / "photo.png"))
+    ours = load_image(tmp_path / "photo.png", size)
+    assert ours.shape == (3, size, size) and torch.equal(ours, original)
+    bicubic = load_image(tmp_path / "photo.png", size, "bicubic")
+    assert (bicubic - original).abs().max() > 10 / 255, "the bicubic option is another filter"
+    with pytest.raises(ValueError, match="resize_filter must be one of"):
+        resize_center_crop(Image.open(tmp_path / "photo.png"), size, "lanczos")
 
 
 def test_unreadable_files_are_skipped_with_one_warning(tmp_path, caplog):

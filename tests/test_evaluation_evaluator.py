@@ -65,6 +65,7 @@ def eval_config(tmp_path, tiny_models):
     config.inputimg_dir, config.styleimg_dir = str(inputs), str(styles)
     config.sample_savedir, config.eval_savedir = str(tmp_path / "edits"), str(tmp_path / "eval")
     config.device, config.batch_size = "cpu", 3
+    config.data_resize = 64  # the demo images' own size: scored as they are
     config.models.update(tiny_models)
     return config
 
@@ -141,6 +142,26 @@ def test_whole_frame_needs_no_mask_models_and_compares_whole_images(eval_config)
     edit = image_to_tensor(Image.open(Path(eval_config.sample_savedir) / "car_lego" / "edit_car_01.png"))
     source = image_to_tensor(Image.open(Path(eval_config.inputimg_dir) / "car_01.png"))
     assert float(perturbed["l2_out"]) == pytest.approx((edit - source).pow(2).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("data_resize", [256, 0])
+def test_images_are_scored_at_data_resize_as_the_original_or_at_the_edits_size(eval_config, data_resize):
+    """Default 256: edit, input and style each through torchvision's Resize(256) + CenterCrop(256)
+    before every metric, as the original's evaluate.py; 0: the edits' own size (64 here)."""
+    from torchvision import transforms as T
+
+    assert load_config("eval").data_resize == 256
+    eval_config.metrics, eval_config.whole_frame = "l2_out", True
+    eval_config.data_resize = data_resize
+    result = evaluate(eval_config)
+    assert (result["data_resize"], result["resize_filter"]) == (data_resize, "bilinear")
+    original = T.Compose([T.Resize(256), T.CenterCrop(256), T.ToTensor()]) if data_resize else T.ToTensor()
+    rows = {r["edit"]: float(r["l2_out"]) for r in read_rows(eval_config)}
+    for index in (1, 3):
+        edit = original(Image.open(Path(eval_config.sample_savedir) / "car_lego" / f"edit_car_0{index}.png"))
+        source = original(Image.open(Path(eval_config.inputimg_dir) / f"car_0{index}.png"))
+        assert edit.shape[-1] == (data_resize or 64)
+        assert rows[f"edit_car_0{index}.png"] == pytest.approx((edit - source).pow(2).mean().item(), rel=1e-6)
 
 
 def test_selecting_our_variants_by_name(eval_config):

@@ -110,3 +110,53 @@ def test_clip_dir_is_the_cosine_of_raw_feature_differences(settings, batch):
         normalized = cos([p - q for p, q in zip(unit[0], unit[1])], [p - q for p, q in zip(unit[2], unit[3])])
         assert values["clip_dir_normalized"][b].item() == pytest.approx(normalized, abs=1e-5)
         assert abs(values["clip_dir"][b].item() - normalized) > 1e-4
+
+
+class HandMadeTokens:
+    """Patch tokens on a 2 x 2 grid chosen per image (told apart by its constant pixel value):
+    unit 2-vectors at known angles, so every cosine is cos(angle difference)."""
+
+    def __init__(self, angles_by_value):
+        self.angles_by_value = angles_by_value
+
+    def __call__(self, images):
+        angles = [self.angles_by_value[round(image.mean().item(), 2)] for image in images]
+        radians = torch.tensor(angles, dtype=torch.float64).deg2rad()
+        return torch.stack([radians.cos(), radians.sin()], dim=-1).float(), (2, 2)
+
+
+def cosd(degrees):
+    return math.cos(math.radians(degrees))
+
+
+def test_research_code_slicing_reproduces_the_originals_branches_on_hand_made_features():
+    """Cells 0, 1 (top row) are the input's object and the style's object, cells 2, 3 the
+    background. Edit angles (90, 60, 0, 0), input (30, 0, 0, 60), style (90, 90, 180, 180)."""
+    from editspecialists.evaluation.families import PatchSimilarityFamily
+
+    values = {"edit": 0.1, "input": 0.2, "style": 0.3}
+    angles = {0.1: (90, 60, 0, 0), 0.2: (30, 0, 0, 60), 0.3: (90, 90, 180, 180)}
+    images = {role: torch.full((1, 3, 4, 4), value) for role, value in values.items()}
+    top_row = torch.zeros(1, 4, 4, dtype=torch.bool)
+    top_row[:, :2] = True
+    batch = EvalBatch(images["edit"], images["input"], images["style"], ["a lego car"], ["car"], top_row, top_row)
+    intended = {"gen_sty": (2 * cosd(0) + 2 * cosd(30)) / 4,  # edit object vs style object
+                "gen_input": (cosd(0) + cosd(60)) / 2}  # edit background vs input background
+    research = {  # SPEC §12, what the original printed under these names
+        "clipSim": {"gen_sty": (cosd(60) + cosd(30) + cosd(90) + cosd(60)) / 4,  # input object vs edit object
+                    "gen_input": (cosd(180) + cosd(120)) / 2},  # input background vs style background
+        "dinoSim": {"gen_sty": (cosd(60) + cosd(90)) / 2,  # input object vs style object
+                    "gen_input": intended["gen_input"]},  # symmetric under the swap
+        "dreamsimSim": intended,
+    }
+    for slicing in ("intended", "research_code"):
+        settings = FamilySettings(None, torch.device("cpu"), torch.float32, patch_slicing=slicing)
+        for prefix in research:
+            settings._patch_embedders[(prefix, "hand-made")] = HandMadeTokens(angles)
+            got = PatchSimilarityFamily(settings, prefix, prefix, "hand-made")(batch)
+            expected = intended if slicing == "intended" else research[prefix]
+            for metric in ("gen_sty", "gen_input"):
+                assert got[f"{prefix}_{metric}"].item() == pytest.approx(expected[metric], abs=1e-6), (slicing, prefix)
+            # ours, location-wise edit vs input, whatever the slicing
+            assert got[f"{prefix}_gen_input_aligned"].item() == pytest.approx((cosd(0) + cosd(60)) / 2, abs=1e-6)
+    assert (research["clipSim"]["gen_input"], research["dinoSim"]["gen_sty"]) == pytest.approx((-0.75, 0.25))

@@ -118,13 +118,55 @@ def test_missing_checkpoint_is_a_clear_error(tiny_ip2p_path, tmp_path):
         generate_edits(config)
 
 
-def test_inputs_that_would_share_an_edit_file_are_refused(tiny_ip2p_path, tmp_path):
-    config = generation_config(tiny_ip2p_path, tmp_path)
+def test_edits_keep_their_inputs_format_as_the_original_or_are_written_as_png(tiny_ip2p_path, tmp_path):
+    """sample.edit_format "input" (default): car_03.jpg gives edit_car_03.jpg, a JPEG at Pillow's
+    default quality 75 of the very edit that "png" writes losslessly; "png" refuses car_03.jpg
+    beside car_03.png (one edit file); a folder is never filled in two formats."""
+    import io
+
+    from PIL import Image
+
     inputs = tmp_path / "data" / "inputs"
-    (inputs / "car_03.jpg").write_bytes((inputs / "car_04.png").read_bytes())
+    config = generation_config(tiny_ip2p_path, tmp_path, **{"sample.num_steps": 2, "sample.batch_size": 1})
+    assert config.sample.edit_format == "input"
+    Image.open(inputs / "car_04.png").save(inputs / "car_03.jpg")
+    for path in inputs.glob("car_0[5-7].png"):
+        path.unlink()
+    config.sample.edit_format = "png"
     with pytest.raises(ValueError, match=r"car_03.jpg and car_03.png in .*inputs would be written to the same"):
         generate_edits(config)
     assert not (tmp_path / "edits" / "car_lego" / "manifest.jsonl").exists()
+
+    config.sample.edit_format = "input"
+    as_input = generate_edits(config)
+    assert {"edit_car_03.jpg", "edit_car_03.png"} <= set(read_manifest(as_input))
+    assert Image.open(as_input / "edit_car_03.jpg").format == "JPEG"
+    assert Image.open(as_input / "edit_car_03.png").format == "PNG"
+
+    (inputs / "car_03.png").unlink()
+    config.sample.edit_format, config.sample.sample_savedir = "png", str(tmp_path / "png")
+    lossless = Image.open(generate_edits(config) / "edit_car_03.png")
+    encoded = io.BytesIO()
+    lossless.save(encoded, format="JPEG")  # Pillow's defaults, as the original's save
+    assert np.array_equal(np.asarray(Image.open(encoded)), np.asarray(Image.open(as_input / "edit_car_03.jpg")))
+
+    config.sample.sample_savedir = str(tmp_path / "edits")
+    with pytest.raises(ValueError, match="edit_car_03.jpg of car_03.jpg, written with another sample.edit_format"):
+        generate_edits(config)
+
+
+def test_generation_and_hps_autocast_to_fp16_on_cuda_only():
+    import warnings
+
+    from editspecialists.precision import cuda_fp16_autocast
+
+    for enabled, device in ((True, "cpu"), (False, "cpu"), (False, "cuda")):
+        context = cuda_fp16_autocast(enabled, torch.device(device))
+        assert not isinstance(context, torch.autocast), (enabled, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that it disables CUDA autocast on a machine without CUDA
+        context = cuda_fp16_autocast(True, torch.device("cuda"))
+    assert isinstance(context, torch.autocast) and context.device == "cuda" and context.fast_dtype == torch.float16
 
 
 def test_each_image_draws_its_prompt_template_from_its_seed(tiny_ip2p_path, tmp_path):

@@ -89,13 +89,13 @@ def test_exif_orientation_is_applied_in_generation(tiny_ip2p_path, tmp_path, mon
     loaded = {}
     real_load_image = generation.load_image
 
-    def recording_load_image(path, size=None):
-        loaded[Path(path).name] = real_load_image(path, size)
+    def recording_load_image(path, *args):
+        loaded[Path(path).name] = real_load_image(path, *args)
         return loaded[Path(path).name]
 
     monkeypatch.setattr(generation, "load_image", recording_load_image)
     folder = generation.generate_edits(config)
-    assert (folder / "edit_car_99.png").is_file()
+    assert (folder / "edit_car_99.jpg").is_file()
     assert loaded["car_99.jpg"].shape == (3, 32, 32)
     assert_red_on_top(loaded["car_99.jpg"])
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from editspecialists.training.ranking import (
+    FP32_EXP_LIMIT,
     RatioStats,
     combine_scores,
+    micro_step_is_usable,
     plackett_luce_loss,
     preference_loss,
     rank_edits,
@@ -20,7 +22,7 @@ from editspecialists.training.ranking import (
 
 def test_standardize_uses_every_element():
     scores = torch.tensor([[1.0, 3.0], [5.0, 7.0]])
-    expected = (scores - 4.0) / (math.sqrt(5.0) + 1e-8)
+    expected = (scores - 4.0) / (math.sqrt(20.0 / 3.0) + 1e-8)  # unbiased: 20 / (4 - 1)
     torch.testing.assert_close(standardize(scores), expected)
 
 
@@ -36,13 +38,14 @@ def test_gathered_rows_belong_to_the_sampling_batch_of_their_process():
 def test_standardize_per_group_uses_each_groups_rows_only():
     scores = torch.tensor([[1.0, 3.0], [10.0, 30.0], [5.0, 7.0], [50.0, 70.0]])
     groups = torch.tensor([0, 1, 0, 1])
-    # group 0: {1, 3, 5, 7}, mean 4, std √5; group 1: {10, 30, 50, 70}, mean 40, std 10√5
-    low, high = [-3.0 / math.sqrt(5), -1.0 / math.sqrt(5)], [1.0 / math.sqrt(5), 3.0 / math.sqrt(5)]
+    # group 0: {1, 3, 5, 7}, mean 4, unbiased std √(20/3); group 1: {10, 30, 50, 70}, mean 40, 10√(20/3)
+    std = math.sqrt(20 / 3)
+    low, high = [-3.0 / std, -1.0 / std], [1.0 / std, 3.0 / std]
     expected = torch.tensor([low, low, high, high])
     torch.testing.assert_close(standardize_per_group(scores, groups), expected)
-    # one group: mean 22, std √(Σ(s − 22)² / 8) = √576.5
+    # one group: mean 22, std √(Σ(s − 22)² / 7) = √(4612 / 7)
     torch.testing.assert_close(standardize_per_group(scores, torch.zeros(4, dtype=torch.long)),
-                               (scores - 22.0) / math.sqrt(576.5))
+                               (scores - 22.0) / math.sqrt(4612 / 7))
 
 
 def test_combine_signs_higher_is_better_scores():
@@ -67,16 +70,21 @@ def test_batch_and_epoch_standardisation_by_hand(mode):
     groups = standardization_groups(mode, [2, 2], num_processes=1)
     combined = combine_scores(TWO_BATCHES, {"a": 1.0, "b": 1.0}, {"a": True, "b": True}, groups)
     root2 = math.sqrt(2)
+    # Written with population stds; the unbiased std (torch.std, the original's) of a group of n
+    # values is √(n / (n − 1)) times larger, for every score alike.
     if mode == "batch":
         # a per batch: mean 2 (200), std √2 (100√2) → [−√2, √2], [0, 0]
         # b per batch: mean ½, std ½ → [1, −1], [−1, 1]
         expected = [[1 - root2, root2 - 1], [-1, 1], [1 - root2, root2 - 1], [-1, 1]]
+        values_per_group = 4
     else:
         # a over the epoch: mean 101, std √19802 (Σ(a − 101)² = 158416 over 8 values); b as per batch
         std = math.sqrt(19802)
         expected = [[-101 / std + 1, -97 / std - 1], [-99 / std - 1, -99 / std + 1],
                     [-101 / std + 1, 299 / std - 1], [99 / std - 1, 99 / std + 1]]
-    torch.testing.assert_close(combined, torch.tensor(expected))
+        values_per_group = 8
+    unbiased = math.sqrt((values_per_group - 1) / values_per_group)
+    torch.testing.assert_close(combined, torch.tensor(expected) * unbiased)
     order, _ = rank_edits(combined)
     first_input_best = 0 if mode == "batch" else 1  # over the epoch, batch 0's spread of a drowns
     assert order[0, 0].item() == first_input_best
@@ -251,3 +259,20 @@ def test_two_processes_standardise_each_sampling_batch_across_processes(tmp_path
         orders = json.loads((tmp_path / f"order{process}.json").read_text())
         assert orders["batch"] == [[0, 1]] * 4, "sampling batch 0 is rows 0 and 1 of TWO_BATCHES"
         assert orders["epoch"] == [[1, 0], [0, 1], [0, 1], [0, 1]]
+
+
+def test_the_original_skip_rule_tests_every_ratio_for_fp32_overflow_before_the_clamp():
+    assert abs(FP32_EXP_LIMIT - 88.7228) < 1e-4  # log(3.4028235e38)
+    loss = torch.tensor(0.69)
+    below, above = torch.tensor([[88.72, 0.0]]), torch.tensor([[0.0, 88.73]])
+    assert torch.isinf(above.exp()).any() and torch.isfinite(below.exp()).all()
+    for skip in (True, False):
+        assert micro_step_is_usable(loss, below, skip_ratio_overflow=skip)
+        assert micro_step_is_usable(loss, torch.tensor([[-1e4, 0.0]]), skip_ratio_overflow=skip), "exp -> 0 is finite"
+        assert not micro_step_is_usable(loss, torch.tensor([[float("nan"), 0.0]]), skip_ratio_overflow=skip)
+        assert not micro_step_is_usable(torch.tensor(float("inf")), below, skip_ratio_overflow=skip)
+    assert not micro_step_is_usable(loss, above, skip_ratio_overflow=True)
+    assert micro_step_is_usable(loss, above, skip_ratio_overflow=False)
+    # the overflowing edit's clamped loss is finite: without the rule it is trained on
+    clipped = plackett_luce_loss(above, eps=0.1, beta=0.1)
+    assert torch.isfinite(clipped).all()

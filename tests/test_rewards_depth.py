@@ -63,15 +63,20 @@ def test_depth_is_batched_per_image_exact_and_sized_like_the_input(depth):
     assert torch.allclose(batched, one_by_one, atol=1e-5, rtol=1e-4)
 
 
-def test_depth_maps_are_restored_to_the_image_size_as_transformers_does(depth, tiny_root):
-    from transformers import AutoImageProcessor
-
+def test_depth_preprocessing_and_restoring_are_the_originals(depth):
+    """The original's depth transform: bilinear (align_corners False) to the 518-lower-bound size
+    (here the tiny model's 56, multiples of 14), ImageNet normalisation; the depth map back to the
+    image's size bilinear with align_corners=True."""
     images = torch.rand(2, 3, 30, 50, generator=torch.Generator().manual_seed(5))
+    enlarged = torch.nn.functional.interpolate(images, size=(56, 98), mode="bilinear", align_corners=False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (depth.mean, depth.std))
+    assert torch.equal(depth.preprocess(images), (enlarged - mean) / std)
     with torch.no_grad():
-        outputs = depth.model(pixel_values=depth.preprocess(images))
-    processor = AutoImageProcessor.from_pretrained(tiny_root / "depth")
-    expected = processor.post_process_depth_estimation(outputs, target_sizes=[(30, 50)] * 2)
-    assert torch.allclose(depth(images), torch.stack([r["predicted_depth"] for r in expected]), atol=1e-5)
+        predicted = depth.model(pixel_values=depth.preprocess(images)).predicted_depth
+    expected = torch.nn.functional.interpolate(predicted[:, None], size=(30, 50), mode="bilinear", align_corners=True)
+    assert torch.equal(depth(images), expected[:, 0])
+    bicubic = torch.nn.functional.interpolate(predicted[:, None], size=(30, 50), mode="bicubic")
+    assert (bicubic - expected).abs().max() > 1e-4, "the restoring filter is visible"
 
 
 def test_identical_images_score_zero_and_different_ones_do_not(depth):

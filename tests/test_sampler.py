@@ -201,3 +201,56 @@ def test_bf16_autocast_round_trip(tiny_ip2p_path, scheduler):
     assert (recomputed - traj.log_probs)[..., trained].abs().max() < 1e-4
     in_fp32 = recompute_all(policy, pipe.scheduler, traj, empty, order)
     assert (in_fp32 - traj.log_probs)[..., trained].abs().max() > 1e-3
+
+
+def research_code_log_prob(policy, scheduler, traj, empty, step, *, sigma_step, style_query):
+    """The research code's log-prob of stored step ``step`` of input 0's edits, written from its
+    facts (SPEC §2, §3): the style module attends from (style latents, ``style_query``), the noisy
+    latent is scaled by 1/sqrt(σ² + 1) with the sigma of step ``sigma_step``, the 4 branches
+    (text, image, uncond, image_style) run in one UNet call and are combined with the default scales."""
+    nb_gen = traj.latents.shape[1]
+    before, after = traj.latents[0, :, step], traj.latents[0, :, step + 1]
+    image = traj.image_latents[:1].expand(nb_gen, -1, -1, -1)
+    prompt = traj.prompt_embeds[:1].expand(nb_gen, -1, -1)
+    style = policy.style_module(traj.style_latents[:1].expand(nb_gen, -1, -1, -1), style_query, prompt)
+    zeros, text_empty = torch.zeros_like(style), empty.expand_as(prompt)
+    sigma = scheduler.sigmas[sigma_step]
+    noisy = (before / (sigma**2 + 1).sqrt()).repeat(4, 1, 1, 1)
+    channels = [torch.cat([image, image, zeros, image]), torch.cat([style, zeros, zeros, style])]
+    model_input = torch.cat([noisy, *channels], dim=1)
+    texts = torch.cat([prompt, text_empty, text_empty, text_empty])
+    with torch.no_grad():
+        text, image_only, uncond, image_style = policy.unet(model_input, traj.timesteps[step],
+                                                            encoder_hidden_states=texts).sample.chunk(4)
+    eps = uncond + 1.5 * (image_only - uncond) + 3.0 * (image_style - image_only) + 7.5 * (text - image_style)
+    from editspecialists.diffusion.logprob import euler_ancestral_step_with_logprob
+
+    return euler_ancestral_step_with_logprob(scheduler, eps, traj.timesteps[step], before, prev_sample=after)[1]
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_research_code_compat_reproduces_both_mismatches(tiny_ip2p_path, compat):
+    """research_code_compat on: sampling scaled step i's input with step i-1's sigma (step 0 its
+    own) and the training forward's style module attended from the noisy latent, so sampled and
+    recomputed log-probs differ as in the original; off: both use step i's sigma and the input
+    latent, and they agree (the invariant)."""
+    pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path, steps=4, batch=1)
+    perturb_style_path(policy)  # the style channels must matter for the attention mismatch to show
+    traj = sample_edits(policy, pipe.scheduler, pipe.vae, cond, nb_gen=2, scales=SCALES,
+                        generator=torch.Generator().manual_seed(4), research_code_compat=compat)
+    image = traj.image_latents[:1].expand(2, -1, -1, -1)
+    for step in traj.trainable.nonzero().flatten().tolist():
+        with torch.no_grad():
+            recomputed = transition_log_probs(policy, pipe.scheduler, traj, torch.tensor([step]), empty,
+                                              scales=SCALES, research_code_compat=compat)[0]
+        sampled = traj.log_probs[0, :, step]
+        noisy = traj.latents[0, :, step]
+        sampling_sigma = max(step - 1, 0) if compat else step
+        expected_sampled = research_code_log_prob(policy, pipe.scheduler, traj, empty, step,
+                                                  sigma_step=sampling_sigma, style_query=image)
+        expected_recomputed = research_code_log_prob(policy, pipe.scheduler, traj, empty, step, sigma_step=step,
+                                                     style_query=noisy if compat else image)
+        torch.testing.assert_close(sampled, expected_sampled, rtol=0, atol=1e-5)
+        torch.testing.assert_close(recomputed, expected_recomputed, rtol=0, atol=1e-5)
+        gap = (sampled - recomputed).abs().max()
+        assert gap > 1e-3 if compat else gap < 1e-5, (step, gap)

@@ -136,14 +136,34 @@ def test_8bit_adam_without_bitsandbytes_says_how_to_install(tiny_ip2p_path, tmp_
         Trainer(config)
 
 
-def test_wandb_never_prompts(monkeypatch, tmp_path):
-    from editspecialists.training.tracking import wandb_mode
+def test_wandb_is_on_by_default_and_never_prompts(monkeypatch, tmp_path, caplog):
+    """As the original, runs log to wandb (project "EditSpecialists"); not logged in or not
+    installed, the run goes on with metrics.jsonl and one line saying so."""
+    import sys
 
+    from editspecialists.training.tracking import RunLogger, wandb_mode
+
+    assert load_config("base").wandb_project == "EditSpecialists" and load_config("demo").wandb_project == ""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert wandb_mode() is None
+    for name, missing, said in (("logged_out", False, "wandb is not logged in"),
+                                ("uninstalled", True, "wandb is not installed")):
+        if missing:
+            monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+        caplog.clear()
+        with caplog.at_level("INFO", logger="editspecialists.training.tracking"):
+            run_logger = RunLogger(tmp_path / name, enabled=True, wandb_project="EditSpecialists")
+        (tmp_path / name).mkdir()
+        run_logger.log({"epoch": 0, "loss": 0.69})
+        assert run_logger.wandb_run is None and read_metrics(tmp_path / name) == [{"epoch": 0, "loss": 0.69}]
+        [line] = [r.getMessage() for r in caplog.records]
+        assert line.startswith(said) and str(tmp_path / name / "metrics.jsonl") in line
+    monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_mode() == "offline"
+    monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode() == "online"
 

@@ -16,7 +16,7 @@ def training_micro_step(policy, scheduler, batch: Trajectories, step_index: torc
                         empty_embeds: torch.Tensor, *, scales: GuidanceScales, autocast=nullcontext,
                         eps: float = 0.1, beta: float = 0.1) -> torch.Tensor:
     """The trainer's micro-step without accelerate: :func:`~editspecialists.training.trainer.micro_batch_loss`,
-    the skip decision on a non-finite loss (one host sync, as in the trainer) and backward
+    the skip decision (one host sync, as in the trainer) and backward
     (gradients accumulate). Returns the loss.
 
     ``batch`` holds b inputs with G edits each, scored at ``step_index`` (b,); edits are ranked
@@ -25,9 +25,9 @@ def training_micro_step(policy, scheduler, batch: Trajectories, step_index: torc
     inputs, nb_gen = batch.log_probs.shape[:2]
     order = torch.arange(nb_gen, device=step_index.device).expand(inputs, nb_gen)
     has_preference = torch.ones(inputs, dtype=torch.bool, device=step_index.device)
-    loss, _, finite = micro_batch_loss(policy, scheduler, batch, step_index, empty_embeds, order, has_preference,
+    loss, _, usable = micro_batch_loss(policy, scheduler, batch, step_index, empty_embeds, order, has_preference,
                                        scales=scales, eta=1.0, autocast=autocast, eps=eps, beta=beta)
-    if not bool(finite):
+    if not bool(usable):
         loss = zero_loss(policy)
     loss.backward()
     return loss.detach()

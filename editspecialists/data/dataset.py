@@ -8,7 +8,7 @@ from typing import Collection
 
 import torch
 
-from editspecialists.data.images import load_image_folder
+from editspecialists.data.images import DEFAULT_RESIZE_FILTER, load_image_folder
 
 PROMPT_TEMPLATES = (
     "turn the {input} into {style}",
@@ -44,10 +44,13 @@ class EditDataset:
     """
 
     def __init__(self, input_dir: str | Path, style_dir: str | Path, input_name: str, style_name: str,
-                 size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES, exclude: Collection[str] = ()):
+                 size: int, templates: tuple[str, ...] = PROMPT_TEMPLATES, exclude: Collection[str] = (),
+                 resize_filter: str = DEFAULT_RESIZE_FILTER):
         self.input_files, self.inputs = load_image_folder(input_dir, size, "input image",
-                                                            lambda name: name not in exclude, key="inputimg_dir")
-        self.style_files, self.styles = load_image_folder(style_dir, size, "style image", key="styleimg_dir")
+                                                            lambda name: name not in exclude, key="inputimg_dir",
+                                                            resize_filter=resize_filter)
+        self.style_files, self.styles = load_image_folder(style_dir, size, "style image", key="styleimg_dir",
+                                                            resize_filter=resize_filter)
         self.input_name, self.style_name = input_name, style_name
         self.templates = templates
 

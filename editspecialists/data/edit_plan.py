@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from editspecialists.data.dataset import GENERATION_PROMPTS, PROMPT_TEMPLATES
-from editspecialists.data.manifest import EDIT_PREFIX
+from editspecialists.data.manifest import EDIT_FORMATS, EDIT_PREFIX
 
 
 def image_seed(seed: int, input_file: str) -> int:
@@ -38,17 +38,23 @@ def prompt_template(choice: str, rng: np.random.Generator) -> int:
     raise ValueError(f"sample.generation_prompt must be one of {list(GENERATION_PROMPTS)}, got {choice!r}")
 
 
-def edit_name(input_file: str, seed_index: int = 0) -> str:
-    """``edit_<input stem>.png`` (``edit_<input stem>_seed<k>.png`` for the k-th further seed):
-    edits are written losslessly whatever the input's format."""
-    suffix = f"_seed{seed_index}" if seed_index else ""
-    return f"{EDIT_PREFIX}{Path(input_file).stem}{suffix}.png"
+def edit_name(input_file: str, seed_index: int = 0, edit_format: str = "input") -> str:
+    """``edit_<input file name>``, in the input's format (``edit_format`` "input", the original's),
+    or ``edit_<input stem>.png`` ("png", lossless); ``_seed<k>`` follows the stem for the k-th
+    further seed."""
+    if edit_format not in EDIT_FORMATS:
+        raise ValueError(f"sample.edit_format must be one of {list(EDIT_FORMATS)}, got {edit_format!r}")
+    path = Path(input_file)
+    seed_suffix = f"_seed{seed_index}" if seed_index else ""
+    return f"{EDIT_PREFIX}{path.stem}{seed_suffix}{path.suffix if edit_format == 'input' else '.png'}"
 
 
 def plan_edits(seed: int, input_files: Sequence[str], style_files: Sequence[str], input_name: str,
-               style_name: str, generation_prompt: str = "per_image", seeds_per_input: int = 1) -> list[dict]:
+               style_name: str, generation_prompt: str = "per_image", seeds_per_input: int = 1,
+               edit_format: str = "input") -> list[dict]:
     """One entry per (input file, seed index): ``{"input", "style", "template", "prompt", "seed",
-    "seed_index", "edit"}`` (file names; ``seed``: the noise seed), input-major."""
+    "seed_index", "edit"}`` (file names, the edit's after ``edit_format``; ``seed``: the noise
+    seed), input-major."""
     entries = []
     for input_file in input_files:
         first_seed = image_seed(seed, input_file)
@@ -59,5 +65,5 @@ def plan_edits(seed: int, input_files: Sequence[str], style_files: Sequence[str]
         for index in range(seeds_per_input):
             entries.append({"input": input_file, "style": style, "template": template, "prompt": prompt,
                             "seed": image_seed(seed + index, input_file) if index else first_seed,
-                            "seed_index": index, "edit": edit_name(input_file, index)})
+                            "seed_index": index, "edit": edit_name(input_file, index, edit_format)})
     return entries

@@ -74,24 +74,39 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the short side is ``size`` (up or down), then crop the central square."""
-    return resize_cover(image, (size, size))
+# The filters of ``resize_filter`` (Pillow's, antialiased when shrinking): "bilinear", torchvision's
+# Resize on PIL images as the original's transforms used it; "bicubic", ours before issue 27.
+RESIZE_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+DEFAULT_RESIZE_FILTER = "bilinear"
 
 
-def resize_cover(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize (bicubic, aspect kept) to cover ``size`` = (W, H), then crop the centre to it."""
+def resize_center_crop(image: Image.Image, size: int, resize_filter: str = DEFAULT_RESIZE_FILTER) -> Image.Image:
+    """The short side resized to ``size`` (up or down), then the central square cropped: with
+    "bilinear", exactly torchvision's ``Resize(size)`` + ``CenterCrop(size)`` (the original's
+    training, generation and evaluation transform)."""
+    return resize_cover(image, (size, size), resize_filter)
+
+
+def resize_cover(image: Image.Image, size: tuple[int, int], resize_filter: str = DEFAULT_RESIZE_FILTER) -> Image.Image:
+    """Resize (aspect kept) to cover ``size`` = (W, H), then crop the centre to it, in torchvision's
+    arithmetic: the side that fits gets its target, the other ``int(target · side / fitted side)``
+    (truncated); the crop offsets are rounded halves."""
     width, height = size
-    scale = max(width / image.width, height / image.height)
-    covering = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    image = resize_to(image, covering)
-    left, top = (image.width - width) // 2, (image.height - height) // 2
+    if width * image.height >= height * image.width:  # the width fits, the height overhangs
+        covering = (width, max(height, int(width * image.height / image.width)))
+    else:
+        covering = (max(width, int(height * image.width / image.height)), height)
+    image = resize_to(image, covering, resize_filter)
+    left, top = int(round((image.width - width) / 2.0)), int(round((image.height - height) / 2.0))
     return image.crop((left, top, left + width, top + height))
 
 
-def resize_to(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """``image`` resized (bicubic) to ``size`` = (W, H); the same image when it has that size already."""
-    return image if image.size == tuple(size) else image.resize(size, Image.BICUBIC)
+def resize_to(image: Image.Image, size: tuple[int, int], resize_filter: str = DEFAULT_RESIZE_FILTER) -> Image.Image:
+    """``image`` resized to ``size`` = (W, H) with a :data:`RESIZE_FILTERS` filter; the same image
+    when it has that size already."""
+    if resize_filter not in RESIZE_FILTERS:
+        raise ValueError(f"resize_filter must be one of {list(RESIZE_FILTERS)}, got {resize_filter!r}")
+    return image if image.size == tuple(size) else image.resize(size, RESIZE_FILTERS[resize_filter])
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -136,11 +151,12 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> Image.Image:
                                      f"(data.images.MAX_IMAGE_PIXELS)")
 
 
-def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """One image file -> (3, size, size) tensor in [0, 1] (original size when ``size`` is None)."""
+def load_image(path: str | Path, size: int | None = None, resize_filter: str = DEFAULT_RESIZE_FILTER) -> torch.Tensor:
+    """One image file -> (3, size, size) tensor in [0, 1] (:func:`resize_center_crop`; original
+    size when ``size`` is None)."""
     image = read_rgb(path)
     if size is not None:
-        image = resize_center_crop(image, size)
+        image = resize_center_crop(image, size, resize_filter)
     return image_to_tensor(image)
 
 
@@ -175,12 +191,13 @@ def readable_images(folder: str | Path, role: str = "image", select: Callable[[s
 
 
 def load_image_folder(folder: str | Path, size: int, role: str = "image",
-                      select: Callable[[str], bool] | None = None, key: str = "") -> tuple[list[Path], torch.Tensor]:
+                      select: Callable[[str], bool] | None = None, key: str = "",
+                      resize_filter: str = DEFAULT_RESIZE_FILTER) -> tuple[list[Path], torch.Tensor]:
     """The readable images of ``folder`` whose file names ``select`` accepts (default: all), as
-    (N, 3, size, size); unreadable files are skipped.
+    (N, 3, size, size) (:func:`load_image`); unreadable files are skipped.
 
     One warning names every skipped file; a folder with no usable image is an error (naming the
     config key ``key`` when given).
     """
-    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size), select, key)
+    files, tensors = read_each_image(folder, role, lambda path: load_image(path, size, resize_filter), select, key)
     return files, torch.stack(tensors)

@@ -1,7 +1,8 @@
 """The edits folder's ``manifest.jsonl``: what generate.py made, read by the evaluation.
 
 One JSON object a line: ``input``, ``style`` (file names in the input and style folders),
-``template``, ``prompt``, ``seed``, ``edit`` (the file ``edit_<input stem>.png`` beside the manifest)
+``template``, ``prompt``, ``seed``, ``edit`` (the edit file beside the manifest: ``edit_<input file
+name>``, or ``edit_<input stem>.png`` with ``sample.edit_format`` "png")
 and ``model`` (``base``, ``revision``, ``checkpoint``, ``weights_sha256``: which model made it).
 The manifest is the done-marker of generation: it is rewritten whole (aside, then renamed) after
 each batch, and lists an edit only once its file is complete.
@@ -16,6 +17,9 @@ from typing import Callable
 
 MANIFEST = "manifest.jsonl"
 EDIT_PREFIX = "edit_"
+# sample.edit_format: "input" (the original's: edit_<input file name>, in the input's format) or
+# "png" (edit_<input stem>.png, lossless).
+EDIT_FORMATS = ("input", "png")
 TEMPORARY_SUFFIX = ".tmp"
 
 

@@ -27,20 +27,26 @@ class EditConditioning:
     image_latents, style_latents: (N, 4, h, w), unscaled VAE posterior modes of 2x - 1.
     prompt_embeds: (N, L, D) text-encoder states of the edit instruction.
     empty_embeds: (1, L, D) text-encoder states of the empty prompt.
+    style_query_latents: (N, 4, h, w) latents the style module attends from in place of
+        ``image_latents``, or None (``image_latents``). Only the research code's training forward
+        (``research_code_compat``) sets them: to the unscaled noisy latents.
     """
 
     image_latents: torch.Tensor
     style_latents: torch.Tensor
     prompt_embeds: torch.Tensor
     empty_embeds: torch.Tensor
+    style_query_latents: torch.Tensor | None = None
 
     def repeat_interleave(self, repeats: int) -> "EditConditioning":
         """Each element repeated ``repeats`` times in place: N -> N·repeats (edits of an input)."""
+        query = self.style_query_latents
         return EditConditioning(
             self.image_latents.repeat_interleave(repeats, dim=0),
             self.style_latents.repeat_interleave(repeats, dim=0),
             self.prompt_embeds.repeat_interleave(repeats, dim=0),
             self.empty_embeds,
+            None if query is None else query.repeat_interleave(repeats, dim=0),
         )
 
 
@@ -69,8 +75,10 @@ class BranchInputs:
 
 def branch_inputs(style_module, cond: EditConditioning) -> BranchInputs:
     """Image/style channels and text states of the 4N-element batch (branch order of
-    :func:`guided_epsilon`); the style channels come from ``style_module`` on the prompt."""
-    style = style_module(cond.style_latents, cond.image_latents, cond.prompt_embeds)
+    :func:`guided_epsilon`); the style channels come from ``style_module`` on the prompt, attending
+    from (style, image) latents, or (style, ``style_query_latents``) when they are set."""
+    query = cond.image_latents if cond.style_query_latents is None else cond.style_query_latents
+    style = style_module(cond.style_latents, query, cond.prompt_embeds)
     zeros = torch.zeros_like(style)
     image = cond.image_latents.to(style.dtype)
     empty = cond.empty_embeds.expand_as(cond.prompt_embeds)

@@ -238,13 +238,19 @@ class StepTable:
     update: Callable
 
     @classmethod
-    def of(cls, scheduler, device, *, eta: float = 1.0) -> "StepTable":
-        """The table of ``scheduler``'s current timesteps (after ``set_timesteps``) on ``device``."""
+    def of(cls, scheduler, device, *, eta: float = 1.0, lagged_input_scale: bool = False) -> "StepTable":
+        """The table of ``scheduler``'s current timesteps (after ``set_timesteps``) on ``device``.
+
+        ``lagged_input_scale`` (the research code's sampler, ``research_code_compat``): Euler-
+        ancestral step i ≥ 1 scales its model input with step i − 1's sigma (its custom step never
+        advanced the scheduler's step index, which ``scale_model_input`` reads); step 0 with its own.
+        """
         steps = len(scheduler.timesteps)
         if is_euler_ancestral(scheduler):
             _check_epsilon(scheduler)
             sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
-            return cls(_input_scale(sigmas[:steps]), _ancestral_split(sigmas[:steps], sigmas[1:steps + 1]),
+            scale_sigmas = torch.cat([sigmas[:1], sigmas[:steps - 1]]) if lagged_input_scale else sigmas[:steps]
+            return cls(_input_scale(scale_sigmas), _ancestral_split(sigmas[:steps], sigmas[1:steps + 1]),
                        _euler_ancestral_update)
         _check_ddim(scheduler)
         return cls(torch.ones(steps, device=device), ddim_std(scheduler, scheduler.timesteps, device, eta),

@@ -36,6 +36,12 @@ def load_pipeline(model_id: str, *, revision: str = "", scheduler: str = "euler_
     return pipe
 
 
+def use_xformers_attention(*models) -> None:
+    """xformers' memory-efficient attention in these diffusers models (``use_xformers``)."""
+    for model in models:
+        model.enable_xformers_memory_efficient_attention()
+
+
 def cast_model(model: torch.nn.Module, device=None, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """Move a frozen model to ``device`` and/or ``dtype`` (in place; returned for chaining).
 

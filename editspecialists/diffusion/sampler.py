@@ -2,13 +2,15 @@
 
 Both functions reach the model through :class:`VisualPromptPolicy` (4-branch guidance) and the
 step functions of :mod:`editspecialists.diffusion.logprob`, so the log-probability that
-training recomputes is by construction the one sampling recorded.
+training recomputes is by construction the one sampling recorded. ``research_code_compat``
+reproduces the research code's two departures from that (its sampler's lagged Euler input scale,
+its training forward's style attention from the noisy latent), so the two then differ as there.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -88,7 +90,7 @@ def step_invariant_conditioning(policy, cond: EditConditioning):
 @torch.no_grad()
 def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int, scales: GuidanceScales,
                  eta: float = 1.0, generator: torch.Generator | None = None,
-                 autocast=nullcontext) -> Trajectories:
+                 autocast=nullcontext, research_code_compat: bool = False) -> Trajectories:
     """Sample nb_gen edits per input with one batched UNet call (4·G·B elements) per step.
 
     The step-invariant UNet inputs (style channels, image channels, text states) and the
@@ -102,6 +104,8 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
         generator: drives the initial noise and every step's noise; a list of B generators makes
             each input's edits independent of the rest of the batch.
         autocast: a context-manager factory (e.g. ``accelerator.autocast``) for the UNet calls.
+        research_code_compat: sample as the research code did, scaling Euler-ancestral step i's
+            model input with step i − 1's sigma (:meth:`StepTable.of`'s ``lagged_input_scale``).
     """
     batch, _, height, width = cond.image_latents.shape
     device = cond.image_latents.device
@@ -111,7 +115,7 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
     if isinstance(generator, list):
         generator = [g for g in generator for _ in range(nb_gen)]
     timesteps = scheduler.timesteps.to(device)
-    table = StepTable.of(scheduler, device, eta=eta)
+    table = StepTable.of(scheduler, device, eta=eta, lagged_input_scale=research_code_compat)
     with autocast():
         step_cond = step_invariant_conditioning(policy, edit_cond)
     all_latents, all_log_probs = [latents], []
@@ -136,12 +140,15 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
 
 def transition_log_probs(policy, scheduler, trajectories: Trajectories, step_index: torch.Tensor,
                          empty_embeds: torch.Tensor, *, scales: GuidanceScales, eta: float = 1.0,
-                         reference: bool = False, autocast=nullcontext) -> torch.Tensor:
+                         reference: bool = False, autocast=nullcontext,
+                         research_code_compat: bool = False) -> torch.Tensor:
     """Log-probs (b, G) of stored transitions at per-input step indices ``step_index`` (b,).
 
     Every edit of input i is scored at step ``step_index[i]``. With ``reference=True`` the
     frozen initial model scores them (no gradient); otherwise gradients flow to the policy.
-    ``policy`` may be DDP-wrapped: its forward is what gets called.
+    ``policy`` may be DDP-wrapped: its forward is what gets called. ``research_code_compat``: the
+    research code's training forward, whose style module attended from the (unscaled) noisy
+    latent instead of the input image's latent.
     """
     batch, nb_gen = trajectories.log_probs.shape[:2]
     gather = step_index.view(batch, 1, 1, *([1] * 3)).expand(batch, nb_gen, 1, *trajectories.latents.shape[3:])
@@ -149,6 +156,8 @@ def transition_log_probs(policy, scheduler, trajectories: Trajectories, step_ind
     after = trajectories.latents.gather(2, gather + 1).flatten(0, 2)
     timesteps = trajectories.timesteps[step_index].repeat_interleave(nb_gen)
     cond = trajectories.conditioning(empty_embeds).repeat_interleave(nb_gen)
+    if research_code_compat:
+        cond = replace(cond, style_query_latents=before)
     unwrapped = getattr(policy, "module", policy)
     context = unwrapped.reference() if reference else nullcontext()
     grad = torch.no_grad() if reference else nullcontext()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from editspecialists.config_checks import SEED, THRESHOLD, Rule, boolean, check_rules, integer, name, one_of, text
-from editspecialists.evaluation.families import parse_metrics
+from editspecialists.data.images import RESIZE_FILTERS
+from editspecialists.evaluation.families import PATCH_SLICINGS, parse_metrics
 from editspecialists.precision import DTYPES
 from editspecialists.rewards.depth import ALIGNMENTS
 
@@ -38,11 +39,15 @@ EVALUATION_RULES = (
     Rule("style_name", name),
     Rule("whole_frame", boolean),
     Rule("structural_align", one_of(ALIGNMENTS)),
+    Rule("data_resize", integer(0), "(0: the edits' own size)"),
+    Rule("resize_filter", one_of(RESIZE_FILTERS)),
+    Rule("patch_slicing", one_of(PATCH_SLICINGS)),
     Rule("metrics", metric_selection),
     Rule("batch_size", integer(1)),
     Rule("seed", SEED),
     Rule("device", torch_device),
     Rule("dtype", one_of(DTYPES)),
+    Rule("hps_autocast", boolean),
     Rule("box_threshold", THRESHOLD),
     Rule("text_threshold", THRESHOLD),
     Rule("report_rows", integer(1)),

@@ -1,13 +1,14 @@
 """Evaluate a folder of edits: pair them, run the selected metric families, write JSON/CSV/PNG.
 
 Edits are read from ``<sample_savedir>/<input_name>_<style_name>/`` (where ``scripts/generate.py``
-writes them). Every input and style image is resized (short side) and centre-cropped to its edit's
-size, so pixel and patch metrics compare aligned images. A metric family whose optional dependency
-or model cannot be loaded is skipped with one log line; the others still run. Edits that cannot be
-scored (missing, unreadable, not in the manifest) are named in one warning and counted in the
-output. The outputs are written together at the end (:func:`editspecialists.evaluation.report.write_evaluation`):
-a rerun with the same settings replaces them, other settings get their own. SIGTERM or SIGINT
-stops between batches, writing nothing.
+writes them). Edits, inputs and styles are resized (short side) and centre-cropped to
+``data_resize`` (256 by default, as the original), or with ``data_resize`` 0 every input and style
+image to its edit's size, so pixel and patch metrics compare aligned images. A metric family whose
+optional dependency or model cannot be loaded is skipped with one log line; the others still run.
+Edits that cannot be scored (missing, unreadable, not in the manifest) are named in one warning and
+counted in the output. The outputs are written together at the end
+(:func:`editspecialists.evaluation.report.write_evaluation`): a rerun with the same settings
+replaces them, other settings get their own. SIGTERM or SIGINT stops between batches, writing nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from editspecialists.evaluation.config_rules import validate_evaluation_config
-from editspecialists.data.images import UnreadableImageError, image_to_tensor, read_rgb
+from editspecialists.data.images import UnreadableImageError, image_to_tensor, read_rgb, resize_center_crop
 from editspecialists.evaluation.families import FAMILIES, METRIC_DEFINITIONS, EvalBatch, FamilySettings, parse_metrics
-from editspecialists.evaluation.images import resize_center_crop
+from editspecialists.evaluation.images import resize_center_crop as align_tensors
 from editspecialists.evaluation.pairs import EvalItem, pair_edits
 from editspecialists.command_line import command_with
 from editspecialists.evaluation.report import csv_bytes, report_png_bytes, summarise, write_evaluation
@@ -173,18 +174,28 @@ def batches_by_size(items: Sequence[EvalItem], images: dict[Path, Image.Image], 
 
 
 def _aligned(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    return resize_center_crop(image_to_tensor(image)[None], size)[0]
+    return align_tensors(image_to_tensor(image)[None], size)[0]
 
 
 def make_batch(items: Sequence[EvalItem], images: dict[Path, Image.Image], input_name: str,
-               device: torch.device) -> EvalBatch:
-    """Edits as they are; inputs and styles resized/cropped to the edits' size."""
-    edits = torch.stack([image_to_tensor(images[item.edit]) for item in items])
-    size = tuple(edits.shape[-2:])
+               device: torch.device, data_resize: int = 0, resize_filter: str = "bilinear") -> EvalBatch:
+    """With ``data_resize``, edits, inputs and styles each resized (short side) and centre-cropped
+    to it with ``resize_filter`` (the original's evaluation transform, the training one); with 0,
+    edits as they are, inputs and styles resized/cropped to the edits' size."""
+    if data_resize:
+        def load(file):
+            return image_to_tensor(resize_center_crop(images[file], data_resize, resize_filter))
+        edits = torch.stack([load(item.edit) for item in items])
+        inputs, styles = ([load(getattr(item, role)) for item in items] for role in ("input", "style"))
+    else:
+        edits = torch.stack([image_to_tensor(images[item.edit]) for item in items])
+        size = tuple(edits.shape[-2:])
+        inputs, styles = ([_aligned(images[getattr(item, role)], size) for item in items]
+                          for role in ("input", "style"))
     return EvalBatch(
         edits=edits.to(device),
-        inputs=torch.stack([_aligned(images[item.input], size) for item in items]).to(device),
-        styles=torch.stack([_aligned(images[item.style], size) for item in items]).to(device),
+        inputs=torch.stack(inputs).to(device),
+        styles=torch.stack(styles).to(device),
         prompts=[item.prompt for item in items],
         input_names=[input_name] * len(items),
     )
@@ -202,7 +213,7 @@ def score_all(items, images, families, masks: MaskSource | None, selected: Seque
             raise Stopped(f"stopped by {signal_name(stop.signum)} after {done} of {len(batches)} batches; nothing was "
                           f"written to {config.eval_savedir}. Evaluate with: {command_with({})}", stop.signum)
         chunk = [items[i] for i in indices]
-        batch = make_batch(chunk, images, config.input_name, device)
+        batch = make_batch(chunk, images, config.input_name, device, config.data_resize, config.resize_filter)
         if masks is not None:
             batch.input_masks = masks.masks([it.input for it in chunk], batch.inputs, config.input_name)
             batch.style_masks = masks.masks([it.style for it in chunk], batch.styles, config.style_name)
@@ -242,7 +253,8 @@ def score_edits(config) -> ScoredEdits:
         raise ValueError(f"no edit of {edit_dir} can be scored: "
                          + "; ".join(f"{edit} ({reason})" for edit, reason in left_out.items()))
     settings = FamilySettings(config.models, resolve_device(config.device), dtype_named(config.dtype, "dtype"),
-                              structural_align=config.structural_align)
+                              structural_align=config.structural_align, patch_slicing=config.patch_slicing,
+                              hps_autocast=config.hps_autocast)
     families, skipped = load_families(selected, settings)
     masks = None
     if any(spec.needs_masks for spec, _ in families):
@@ -263,6 +275,9 @@ def score_edits(config) -> ScoredEdits:
         "edits_scored": len(items),
         "edits_not_scored": left_out,
         "whole_frame": bool(config.whole_frame),
+        "data_resize": config.data_resize,
+        "resize_filter": config.resize_filter,
+        "patch_slicing": config.patch_slicing,
     }
     return ScoredEdits(items, images, per_image, skipped, header)
 

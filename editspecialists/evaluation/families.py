@@ -9,11 +9,13 @@ first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
 
 from editspecialists.evaluation import metrics
+from editspecialists.precision import cuda_fp16_autocast
 from editspecialists.rewards.masks import MASK_KEYS
 
 # Version of the metric definitions, written into every evaluation JSON: numbers of different
@@ -27,6 +29,18 @@ METRIC_DEFINITIONS = 2
 LOWER_IS_BETTER = frozenset({"semantic_score", "semantic_score_norec", "structural_score", "l2_out"})
 # The weight of `l2_out` in `semantic_score`: the original's (and training's default) rec_lambda.
 PAPER_REC_LAMBDA = 0.5
+# ``patch_slicing``: "intended" computes the `*_gen_sty` / `*_gen_input` definitions (SPEC §8);
+# "research_code" the numbers the original's evaluation printed, to set beside the paper's table.
+PATCH_SLICINGS = ("intended", "research_code")
+PATCH_ROLES = ("edit", "input", "style")
+# The image whose patch tokens filled each role in the original's branches (SPEC §12): its CLIP
+# branch embedded cat([input, edit, style]) and read the slices as [edit, style, input]; its DINOv2
+# branch swapped edit and input; its DreamSim branch is as intended.
+RESEARCH_CODE_ROLES = {
+    "clipSim": {"edit": "input", "input": "style", "style": "edit"},
+    "dinoSim": {"edit": "input", "input": "edit", "style": "style"},
+    "dreamsimSim": {"edit": "edit", "input": "input", "style": "style"},
+}
 
 
 @dataclass
@@ -50,6 +64,8 @@ class FamilySettings:
     device: torch.device
     dtype: torch.dtype
     structural_align: str = "none"
+    patch_slicing: str = "intended"
+    hps_autocast: bool = True
     _patch_embedders: dict = field(default_factory=dict)
 
     def patch_embedder(self, kind: str, model_id: str):
@@ -125,26 +141,38 @@ def patch_metric_names(prefix: str) -> tuple[str, str, str]:
 
 
 class PatchSimilarityFamily:
-    """The :func:`patch_metric_names` metrics from one patch embedder (CLIP, DINOv2, DreamSim)."""
+    """The :func:`patch_metric_names` metrics from one patch embedder (CLIP, DINOv2, DreamSim).
+
+    With ``patch_slicing="research_code"`` the paper-named metrics take each role's tokens from the
+    image the original's branch used (:data:`RESEARCH_CODE_ROLES`); the masks stay where they were
+    (input mask on the edit role, style mask on the style role, background on both sides; the
+    three images share one size, so one grid). ``*_gen_input_aligned`` (ours) always compares the
+    edit with the input.
+    """
 
     def __init__(self, settings: FamilySettings, prefix: str, kind: str, model_id: str):
         from editspecialists.rewards.semantic import downsample_mask
 
+        if settings.patch_slicing not in PATCH_SLICINGS:
+            raise ValueError(f"patch_slicing must be one of {list(PATCH_SLICINGS)}, got {settings.patch_slicing!r}")
         self.downsample_mask = downsample_mask
         self.metrics = patch_metric_names(prefix)
         self.embedder = settings.patch_embedder(kind, model_id)
+        identity = {role: role for role in PATCH_ROLES}
+        self.roles = RESEARCH_CODE_ROLES[prefix] if settings.patch_slicing == "research_code" else identity
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        edit_tokens, grid = self.embedder(batch.edits)
-        style_tokens, style_grid = self.embedder(batch.styles)
-        input_tokens, _ = self.embedder(batch.inputs)
+        (edit_tokens, grid), (input_tokens, _), (style_tokens, style_grid) = (
+            self.embedder(images) for images in (batch.edits, batch.inputs, batch.styles))
+        tokens = {"edit": edit_tokens, "input": input_tokens, "style": style_tokens}
+        edit, source, style = (tokens[self.roles[role]] for role in PATCH_ROLES)
         edit_region = self.downsample_mask(batch.input_masks, grid)
         style_region = self.downsample_mask(batch.style_masks, style_grid)
         background = self.downsample_mask(~batch.input_masks, grid)
         gen_sty, gen_input, gen_input_aligned = self.metrics
         return {
-            gen_sty: metrics.patch_similarity_to_style(edit_tokens, style_tokens, edit_region, style_region),
-            gen_input: metrics.patch_similarity_to_background(edit_tokens, input_tokens, background),
+            gen_sty: metrics.patch_similarity_to_style(edit, style, edit_region, style_region),
+            gen_input: metrics.patch_similarity_to_background(edit, source, background),
             gen_input_aligned: metrics.patch_similarity_locationwise(edit_tokens, input_tokens, background),
         }
 
@@ -171,7 +199,8 @@ class ClipFamily:
 
 
 class HpsFamily:
-    """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint)."""
+    """``hps_score``: HPSv2.1 (open_clip ViT-H-14 + the ``xswu/HPSv2`` checkpoint), under fp16
+    autocast on CUDA as the original's scorer (``hps_autocast``)."""
 
     def __init__(self, settings: FamilySettings):
         from editspecialists.evaluation.embedders import OpenClipEmbedder
@@ -180,9 +209,12 @@ class HpsFamily:
         self.hps = OpenClipEmbedder.from_checkpoint(
             models.hps_architecture, models.hps_checkpoint, device=settings.device, dtype=settings.dtype
         )
+        self.autocast = partial(cuda_fp16_autocast, settings.hps_autocast, settings.device)
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        return {"hps_score": metrics.hps_score(self.hps.embed_images(batch.edits), self.hps.embed_texts(batch.prompts))}
+        with self.autocast():
+            images, texts = self.hps.embed_images(batch.edits), self.hps.embed_texts(batch.prompts)
+        return {"hps_score": metrics.hps_score(images, texts)}
 
 
 class PickScoreFamily:

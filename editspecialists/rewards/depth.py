@@ -1,9 +1,10 @@
 """Structural score of SPEC §4: relative depth (Depth Anything V2) of input and edit compared.
 
-Preprocessing runs in torch on the model's device for the whole batch: resize so the short side
-reaches the processor's size (518 for Depth Anything V2) keeping the aspect ratio, both sides
-rounded to a multiple of the patch size (14), ImageNet normalisation; the predicted depth map is
-resized back to the input's ``H × W`` (bicubic, as transformers' post-processing does).
+Preprocessing runs in torch on the model's device for the whole batch, as the original's depth
+transform: resize (bilinear) so the short side reaches the processor's size (518 for Depth
+Anything V2) keeping the aspect ratio, both sides rounded to a multiple of the patch size (14),
+ImageNet normalisation; the predicted depth map is resized back to the input's ``H × W`` bilinear
+with ``align_corners=True``. (transformers' own processor and post-processing use bicubic.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from editspecialists.rewards.images import check_images, normalise, resize
+from editspecialists.rewards.images import check_images, normalise
 
 ALIGNMENTS = ("none", "scale_shift")
 
@@ -22,6 +23,16 @@ def depth_input_size(height: int, width: int, short_side: int, multiple: int) ->
     """Size whose short side is ``short_side`` (aspect kept), each side the nearest multiple of ``multiple``."""
     scale = short_side / min(height, width)
     return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (height, width))
+
+
+def bilinear_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The original's depth input resize of ``(B, 3, H, W)`` to ``size`` (h, w): bilinear,
+    ``align_corners=False``, antialiased only when shrinking (the original only ever enlarged its
+    256 px images to 518, where torch's antialiasing would move values by ~1e-5)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=shrinking)
 
 
 class DepthEstimator:
@@ -46,7 +57,7 @@ class DepthEstimator:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [0, 1] → normalised pixels at the model's input size, on the device."""
         size = depth_input_size(*images.shape[-2:], self.short_side, self.multiple)
-        pixels = resize(images.to(self.device, torch.float32), size)
+        pixels = bilinear_resize(images.to(self.device, torch.float32), size)
         return normalise(pixels, self.mean, self.std).to(self.dtype)
 
     @torch.inference_mode()
@@ -57,7 +68,7 @@ class DepthEstimator:
     def depth(self, images: torch.Tensor) -> torch.Tensor:
         """Depth ``(B, H, W)`` float32 of ``images``, with autograd (what ``__call__`` runs)."""
         depth = self.model(pixel_values=self.preprocess(images)).predicted_depth  # (B, h, w)
-        restored = F.interpolate(depth[:, None].float(), size=images.shape[-2:], mode="bicubic", align_corners=False)
+        restored = F.interpolate(depth[:, None].float(), size=images.shape[-2:], mode="bilinear", align_corners=True)
         return restored[:, 0]
 
 

@@ -37,7 +37,8 @@ from editspecialists import writing
 from editspecialists.command_line import command_with
 from editspecialists.config_keys import value_at
 from editspecialists.data.dataset import PROMPT_TEMPLATES
-from editspecialists.data.images import image_to_tensor, read_rgb, resize_cover, resize_to, tensor_to_image, to_rgb
+from editspecialists.data.images import (DEFAULT_RESIZE_FILTER, image_to_tensor, read_rgb, resize_cover, resize_to,
+                                         tensor_to_image, to_rgb)
 from editspecialists.diffusion.guidance import (BranchInputs, EditConditioning, GuidanceScales, branch_epsilon,
                                                 branch_inputs)
 from editspecialists.diffusion.pipeline import (cast_model, encode_images, encode_prompts, load_pipeline,
@@ -157,7 +158,8 @@ class EditSpecialistPipeline:
         pipe = load_pipeline(model_id, revision=revision, scheduler=scheduler)
         policy = build_policy(pipe.unet, use_lora=True)
         info = {"base": {"model": model_id, "revision": revision}, "scheduler": scheduler, "trained": False,
-                "input_name": None, "style_name": None, "resolution": None, "architecture": INITIAL_ARCHITECTURE,
+                "input_name": None, "style_name": None, "resolution": None, "resize_filter": DEFAULT_RESIZE_FILTER,
+                "architecture": INITIAL_ARCHITECTURE,
                 "source": None, "training": None, "defaults": {}}
         return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, policy, info)
 
@@ -211,8 +213,8 @@ class EditSpecialistPipeline:
         prompt = prompt or self.default_prompt(input_name, style_name)
         source, style = upright_rgb(image), upright_rgb(style_image)
         size = working_size(*source.size, max_side or self.max_side)
-        inputs = image_to_tensor(resize_to(source, size))[None]
-        styles = image_to_tensor(resize_cover(style, size))[None]
+        inputs = image_to_tensor(resize_to(source, size, self.resize_filter))[None]
+        styles = image_to_tensor(resize_cover(style, size, self.resize_filter))[None]
         scales = GuidanceScales(guidance_scale, image_guidance_scale, style_image_guidance_scale)
         edits = self.edit_tensors(inputs, styles, [prompt], [self.generator(generator)],
                                   num_inference_steps=num_inference_steps, scales=scales, eta=eta,
@@ -224,17 +226,18 @@ class EditSpecialistPipeline:
 
     def edit_tensors(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str],
                      generators: list[torch.Generator], *, num_inference_steps: int, scales: GuidanceScales,
-                     eta: float = 1.0, nb_gen: int = 1) -> torch.Tensor:
+                     eta: float = 1.0, nb_gen: int = 1, research_code_compat: bool = False) -> torch.Tensor:
         """Edits (N, G, 3, h, w) in [0, 1] of inputs and styles (N, 3, h, w) in [0, 1], one prompt
         and one generator per input: the sampler of training (4-branch guidance, one UNet call per
-        step). generate.py calls this for each batch."""
+        step; ``research_code_compat``: the research code's lagged Euler input scale, see
+        :func:`sample_edits`). generate.py calls this for each batch."""
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         cond = EditConditioning(encode_images(self.vae, inputs.to(self.device)),
                                 encode_images(self.vae, styles.to(self.device)),
                                 encode_prompts(self.tokenizer, self.text_encoder, prompts),
                                 encode_prompts(self.tokenizer, self.text_encoder, [""]))
         return sample_edits(self.denoiser, self.scheduler, self.vae, cond, nb_gen=nb_gen, scales=scales,
-                            eta=eta, generator=generators).images
+                            eta=eta, generator=generators, research_code_compat=research_code_compat).images
 
     def generator(self, generator: torch.Generator | int | None) -> torch.Generator:
         """A generator on the pipeline's device from an int seed (:func:`check_seed`; a random one
@@ -251,6 +254,12 @@ class EditSpecialistPipeline:
         if not input_name or not style_name:
             raise ValueError("give a prompt, or input_name and style_name (this model records no edit names)")
         return PROMPT_TEMPLATES[0].format(input=input_name, style=style_name)
+
+    @property
+    def resize_filter(self) -> str:
+        """The filter that resized the specialist's training images (``resize_filter``), used for the
+        input and style images; an export written before that key existed was trained with "bicubic"."""
+        return self.info.get("resize_filter", "bicubic")
 
     @property
     def max_side(self) -> int:
@@ -363,7 +372,8 @@ def checkpoint_info(checkpoint: Path, trained, scheduler: str) -> dict:
         "base": {"model": trained.pretrained.model, "revision": trained.pretrained.revision},
         "scheduler": scheduler, "trained": True,
         "input_name": trained.input_name, "style_name": trained.style_name,
-        "resolution": trained.data_resize, "architecture": ckpt.architecture_of(trained),
+        "resolution": trained.data_resize, "resize_filter": trained.resize_filter,
+        "architecture": ckpt.architecture_of(trained),
         "defaults": {"num_inference_steps": trained.sample.num_steps, "guidance_scale": trained.sample.guidance_scale,
                      "image_guidance_scale": trained.sample.image_guidance_scale,
                      "style_image_guidance_scale": trained.sample.style_image_guidance_scale,

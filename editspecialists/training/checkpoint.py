@@ -287,6 +287,12 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "reward.mask_fallback": "ones",
     "val.fraction": 0.0,  # runs before held-out validation trained on every input
     "val.inputimg_dir": "",
+    "train.skip_ratio_overflow": False,
+    "resize_filter": "bicubic",
+    "research_code_compat": False,
+    "use_xformers": False,
+    "sample.edit_format": "png",
+    "sample.generation_autocast": False,
 }
 # Saved values whose spelling changed, behaviour unchanged -> today's spelling.
 RESPELLED_VALUES = {

@@ -71,6 +71,7 @@ TRAINING_RULES = SHARED_RULES + POLICY_RULES + (
     Rule("train.timestep_fraction", number(0, 1, low_open=True)),
     Rule("train.eps", number(0, 1, low_open=True, high_open=True)),
     Rule("train.beta", number(0, low_open=True)),
+    Rule("train.skip_ratio_overflow", boolean),
     Rule("train.score_alpha", number()),
     Rule("train.rec_lambda", number(0)),
     Rule("reward.weights", score_weights),

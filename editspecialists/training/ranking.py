@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 
 STANDARDIZE_MODES = ("batch", "epoch")
+# The largest log-ratio whose ratio exp(ρ) is finite in fp32 (log of float32's largest value, ≈ 88.72).
+FP32_EXP_LIMIT = math.log(torch.finfo(torch.float32).max)
 
 
 def sampling_batch_of_rows(batch_sizes: Sequence[int], num_processes: int) -> torch.Tensor:
@@ -37,8 +39,10 @@ def standardization_groups(mode: str, batch_sizes: Sequence[int], num_processes:
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
-    """(s − mean) / (std + 1e-8), mean and population std over every element."""
-    return (scores - scores.mean()) / (scores.std(unbiased=False) + 1e-8)
+    """(s − mean) / (std + 1e-8), mean and unbiased std (``torch.std``, as the original) over every
+    element (at least 2: a group holds nb_gen ≥ 2 edits). Every score of a group shares the
+    population/unbiased std ratio, so the ranking is the population std's one."""
+    return (scores - scores.mean()) / (scores.std() + 1e-8)
 
 
 def standardize_per_group(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -128,3 +132,18 @@ def preference_loss(log_prob: torch.Tensor, reference_log_prob: torch.Tensor, or
     weights = has_preference.to(per_input.dtype)
     loss = (per_input * weights).sum() / weights.sum().clamp_min(1)
     return loss, RatioStats.of(log_ratio, eps), log_ratio
+
+
+def micro_step_is_usable(loss: torch.Tensor, log_ratio: torch.Tensor, *, skip_ratio_overflow: bool) -> torch.Tensor:
+    """0-d bool: whether a micro-step may be trained on (the trainer skips it on every process
+    when any process says no).
+
+    Never with a non-finite loss or log-ratio. With ``skip_ratio_overflow`` (the original's rule)
+    neither when any ratio exp(ρ) of ``log_ratio`` (b, G) is inf or NaN in fp32, i.e. some ρ above
+    :data:`FP32_EXP_LIMIT`, tested before the clamp. Without it such a micro-step trains: the loss
+    works in log space, so the clamped ratio of that edit sits at the band's edge.
+    """
+    usable = torch.isfinite(loss) & torch.isfinite(log_ratio).all()
+    if skip_ratio_overflow:
+        usable = usable & torch.isfinite(log_ratio.detach().float().exp()).all()
+    return usable

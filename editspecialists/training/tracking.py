@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 
 
-def wandb_mode() -> str:
-    """'online' when wandb credentials exist (env or ~/.netrc), else 'offline': never a prompt."""
+def wandb_mode() -> str | None:
+    """How wandb may run without ever prompting: ``$WANDB_MODE`` when set ("online", "offline",
+    "disabled"), else "online" when credentials exist (``$WANDB_API_KEY`` or an api.wandb.ai entry
+    in ~/.netrc), else None (not logged in)."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
@@ -32,7 +34,29 @@ def wandb_mode() -> str:
             return "online"
     except (FileNotFoundError, netrc.NetrcParseError):
         pass
-    return "offline"
+    return None
+
+
+def start_wandb(project: str, run_dir: Path, config: dict | None, run_name: str):
+    """A wandb run of ``project`` logging beside ``run_dir``'s metrics.jsonl, or None with one line
+    saying why not: wandb is not installed, not logged in (:func:`wandb_mode`), or disabled."""
+    local = f"logging to {run_dir / METRICS_FILE} only"
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("wandb is not installed: %s (pip install wandb; wandb_project='' turns it off)", local)
+        return None
+    mode = wandb_mode()
+    if mode is None:
+        logger.warning("wandb is not logged in: %s (wandb login, or WANDB_MODE=offline for a local wandb log; "
+                       "wandb_project='' turns it off)", local)
+        return None
+    if mode == "disabled":
+        logger.info("wandb disabled by WANDB_MODE: %s", local)
+        return None
+    run = wandb.init(project=project, name=run_name or None, config=config, dir=str(run_dir), mode=mode)
+    logger.info("wandb logging (%s mode)", mode)
+    return run
 
 
 class RunLogger:
@@ -49,12 +73,7 @@ class RunLogger:
         self.records: list[dict] = []  # everything logged by this run, for the console summaries
         self.wandb_run = None
         if enabled and wandb_project:
-            import wandb
-
-            mode = wandb_mode()
-            self.wandb_run = wandb.init(project=wandb_project, name=run_name or None, config=config,
-                                        dir=str(self.run_dir), mode=mode)
-            logger.info("wandb logging (%s mode)", mode)
+            self.wandb_run = start_wandb(wandb_project, self.run_dir, config, run_name)
 
     def log(self, record: dict) -> None:
         """Append one JSON object to metrics.jsonl (and wandb); tensors become floats."""

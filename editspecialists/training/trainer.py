@@ -29,7 +29,7 @@ from editspecialists.data.held_out import held_out_inputs
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
 from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
-                                                place_encoders)
+                                                place_encoders, use_xformers_attention)
 from editspecialists.diffusion.policy import policy_from_config
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
@@ -42,7 +42,7 @@ from editspecialists.training.gather import gather_list, gather_object
 from editspecialists.training.launch import console_line, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
-from editspecialists.training.ranking import (RatioStats, combine_scores, preference_loss,
+from editspecialists.training.ranking import (RatioStats, combine_scores, micro_step_is_usable, preference_loss,
                                               rank_edits, standardization_groups)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
 from editspecialists.training.within_epoch import EpochSamples, StopTraining, load_samples, save_samples
@@ -157,7 +157,8 @@ class Trainer:
         if dataset is None:
             dataset = EditDataset(config.inputimg_dir, config.styleimg_dir, config.input_name,
                                   config.style_name, config.data_resize,
-                                  exclude=held_out.excluded_from_training if held_out else ())
+                                  exclude=held_out.excluded_from_training if held_out else (),
+                                  resize_filter=config.resize_filter)
         self.dataset = dataset
         self.validation_set = self._load_validation_set(held_out)
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
@@ -223,7 +224,7 @@ class Trainer:
         return load_validation_set(held_out, config.styleimg_dir, config.data_resize, seed=config.seed,
                                    input_name=config.input_name, style_name=config.style_name,
                                    generation_prompt=config.sample.generation_prompt,
-                                   seeds_per_input=config.val.seeds)
+                                   seeds_per_input=config.val.seeds, resize_filter=config.resize_filter)
 
     def _make_validation(self) -> Validation | None:
         from editspecialists.rewards import SCORES
@@ -278,6 +279,8 @@ class Trainer:
             pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
                                  scheduler=config.pretrained.scheduler)
         place_encoders(pipe, acc.device, self.weight_dtype)
+        if config.use_xformers:
+            use_xformers_attention(pipe.unet, pipe.vae)
         self.vae, self.tokenizer, self.text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
         self.scheduler = pipe.scheduler
         self.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
@@ -362,7 +365,8 @@ class Trainer:
         with policy.reference() if reference else contextlib.nullcontext():
             trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch), nb_gen=1,
                                         scales=self.scales, eta=self.config.sample.eta, generator=generators,
-                                        autocast=self.accelerator.autocast)
+                                        autocast=self.accelerator.autocast,
+                                        research_code_compat=self.config.research_code_compat)
         return trajectories.images[:, 0]
 
     def epoch_samples(self, epoch: int) -> EpochSamples:
@@ -434,7 +438,8 @@ class Trainer:
                 raise StopTraining(epoch)
             trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
                                         nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
-                                        generator=generator, autocast=acc.autocast)
+                                        generator=generator, autocast=acc.autocast,
+                                        research_code_compat=self.config.research_code_compat)
             parts.append(trajectories)
             deferred.append((trajectories.images, batch.inputs.to(acc.device), batch.styles.to(acc.device),
                              image_keys("input", batch.input_files, batch.inputs),
@@ -590,10 +595,11 @@ class Trainer:
         """Forward policy and reference at one timestep per input, loss, backward (accumulated)."""
         acc, train, sample = self.accelerator, self.config.train, self.config.sample
         with acc.accumulate(self.policy):
-            loss, stats, finite = micro_batch_loss(
+            loss, stats, usable = micro_batch_loss(
                 self.policy, self.scheduler, batch, step_index, self.empty_embeds, order, has_preference,
-                scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta)
-            skip = bool(acc.reduce((~finite).float(), reduction="sum") > 0)
+                scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
+                skip_ratio_overflow=train.skip_ratio_overflow, research_code_compat=self.config.research_code_compat)
+            skip = bool(acc.reduce((~usable).float(), reduction="sum") > 0)
             if skip:
                 loss = zero_loss(self.policy)
                 window.skipped += 1
@@ -726,20 +732,22 @@ def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: lis
 
 def micro_batch_loss(policy, scheduler, batch: Trajectories, step_index: torch.Tensor,
                      empty_embeds: torch.Tensor, order: torch.Tensor, has_preference: torch.Tensor, *,
-                     scales: GuidanceScales, eta: float, autocast, eps: float, beta: float):
+                     scales: GuidanceScales, eta: float, autocast, eps: float, beta: float,
+                     skip_ratio_overflow: bool = True, research_code_compat: bool = False):
     """Clipped preference loss of one trained step per input of ``batch`` (b inputs, G edits).
 
     Policy log-probs (with gradient) and reference log-probs (without) of the transitions at
-    ``step_index`` (b,), then :func:`preference_loss` over ``order`` (b, G) best first.
-    Returns (loss scalar, :class:`RatioStats`, finite: 0-d bool, False if the loss or a ratio is
-    not finite).
+    ``step_index`` (b,) (:func:`transition_log_probs`, with ``research_code_compat``), then
+    :func:`preference_loss` over ``order`` (b, G) best first.
+    Returns (loss scalar, :class:`RatioStats`, usable: 0-d bool, :func:`micro_step_is_usable` with
+    ``skip_ratio_overflow``).
     """
-    kwargs = dict(scales=scales, eta=eta, autocast=autocast)
+    kwargs = dict(scales=scales, eta=eta, autocast=autocast, research_code_compat=research_code_compat)
     log_prob = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, **kwargs)
     reference = transition_log_probs(policy, scheduler, batch, step_index, empty_embeds, reference=True,
                                      **kwargs)
     loss, stats, log_ratio = preference_loss(log_prob, reference, order, has_preference, eps=eps, beta=beta)
-    return loss, stats, torch.isfinite(loss) & torch.isfinite(log_ratio).all()
+    return loss, stats, micro_step_is_usable(loss, log_ratio, skip_ratio_overflow=skip_ratio_overflow)
 
 
 def zero_loss(policy) -> torch.Tensor:
@@ -776,4 +784,5 @@ class _WindowStats:
         count = max(1, self.updated * accelerator.num_processes)
         return {"loss": totals[0] / count, "ratio_mean": totals[1] / count,
                 "clipfrac": totals[2] / count, "grad_norm": torch.as_tensor(self.grad_norm).float(),
-                "skipped_micro_steps": self.skipped}
+                "skipped_micro_steps": self.skipped,
+                "skipped_fraction": self.skipped / max(1, self.skipped + self.updated)}

@@ -30,7 +30,7 @@ import torch
 
 from editspecialists.data.edit_plan import plan_edits
 from editspecialists.data.held_out import HeldOut
-from editspecialists.data.images import load_image_folder
+from editspecialists.data.images import DEFAULT_RESIZE_FILTER, load_image_folder
 from editspecialists.data.manifest import write_then_rename
 from editspecialists.paired import PairedDifference, paired_difference, verdict
 from editspecialists.rewards.constants import image_keys
@@ -75,12 +75,15 @@ class ValidationSet:
 
 
 def load_validation_set(held_out: HeldOut, style_dir: str | Path, size: int, *, seed: int, input_name: str,
-                        style_name: str, generation_prompt: str, seeds_per_input: int) -> ValidationSet:
-    """Read the held-out inputs and the style images (resized like training's) and plan their
-    edits; unreadable files are skipped with one warning, as in training."""
+                        style_name: str, generation_prompt: str, seeds_per_input: int,
+                        resize_filter: str = DEFAULT_RESIZE_FILTER) -> ValidationSet:
+    """Read the held-out inputs and the style images (resized like training's, with
+    ``resize_filter``) and plan their edits; unreadable files are skipped with one warning, as in
+    training."""
     wanted = set(held_out.files)
-    input_paths, inputs = load_image_folder(held_out.folder, size, "held-out input image", wanted.__contains__)
-    style_paths, styles = load_image_folder(style_dir, size, "style image")
+    input_paths, inputs = load_image_folder(held_out.folder, size, "held-out input image", wanted.__contains__,
+                                            resize_filter=resize_filter)
+    style_paths, styles = load_image_folder(style_dir, size, "style image", resize_filter=resize_filter)
     items = plan_edits(seed, [p.name for p in input_paths], [p.name for p in style_paths], input_name, style_name,
                        generation_prompt, seeds_per_input)
     input_row = {path.name: row for row, path in enumerate(input_paths)}
