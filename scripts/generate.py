@@ -18,7 +18,7 @@ define_config_flag("config/base.py", "Generation configuration file.")
 
 
 def main(_):
-    prepare_demo_assets(FLAGS.config, feedback=False)
+    prepare_demo_assets(FLAGS.config)
     print(f"edits written to {generate_edits(FLAGS.config)}")
 
 

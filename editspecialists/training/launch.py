@@ -92,28 +92,26 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False, feedback: bool = True) -> None:
+def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
     """Build the demo's images and tiny models when the config asks for them (demo presets);
-    see :func:`editspecialists.demo.assets.ensure_demo_assets` for ``policy`` and ``evaluation``.
-    ``feedback``: whether the script scores with the config's feedback models (the notice that
-    the demo's models have random weights is given where stand-ins are used)."""
+    see :func:`editspecialists.demo.assets.ensure_demo_assets` for ``policy`` and ``evaluation``
+    (with ``evaluation``, the notice that the evaluation-only stand-ins have random weights)."""
     if config.get("demo_root"):
         from editspecialists.demo.assets import ensure_demo_assets
-        from editspecialists.rewards.registry import feedback_model_keys
 
         state = process_state()
-        loads_standins = evaluation or (feedback and "reward" in config and bool(feedback_model_keys(config)))
-        silence_random_weight_warnings(explain=state.is_main_process and loads_standins)
+        silence_random_weight_warnings(explain=state.is_main_process and evaluation)
         with state.main_process_first():
             ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
 
 
 def silence_random_weight_warnings(explain: bool) -> None:
     """Drop open_clip's "No pretrained weights loaded ... initialized randomly" warning, expected at
-    every load of the demo's random stand-ins, and, if ``explain``, say once why."""
+    every load of the demo's random evaluation stand-ins, and, if ``explain``, say once why."""
     logging.getLogger().addFilter(
         lambda record: "No pretrained weights loaded" not in record.getMessage())
     if explain:
         logging.getLogger(__name__).info(
-            "demo: the feedback and evaluation models are tiny stand-ins with random weights (no "
-            "pretrained weights to load): their scores check the plumbing, not image quality")
+            "demo: the evaluation-only models (CLIP, DINOv2, HPS, PickScore, ImageReward) are tiny stand-ins "
+            "with random weights: their metrics check the plumbing, not image quality (the feedback models "
+            "are trained on the demo's images)")
