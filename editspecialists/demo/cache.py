@@ -30,7 +30,7 @@ BUILDER_VERSIONS = {
     "build_demo_editor": 5,
     "build_detector": 2,
     "build_segmenter": 2,
-    "build_depth": 2,
+    "build_depth": 3,
     "build_dreamsim": 2,
 }
 # Builders whose output is made from other builders' output: they rebuild when those change.

@@ -109,11 +109,12 @@ DREAMSIM_HUB_REPO = "facebookresearch_dinov2_main"
 TINY_VIT_CONFIG = "tiny_vit.json"
 DETECTOR_IMAGE_SIZE = 96
 DEPTH_IMAGE_SIZE = 56  # 4 × 4 patches of 14 px
-# Training of the stand-ins that carry meaning (15-40 s each on one CPU thread, 95 s together).
+# Training of the stand-ins that carry meaning (15-55 s each on one CPU thread, about 2 min together;
+# depth trains longest: it must tell bricks in the car's place from a brick wall in front of the scene).
 TRAINING = {
     "detector": training.TrainingSettings(steps=200, batch_size=8, learning_rate=6e-3),
     "segmenter": training.TrainingSettings(steps=200, batch_size=16, learning_rate=3e-3),
-    "depth": training.TrainingSettings(steps=250, batch_size=16, learning_rate=3e-3),
+    "depth": training.TrainingSettings(steps=750, batch_size=16, learning_rate=3e-3),
     "dreamsim": training.TrainingSettings(steps=200, batch_size=8, learning_rate=5e-3),
 }
 ROLES = ("detector", "segmenter", "depth", "dinov2", "clip", "dreamsim")

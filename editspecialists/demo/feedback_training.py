@@ -12,7 +12,8 @@ ground truth the drawings carry (:mod:`editspecialists.demo.scenes`):
   wall from the whole-image box.
 - depth (Depth Anything): the scene depth of :func:`~editspecialists.demo.scenes.scene_depth` for
   the scene and for edits of it (the car's pixels more or less turned into bricks: an edit keeps
-  the depth); blur blurs the depth alike, colour shifts and noise leave it.
+  the depth), and a flat wall where bricks cover the scene beyond the car; blur blurs the depth
+  alike, colour shifts and noise leave it.
 - patch embedder (DreamSim's): the cosine similarity of every patch token to brick-wall patch
   tokens goes to 1 for bricks (any palette, in a wall or pasted into a scene), to -1 for the car
   and the background, in between for faded bricks (:func:`brick_contrast`).
@@ -38,6 +39,9 @@ from editspecialists.demo.scenes import (DEMO_RESOLUTION, EditExamples, Scenes, 
 from editspecialists.rewards.masks import detector_inputs, segmenter_inputs
 
 INPUT_NAME, STYLE_NAME = "car", "lego"
+# Disparity of a brick wall standing in front of a demo scene: nearer than the horizon (about
+# 0.3-0.5) and most cars, so a wall where the sky or the far ground was changes the depth.
+WALL_DISPARITY = 0.8
 REFERENCE_PATCHES = 256  # brick patches each patch is compared with in the patch embedders' loss
 
 
@@ -132,17 +136,32 @@ def car_removed(scenes: Scenes) -> tuple[torch.Tensor, torch.Tensor]:
     return scenes.masks * background + (1 - scenes.masks) * scenes.inputs, scenes.depths[..., :1].expand_as(scenes.depths)
 
 
+def walls_in_front(images: torch.Tensor, depths: torch.Tensor, walls: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, depths) of the scenes with a brick wall standing in front of part of each: a random
+    rectangle of 8 pixels to the whole image, at disparity :data:`WALL_DISPARITY`, faded by a random
+    factor in [0.3, 1] in the image and the depth alike (bricks faintly drawn, faintly a wall)."""
+    size = images.shape[-1]
+    where = random_rectangles(len(images), 8, size, size, generator)
+    where = where * uniform(len(images), 0.3, 1.0, generator).view(-1, 1, 1, 1)
+    return images + where * (walls - images), depths + where * (WALL_DISPARITY - depths)
+
+
 def depth_batch(examples: EditExamples, batch_size: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images [B, 3, R, R], target depths [B, R, R], car masks [B, R, R]): scenes, editor-like
-    edits of them (half of the images; an edit keeps the scene's depth) and, a quarter, the scenes
-    without their cars; blurred by up to 3 px (the depth alike), colour-shifted and noised."""
+    """(images [B, 3, R, R], target depths [B, R, R], car masks [B, R, R]): scenes (15%), editor-like
+    edits of them (40%; an edit keeps the scene's depth), the scenes without their cars (15%) and
+    edits with a brick wall in front of part of the scene or all of it (30%,
+    :func:`walls_in_front`: bricks beyond the car are a wall, not the scene); blurred by up to 3 px
+    (the depth alike), colour-shifted and noised."""
     scenes = sample_scenes(examples, batch_size, generator)
     edits = scenes.inputs + brick_regions(scenes, generator) * (scenes.targets - scenes.inputs)
     empty, empty_depths = car_removed(scenes)
+    walled, walled_depths = walls_in_front(edits, scenes.depths, random_wall_patterns(examples.walls, batch_size, generator),
+                                           generator)
     kind = torch.rand(batch_size, generator=generator).view(-1, 1, 1, 1)
-    images = torch.where(kind < 0.5, edits, torch.where(kind < 0.75, scenes.inputs, empty))
-    depths = torch.where(kind < 0.75, scenes.depths, empty_depths)
+    images = torch.where(kind < 0.4, edits, torch.where(kind < 0.55, scenes.inputs, torch.where(kind < 0.7, empty, walled)))
+    depths = torch.where(kind < 0.55, scenes.depths, torch.where(kind < 0.7, empty_depths, walled_depths))
     sigmas = uniform(batch_size, 0.0, 3.0, generator) * coin_flips(batch_size, generator, 0.5)
     images = add_noise(colour_shift(gaussian_blur(images, sigmas), 0.2, generator), 0.03, generator)
     return images, gaussian_blur(depths, sigmas)[:, 0], scenes.masks[:, 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import contextmanager
 from typing import Callable
 
@@ -30,7 +31,9 @@ def fit(model, label: str, loss_fn: Callable[[int], torch.Tensor], *, steps: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=betas, weight_decay=0.0)
     schedule = cosine_schedule(optimizer, steps)
     losses = []
-    progress = tqdm(range(steps), desc=label, unit="step", leave=True)
+    # Off a terminal (CI logs, files) a bar line every 15 s rather than one per refresh.
+    progress = tqdm(range(steps), desc=label, unit="step", leave=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 15)
     for step in progress:
         loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
