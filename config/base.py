@@ -128,7 +128,7 @@ def get_config():
     # Feedback models kept on the CPU and moved to the GPU only to score each epoch's edits (after
     # sampling, not overlapped with it): less GPU memory, a host-device copy per epoch.
     reward.offload = False
-    reward.standardize = "batch"  # scores standardised over each sampling batch, or "epoch"
+    reward.standardize = "batch"  # scores standardised over each sampling batch, or "epoch", "input"
     reward.mask_fallback = "whole_box"  # no detection: SAM on the whole-image box, or "ones"
 
     # ---- held-out validation (ours; README "Held-out validation") ----

@@ -65,4 +65,9 @@ def get_config(preset: str = ""):
         config.num_epochs = 12
     elif preset:
         raise ValueError(f"unknown demo preset {preset!r}: use '' or 'brightness'")
+    else:
+        # The full method at 1e-3 drifts: its policy leaves the clip band within two epochs and
+        # its held-out reconstruction grows (+0.02 after 25 epochs) with no semantic gain; at 3e-4
+        # the held-out semantic score improves steadily (README, "Does the full method learn").
+        config.train.learning_rate = 3e-4
     return config

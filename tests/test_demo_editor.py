@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from editspecialists.demo.images import write_demo_images
 from editspecialists.demo.assets import demo_paths
 from editspecialists.demo.editor import pretrain_demo_editor
-from editspecialists.demo.fitting import torch_threads
+from editspecialists.demo.fitting import WeightAverage, torch_threads
 from editspecialists.demo.scenes import car_mask, demo_training_images, image_tensor, resize
 
 PROMPT = "turn the car into lego"
@@ -74,6 +74,23 @@ def test_same_seed_gives_identical_weights_whatever_the_callers_thread_count(tin
     first, second = saved_weights(tmp_path / "a"), saved_weights(tmp_path / "b")
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_the_weight_average_follows_its_formula_and_is_written_into_the_model():
+    """average_k = decay · average_(k-1) + (1 − decay) · weights_k from the initial weights."""
+    model = torch.nn.Linear(3, 2)
+    initial = [param.detach().clone() for param in model.parameters()]
+    average = WeightAverage(model, decay=0.9)
+    expected = [param.clone() for param in initial]
+    for step in range(1, 4):
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(1.0)
+        average.update()
+        expected = [0.9 * before + 0.1 * (start + step) for before, start in zip(expected, initial)]
+    assert all(torch.equal(param, start + 3) for param, start in zip(model.parameters(), initial))
+    average.copy_to()
+    assert all(torch.allclose(param, value) for param, value in zip(model.parameters(), expected))
 
 
 @pytest.mark.slow

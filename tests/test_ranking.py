@@ -13,6 +13,7 @@ from editspecialists.training.ranking import (
     plackett_luce_loss,
     preference_loss,
     rank_edits,
+    round_for_ties,
     sampling_batch_of_rows,
     standardization_groups,
     standardize,
@@ -31,8 +32,8 @@ def test_gathered_rows_belong_to_the_sampling_batch_of_their_process():
     assert sampling_batch_of_rows([2, 1], num_processes=2).tolist() == [0, 0, 1, 0, 0, 1]
     assert standardization_groups("batch", [2, 1], 2).tolist() == [0, 0, 1, 0, 0, 1]
     assert standardization_groups("epoch", [2, 1], 2).tolist() == [0] * 6
-    with pytest.raises(ValueError, match="reward.standardize must be one of .*'batch', 'epoch'.* got 'input'"):
-        standardization_groups("input", [2, 1], 2)
+    with pytest.raises(ValueError, match="reward.standardize must be one of .*'batch', 'epoch', 'input'.* got 'sample'"):
+        standardization_groups("sample", [2, 1], 2)
 
 
 def test_standardize_per_group_uses_each_groups_rows_only():
@@ -88,6 +89,24 @@ def test_batch_and_epoch_standardisation_by_hand(mode):
     order, _ = rank_edits(combined)
     first_input_best = 0 if mode == "batch" else 1  # over the epoch, batch 0's spread of a drowns
     assert order[0, 0].item() == first_input_best
+
+
+def test_input_standardisation_prefers_only_edits_better_on_every_score():
+    """Per input, each score of two edits is ±1/√2 whatever its spread: a wide semantic gap no
+    longer outweighs a narrow structural one. Scores that disagree tie (no preference), also when
+    their spreads differ by orders of magnitude (the std's rounding, and the 1e-8 added to it,
+    differ with the spread)."""
+    scores = {"semantic": torch.tensor([[0.2, 0.9], [0.2, 0.9], [0.3, 0.31], [0.1, 0.101]]),
+              "structural": torch.tensor([[0.01, 0.02], [0.02, 0.01], [0.5, 0.2], [0.7, 0.3]])}
+    groups = standardization_groups("input", [2, 2], num_processes=1)
+    assert groups.tolist() == [0, 1, 2, 3]
+    combined = combine_scores(scores, {"semantic": 1.0, "structural": 1.0}, {"semantic": True, "structural": True},
+                              groups)
+    torch.testing.assert_close(combined[0], torch.tensor([-math.sqrt(2), math.sqrt(2)]))
+    order, has_preference = rank_edits(round_for_ties(combined))
+    assert has_preference.tolist() == [True, False, False, False]
+    assert order[0].tolist() == [0, 1]
+    assert (combined[1:].diff(dim=1) != 0).any()  # unrounded, disagreeing scores do not tie exactly
 
 
 def test_rank_best_first_and_ties_carry_no_preference():

@@ -15,8 +15,8 @@ that double as a small example of InstructPix2Pix training:
    each dropped with probability ``cond_dropout`` (and both together too), so that the
    pipeline's two-scale classifier-free guidance has unconditional branches to work with.
 
-Everything runs at ``DEMO_RESOLUTION`` (32 px images, 16×16 latents) on one CPU thread, in a few
-minutes. The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
+Everything runs at ``DEMO_RESOLUTION`` (32 px images, 16×16 latents) on two CPU threads, in about
+five minutes. The edit target is random (any brick wall may land on the car), so sampled edits differ in colour
 and brightness, which gives a preference trainer something to rank.
 """
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from editspecialists.data.dataset import PROMPT_TEMPLATES
-from editspecialists.demo.fitting import fit, torch_threads
+from editspecialists.demo.fitting import WeightAverage, fit, torch_threads
 from editspecialists.demo.images import INPUT_NAME, STYLE_NAME
 from editspecialists.demo.scenes import (DEMO_RESOLUTION, EditExamples, demo_training_images, edit_examples,
                                          random_wall_patterns, sample_edit_pairs)
@@ -83,16 +83,20 @@ def autoencoder_batch(examples: EditExamples, batch_size: int, generator: torch.
 
 
 def train_vae(vae, examples: EditExamples, *, steps: int, batch_size: int, learning_rate: float,
-              generator: torch.Generator) -> list[float]:
+              latent_noise: float, generator: torch.Generator) -> list[float]:
     """Train ``vae`` in place as an autoencoder of ``2x - 1`` images; returns the per-step loss.
 
-    Loss = MSE(decode(posterior mode), image). The pipelines only ever use the posterior mode, so
-    the log-variance head and a KL term are left out; :func:`latent_scaling_factor` then fixes the
-    latent scale.
+    Loss = MSE(decode(posterior mode + latent_noise · std(mode) · ε), image), ε standard normal.
+    The pipelines only ever use the posterior mode, so the log-variance head and a KL term are
+    left out; :func:`latent_scaling_factor` then fixes the latent scale. The noise teaches the
+    decoder to turn the inexact latents a diffusion model samples into clean images (without it,
+    a briefly trained decoder draws their errors as a grid).
     """
     def loss(step: int) -> torch.Tensor:
         images = 2 * autoencoder_batch(examples, batch_size, generator) - 1
-        return F.mse_loss(vae.decode(vae.encode(images).latent_dist.mode()).sample, images)
+        latents = vae.encode(images).latent_dist.mode()
+        noise = torch.randn(latents.shape, generator=generator)
+        return F.mse_loss(vae.decode(latents + latent_noise * latents.detach().std() * noise).sample, images)
 
     return fit(vae, "demo editor: vae", loss, steps=steps, learning_rate=learning_rate, betas=(0.9, 0.99))
 
@@ -151,9 +155,11 @@ def encode_edit_pairs(vae, examples: EditExamples, count: int, generator: torch.
 
 def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty_embed: torch.Tensor,
                alphas_cumprod: torch.Tensor, *, steps: int, batch_size: int, learning_rate: float,
-               cond_dropout: float, max_weight: float, generator: torch.Generator) -> list[float]:
-    """Train ``unet`` in place on epsilon prediction of the encoded edit pairs; returns the losses
-    (the weighted objective, see :func:`timestep_weights` for ``max_weight``).
+               cond_dropout: float, max_weight: float, ema_decay: float,
+               generator: torch.Generator) -> list[float]:
+    """Train ``unet`` in place on epsilon prediction of the encoded edit pairs, then give it the
+    moving average of its weights (``ema_decay``, :class:`~editspecialists.demo.fitting.WeightAverage`);
+    returns the losses (the weighted objective, see :func:`timestep_weights` for ``max_weight``).
 
     instruction_embeds: [P, L, D], one random instruction per example; empty_embed: [1, L, D], the
     empty prompt that replaces a dropped instruction (as the pipeline's unconditional branches).
@@ -174,29 +180,35 @@ def train_unet(unet, pairs: EditLatents, instruction_embeds: torch.Tensor, empty
         prediction = unet(model_input, timesteps, encoder_hidden_states=prompts).sample
         return (weights[timesteps] * (prediction - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
-    return fit(unet, "demo editor: unet", loss, steps=steps, learning_rate=learning_rate)
+    average = WeightAverage(unet, ema_decay)
+    losses = fit(unet, "demo editor: unet", loss, steps=steps, learning_rate=learning_rate, after_step=average.update)
+    average.copy_to()
+    return losses
 
 
 def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
                          cars: Sequence[Image.Image], walls: Sequence[Image.Image], *,
                          seed: int = 0, resolution: int = DEMO_RESOLUTION,
                          vae_steps: int = 300, vae_batch_size: int = 16, vae_learning_rate: float = 2e-3,
-                         num_pairs: int = 2048,
-                         unet_steps: int = 450, unet_batch_size: int = 32, unet_learning_rate: float = 2e-3,
-                         cond_dropout: float = 0.05, max_weight: float = 10.0,
-                         instructions: Sequence[str] | None = None, num_threads: int = 1) -> DemoEditorReport:
+                         vae_latent_noise: float = 0.2, num_pairs: int = 2048,
+                         unet_steps: int = 900, unet_batch_size: int = 32, unet_learning_rate: float = 2e-3,
+                         cond_dropout: float = 0.05, max_weight: float = 10.0, ema_decay: float = 0.99,
+                         instructions: Sequence[str] | None = None, num_threads: int = 2) -> DemoEditorReport:
     """Pretrain the tiny InstructPix2Pix pipeline in ``pipeline_folder`` on CPU; save it to ``out_folder``.
 
     cars: demo car scenes (as drawn by :func:`editspecialists.demo.images.draw_car`: the car mask is
     recovered from the two-tone background); walls: brick "style" images. Both are resized to
-    ``resolution`` px. Stage 1 trains the VAE (``vae_steps`` steps), stage 2 the UNet on
-    ``num_pairs`` pre-encoded edit pairs (``unet_steps`` steps, loss weights capped at
-    ``max_weight``). ``instructions`` defaults to the templates filled with "car" / "lego". Text
+    ``resolution`` px. Stage 1 trains the VAE (``vae_steps`` steps, latents noised by
+    ``vae_latent_noise``), stage 2 the UNet on ``num_pairs`` pre-encoded edit pairs
+    (``unet_steps`` steps, loss weights capped at ``max_weight``, weights averaged with
+    ``ema_decay``). ``instructions`` defaults to the templates filled with "car" / "lego". Text
     encoder, tokenizer and scheduler are kept. Float results depend on the number of torch
     threads, so training runs with ``num_threads`` whatever the caller set: the same arguments give
-    the same weights in any process on the same machine. One thread is the default: these tiny
-    models gain little from two, and on a busy machine two threads waiting for each other ran 5×
-    slower (measured 2026-12-01, 2-core machine at load 7). Returns the measurements.
+    the same weights in any process on the same machine. Two threads are the default: a UNet step
+    (batch 32) takes 0.32 s with two, 0.45 s with one on an idle 2-core machine (2026-12-06), and
+    900 steps, which the demo's edits need to show bricks on the car, fit the asset budget only
+    with two; on a machine busy with other jobs two threads waiting for each other can run several
+    times slower than one (5× at load 7, 2026-12-01). Returns the measurements.
     """
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
@@ -209,7 +221,8 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
         report = DemoEditorReport()
 
         report.vae_losses = train_vae(pipe.vae, examples, steps=vae_steps, batch_size=vae_batch_size,
-                                      learning_rate=vae_learning_rate, generator=generator)
+                                      learning_rate=vae_learning_rate, latent_noise=vae_latent_noise,
+                                      generator=generator)
         report.vae_reconstruction_mse = reconstruction_mse(pipe.vae, examples.cars)
         report.scaling_factor = latent_scaling_factor(pipe.vae, autoencoder_batch(examples, 256, generator))
         pipe.vae.register_to_config(scaling_factor=report.scaling_factor)
@@ -222,7 +235,8 @@ def pretrain_demo_editor(pipeline_folder: str | Path, out_folder: str | Path,
         report.unet_losses = train_unet(pipe.unet, pairs, instruction_embeds, empty_embed,
                                         pipe.scheduler.alphas_cumprod.float(), steps=unet_steps,
                                         batch_size=unet_batch_size, learning_rate=unet_learning_rate,
-                                        cond_dropout=cond_dropout, max_weight=max_weight, generator=generator)
+                                        cond_dropout=cond_dropout, max_weight=max_weight, ema_decay=ema_decay,
+                                        generator=generator)
 
         pipe.save_pretrained(out_folder)
         write_ip2p_scheduler_config(Path(out_folder))  # keep the real repo's file verbatim

@@ -119,14 +119,13 @@ class DreamSimPatches:
         """
         from dreamsim import dreamsim
         from dreamsim.config import dreamsim_args
-
-        from editspecialists.model_ids import hub_offline
+        from huggingface_hub import constants as hub_constants
 
         variant, folder = dreamsim_source(model_id, cache_dir)
         if variant not in DREAMSIM_FILES:
             raise ValueError(f"DreamSim variant {variant!r} has no patch model; use one of {', '.join(DREAMSIM_FILES)}")
         missing = missing_dreamsim_files(variant, folder)
-        if missing and hub_offline():
+        if missing and hub_constants.HF_HUB_OFFLINE:
             raise FileNotFoundError(f"DreamSim {variant}: {folder} lacks {', '.join(missing)} and HF_HUB_OFFLINE=1 "
                                     f"forbids downloading them: {DREAMSIM_FETCH}")
         folder.mkdir(parents=True, exist_ok=True)

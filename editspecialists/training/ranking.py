@@ -2,7 +2,8 @@
 
 Pure tensor functions: the trainer gathers scores across processes before calling them.
 Scores are standardised per group of gathered rows (``reward.standardize``): ``"batch"`` (the
-original) groups the rows of each sampling batch, ``"epoch"`` puts every row of the epoch in one.
+original) groups the rows of each sampling batch, ``"epoch"`` puts every row of the epoch in one,
+``"input"`` makes each row (one input's edits) its own group.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-STANDARDIZE_MODES = ("batch", "epoch")
+STANDARDIZE_MODES = ("batch", "epoch", "input")
 # The largest log-ratio whose ratio exp(ρ) is finite in fp32 (log of float32's largest value, ≈ 88.72).
 FP32_EXP_LIMIT = math.log(torch.finfo(torch.float32).max)
 
@@ -30,11 +31,19 @@ def sampling_batch_of_rows(batch_sizes: Sequence[int], num_processes: int) -> to
 
 
 def standardization_groups(mode: str, batch_sizes: Sequence[int], num_processes: int) -> torch.Tensor:
-    """Group ``(N,)`` of each gathered row: its sampling batch (``"batch"``) or 0 (``"epoch"``)."""
+    """Group ``(N,)`` of each gathered row: its sampling batch (``"batch"``), 0 (``"epoch"``) or
+    the row itself (``"input"``).
+
+    ``"input"`` weighs every score by how much it separates the edits of one input, whatever it
+    varies between inputs; with nb_gen = 2 each standardised score is ±1/√2, so two scores
+    that disagree cancel (a tie: no preference) and only edits better on both are preferred.
+    """
     if mode == "batch":
         return sampling_batch_of_rows(batch_sizes, num_processes)
     if mode == "epoch":
         return torch.zeros(sum(batch_sizes) * num_processes, dtype=torch.long)
+    if mode == "input":
+        return torch.arange(sum(batch_sizes) * num_processes)
     raise ValueError(f"reward.standardize must be one of {STANDARDIZE_MODES}, got {mode!r}")
 
 
@@ -68,6 +77,13 @@ def combine_scores(scores: dict[str, torch.Tensor], weights: dict[str, float],
         term = sign * float(weight) * standardize_per_group(scores[name].float(), groups)
         combined = term if combined is None else combined + term
     return combined
+
+
+def round_for_ties(combined: torch.Tensor, decimals: int = 4) -> torch.Tensor:
+    """(N, G) combined costs rounded to ``decimals``. Standardised per input (``"input"``), each
+    score of an input's two edits is ±1/√2 up to its last bits (the std depends on the scores'
+    difference), so two scores that disagree must tie exactly, not by a rounding error."""
+    return combined.round(decimals=decimals)
 
 
 def rank_edits(combined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
