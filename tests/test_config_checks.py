@@ -153,7 +153,7 @@ def test_every_evaluation_key_refuses_a_value_of_no_kind(key):
     ("reward.batch_size", 0, "reward.batch_size must be >= 1, got 0"),
     ("reward.dtype", "fp64", "reward.dtype must be one of ['fp32', 'fp16', 'bf16'], got 'fp64'"),
     ("reward.overlap", None, "reward.overlap must be True or False, got None"),
-    ("reward.standardize", "global", "reward.standardize must be one of ['batch', 'epoch'], got 'global'"),
+    ("reward.standardize", "global", "reward.standardize must be one of ['batch', 'epoch', 'input'], got 'global'"),
     ("reward.mask_fallback", "none", "reward.mask_fallback must be one of ['whole_box', 'ones'], got 'none'"),
     ("val.fraction", 1.0, "val.fraction must be in [0, 1), got 1.0"),
     ("val.seeds", 0, "val.seeds must be >= 1, got 0"),
