@@ -35,7 +35,8 @@ def get_config(preset: str = ""):
     config.allow_tf32 = False
     # The demo's figures (README) were measured with these two, the defaults before issue 14 (the
     # original's are seed 0 and peft's default LoRA init, with which the brightness preset learns
-    # more slowly at this learning rate: mean brightness 0.737 instead of 0.797 at epoch 11).
+    # more slowly at this learning rate: mean brightness 0.737 instead of 0.797 at epoch 11, with
+    # the demo editor of 2026-12-01).
     config.seed = 42
     config.lora_init = "gaussian"
     config.pretrained.model = paths["policy"]
