@@ -75,7 +75,8 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.average, [param.detach() for param in self.parameters], 1 - self.decay)
+        for param, average in zip(self.parameters, self.average):
+            average.lerp_(param.detach(), 1 - self.decay)
 
     @torch.no_grad()
     def copy_to(self) -> None:
