@@ -13,6 +13,7 @@ from editspecialists.training.ranking import (
     plackett_luce_loss,
     preference_loss,
     rank_edits,
+    ranking_costs,
     round_for_ties,
     sampling_batch_of_rows,
     standardization_groups,
@@ -103,10 +104,13 @@ def test_input_standardisation_prefers_only_edits_better_on_every_score():
     combined = combine_scores(scores, {"semantic": 1.0, "structural": 1.0}, {"semantic": True, "structural": True},
                               groups)
     torch.testing.assert_close(combined[0], torch.tensor([-math.sqrt(2), math.sqrt(2)]))
-    order, has_preference = rank_edits(round_for_ties(combined))
+    assert (combined[1:].diff(dim=1) != 0).any()  # unrounded, disagreeing scores do not tie exactly
+    costs = ranking_costs(scores, {"semantic": 1.0, "structural": 1.0}, {"semantic": True, "structural": True},
+                          "input", [2, 2], num_processes=1)
+    torch.testing.assert_close(costs, round_for_ties(combined), atol=0, rtol=0)
+    order, has_preference = rank_edits(costs)
     assert has_preference.tolist() == [True, False, False, False]
     assert order[0].tolist() == [0, 1]
-    assert (combined[1:].diff(dim=1) != 0).any()  # unrounded, disagreeing scores do not tie exactly
 
 
 def test_rank_best_first_and_ties_carry_no_preference():

@@ -295,9 +295,13 @@ def train_epochs_skipped(monkeypatch) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, first_input_order", [("batch", [0, 1]), ("epoch", [1, 0])])
+@pytest.mark.parametrize("mode, first_input_order, preferences", [
+    ("batch", [0, 1], [True] * 4),
+    ("epoch", [1, 0], [True] * 4),
+    ("input", [0, 1], [False, True, False, True]),  # inputs 0 and 2: a and b disagree, a tie
+])
 def test_scores_are_standardised_per_sampling_batch_or_over_the_epoch(tiny_ip2p_path, tmp_path, monkeypatch,
-                                                                      mode, first_input_order):
+                                                                      mode, first_input_order, preferences):
     from tests.test_ranking import TWO_BATCHES
 
     for name, table in TWO_BATCHES.items():  # batch k of the epoch gets rows 2k, 2k + 1 of the table
@@ -312,7 +316,7 @@ def test_scores_are_standardised_per_sampling_batch_or_over_the_epoch(tiny_ip2p_
     (order, has_preference), = seen
     # by hand in test_ranking: only the first input's ranking depends on the grouping
     assert order.tolist() == [first_input_order, [0, 1], [0, 1], [0, 1]]
-    assert has_preference.all()
+    assert has_preference.tolist() == preferences
 
 
 @pytest.fixture(scope="module")

@@ -86,6 +86,15 @@ def round_for_ties(combined: torch.Tensor, decimals: int = 4) -> torch.Tensor:
     return combined.round(decimals=decimals)
 
 
+def ranking_costs(scores: dict[str, torch.Tensor], weights: dict[str, float], lower_is_better: dict[str, bool],
+                  mode: str, batch_sizes: Sequence[int], num_processes: int) -> torch.Tensor:
+    """(N, G) combined cost of gathered scores {name: (N, G)}, standardised per ``mode`` group
+    (:func:`standardization_groups`), rounded for ties in mode ``"input"`` (:func:`round_for_ties`)."""
+    groups = standardization_groups(mode, batch_sizes, num_processes)
+    combined = combine_scores(scores, weights, lower_is_better, groups)
+    return round_for_ties(combined) if mode == "input" else combined
+
+
 def rank_edits(combined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Order each input's edits best-first by combined cost.
 

@@ -42,8 +42,8 @@ from editspecialists.training.gather import gather_list, gather_object
 from editspecialists.training.launch import console_line, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
-from editspecialists.training.ranking import (RatioStats, combine_scores, micro_step_is_usable, preference_loss,
-                                              rank_edits, round_for_ties, standardization_groups)
+from editspecialists.training.ranking import (RatioStats, micro_step_is_usable, preference_loss, rank_edits,
+                                              ranking_costs)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
 from editspecialists.training.within_epoch import EpochSamples, StopTraining, load_samples, save_samples
 from editspecialists.training.validation import (HELD_OUT_ROLE, Validation, ValidationSet, describe_validation,
@@ -725,10 +725,8 @@ def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: lis
 
     gathered = {name: accelerator.gather(value.contiguous()) for name, value in scores.items()}
     weights = dict(reward.weights)
-    groups = standardization_groups(reward.standardize, batch_sizes, accelerator.num_processes)
-    combined = combine_scores(gathered, weights, {n: SCORES[n].lower_is_better for n in weights}, groups)
-    if reward.standardize == "input":
-        combined = round_for_ties(combined)
+    combined = ranking_costs(gathered, weights, {n: SCORES[n].lower_is_better for n in weights},
+                             reward.standardize, batch_sizes, accelerator.num_processes)
     return (gathered, *rank_edits(combined))
 
 
