@@ -63,7 +63,9 @@ def test_naive_baseline_samples_the_same_distribution(tiny_root):
     for step in trajectories.trainable.nonzero().flatten():
         recomputed = transition_log_probs(models.policy, models.scheduler, trajectories, step.view(1),
                                           models.cond.empty_embeds, scales=models.scales)
-        torch.testing.assert_close(recomputed, trajectories.log_probs[:, :, step], atol=1e-5, rtol=0)
+        # float32 rounding of UNet passes batched differently (torch 2.6 measured 1.6e-5 on a value near 2):
+        # a ratio within 3e-5 of 1, far inside the clip band (train.eps 0.1)
+        torch.testing.assert_close(recomputed, trajectories.log_probs[:, :, step], atol=1e-5, rtol=1e-5)
 
 
 def test_the_feedback_alone_is_measured_on_random_edits(tiny_root):

@@ -3,10 +3,12 @@ are listed as dotted keys."""
 
 import logging
 import warnings
+from pathlib import Path
 
 import ml_collections
 import pytest
 
+import editspecialists
 from editspecialists.config_keys import flat_items
 from editspecialists.training.launch import CHATTY_LOGGERS, setup_logging
 from tests.test_demo_runs import launch
@@ -83,9 +85,15 @@ def test_console_is_quiet_by_default_and_verbose_brings_the_rest_back(logging_st
 
     setup_logging(verbose=False)
     assert log_lines() == ["epoch 0 done", "warning: something to act on"]
+    ours = str(Path(editspecialists.__file__).parent / "training" / "x.py")
     for lineno in (12, 80):  # pytest records warnings.warn; the console's hook is called as Python would
-        warnings.showwarning(FutureWarning("`x` is deprecated;\n use y"), FutureWarning, "/lib/site/x.py", lineno)
-    assert capsys.readouterr().err.splitlines() == ["warning: `x` is deprecated; use y (FutureWarning from x.py:12)"]
+        warnings.showwarning(FutureWarning("`x` is deprecated;\n use y"), FutureWarning, ours, lineno)
+        warnings.showwarning(UserWarning("odd config"), UserWarning, "/lib/site/x.py", lineno)
+    # a library's notice about its own code (open_clip 2.26 importing timm.models.layers): --verbose only
+    warnings.showwarning(FutureWarning("Importing from timm.models.layers is deprecated"), FutureWarning,
+                         "/lib/site/timm/models/layers/__init__.py", 49)
+    assert capsys.readouterr().err.splitlines() == ["warning: `x` is deprecated; use y (FutureWarning from x.py:12)",
+                                                    "warning: odd config (UserWarning from x.py:12)"]
     assert not transformers.utils.logging.is_progress_bar_enabled()
     assert not diffusers.utils.logging.is_progress_bar_enabled()
     assert not huggingface_hub.utils.are_progress_bars_disabled(), "downloads keep their bars"

@@ -29,6 +29,23 @@ def test_build_all_returns_every_role_folder_with_its_files(built, tiny_root):
     assert adapter["target_modules"] == ["qkv"] and adapter["r"] == 4
 
 
+def test_the_dreamsim_adapter_config_is_short_and_loads_without_a_warning(built):
+    """Only DreamSim's keys and PEFT's non-defaults, as in DreamSim's release checkpoints: a cache built
+    with the newest PEFT loads without warnings in the oldest that setup.py admits (CI runs both)."""
+    import warnings
+
+    from peft import LoraConfig
+
+    adapter = Path(built["dreamsim"]) / "dinov2_vitb14_patch_lora"
+    saved = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(saved) == {"auto_mapping", "bias", "inference_mode", "lora_alpha", "lora_dropout", "peft_type", "r",
+                          "target_modules"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = LoraConfig.from_pretrained(str(adapter))
+    assert (config.r, config.lora_alpha, config.target_modules) == (4, 4, {"qkv"})
+
+
 def test_build_all_reuses_the_cache(built, tiny_root):
     stamp = (Path(built["depth"]) / "model.safetensors").stat().st_mtime_ns
     assert feedback_standins.build_all(tiny_root) == built

@@ -31,7 +31,7 @@ BUILDER_VERSIONS = {
     "build_detector": 2,
     "build_segmenter": 2,
     "build_depth": 3,
-    "build_dreamsim": 2,
+    "build_dreamsim": 3,
 }
 # Builders whose output is made from other builders' output: they rebuild when those change.
 BUILT_FROM = {"build_demo_editor": ("build_tiny_ip2p", "write_demo_images")}

@@ -472,9 +472,30 @@ def build_dreamsim(folder: Path, seed: int = 0, steps: int | None = None) -> Non
                                       training.training_examples(seed), training_settings("dreamsim", steps),
                                       torch.Generator().manual_seed(seed))
         embedder.model.save_pretrained(adapter)
+        keep_adapter_config_short(adapter / "adapter_config.json")
         backbone = embedder.model.unload().extractor_list[0].model
         for path in (folder / "checkpoints" / DREAMSIM_BACKBONE_FILE, folder / DREAMSIM_BACKBONE_FILE):
             torch.save(backbone.state_dict(), path)
+
+
+# The adapter_config.json keys DreamSim reads itself, besides PEFT's.
+DREAMSIM_ADAPTER_KEYS = ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")
+
+
+def keep_adapter_config_short(path: Path) -> None:
+    """Rewrite a LoRA ``adapter_config.json`` with DreamSim's keys and those whose values differ from
+    PEFT's defaults, as the short files of DreamSim's release checkpoints are.
+
+    PEFT writes every field it knows; an older PEFT (setup.py admits 0.18) warns about each field it
+    does not know, at every load. The short file reads the same in every version.
+    """
+    from peft import LoraConfig
+
+    defaults = json.loads(json.dumps(LoraConfig().to_dict(), default=str))
+    saved = json.loads(path.read_text())
+    kept = {key: value for key, value in saved.items()
+            if key in DREAMSIM_ADAPTER_KEYS or key == "peft_type" or value != defaults.get(key)}
+    path.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
 
 
 BUILDERS = {

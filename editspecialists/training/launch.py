@@ -23,13 +23,27 @@ class ConsoleFormatter(logging.Formatter):
 
 
 _warnings_shown: set[str] = set()
+# Our code: the package and the scripts folder of a checkout.
+OUR_FOLDERS = (Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[2] / "scripts")
+
+
+def is_another_librarys_deprecation(category: type, filename: str) -> bool:
+    """Whether a warning is a deprecation notice (DeprecationWarning, FutureWarning) that a library
+    raises about code outside ours, such as its own import of another library's old module path:
+    news for that library's developers, nothing our user can act on. Notices about calls made from
+    our code are attributed to our files and are not among them."""
+    path = Path(filename).resolve()
+    return (issubclass(category, (DeprecationWarning, FutureWarning))
+            and not any(folder in path.parents for folder in OUR_FOLDERS))
 
 
 def show_warning_once(message, category, filename, lineno, file=None, line=None) -> None:
     """A Python warning as one console line, the first time its text comes up (another library's
-    warning repeats at every model load): ``warning: <text> (<category> from <file>:<line>)``."""
+    warning repeats at every model load): ``warning: <text> (<category> from <file>:<line>)``.
+    Other libraries' deprecation notices about their own code are left to ``--verbose``
+    (:func:`is_another_librarys_deprecation`)."""
     text = " ".join(str(message).split())
-    if text not in _warnings_shown:
+    if text not in _warnings_shown and not is_another_librarys_deprecation(category, filename):
         _warnings_shown.add(text)
         logging.getLogger("py.warnings").warning("%s (%s from %s:%d)", text, category.__name__,
                                                  Path(filename).name, lineno)
