@@ -148,7 +148,7 @@ def get_config():
 
 
 def models_config():
-    """Feedback and evaluation model ids (SPEC §9); each may be a hub id or a local folder."""
+    """Feedback and evaluation model ids (docs/method.md §9); each may be a hub id or a local folder."""
     models = ml_collections.ConfigDict()
     models.detector = "IDEA-Research/grounding-dino-tiny"  # open-vocabulary detector (masks)
     models.segmenter = "facebook/sam2-hiera-large"  # SAM 2 (masks from boxes), as the original

@@ -1,4 +1,4 @@
-"""Evaluation configuration for ``scripts/evaluate.py`` (SPEC §7–§9).
+"""Evaluation configuration for ``scripts/evaluate.py`` (docs/method.md §7–§9).
 
 Presets: ``--config config/eval.py`` (real models, hub ids) or ``--config config/eval.py:demo``
 (tiny local models and the demo images, no download). Override any key on the command line, e.g.

@@ -5,9 +5,9 @@ and meanings."""
 from __future__ import annotations
 
 import difflib
+import dis
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,9 +16,13 @@ from typing import Callable
 from absl import flags
 
 from editspecialists.config_keys import flat_items, key_meanings
+from editspecialists.model_ids import ModelIdError
 from editspecialists.stopping import Stopped
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+SCRIPTS_DIR = PACKAGE_DIR.parent / "scripts"
+# The line after an error line in a launch of several processes (see exit_with_message).
+LAUNCH_REPORT_NOTE = "(rank {rank} of {world_size}: the launcher's report of this failed process follows)"
 HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
 # What ml_collections raises when a config file fails to load or an override fails to apply.
 CONFIG_ERRORS = (KeyError, AttributeError, OSError, ValueError)
@@ -48,7 +52,7 @@ def define_config_flag(default: str, help_text: str, name: str = "config"):
 def run_script(main: Callable, usage: str, config_flag: str | None = "config") -> None:
     """``absl.app.run(main)`` for the scripts, where config and input errors end the program with
     the message alone (``error: ...`` on stderr, exit status 2 for the command line, 1 for input
-    found bad while running) instead of a traceback, a run stopped by a signal
+    found bad while running, :func:`is_input_error`) instead of a traceback, a run stopped by a signal
     (:class:`~editspecialists.stopping.Stopped`) with its one line and status 128 + the signal,
     ``--help`` lists the config keys, and the console is set up before ``main`` runs (quiet, or
     everything with ``--verbose``).
@@ -58,7 +62,7 @@ def run_script(main: Callable, usage: str, config_flag: str | None = "config") -
     """
     from absl import app
 
-    from editspecialists.training.launch import setup_logging
+    from editspecialists.launch import setup_logging
 
     def parse(argv: list[str]) -> list[str]:
         return parse_command_line(argv, usage, config_flag)
@@ -72,7 +76,7 @@ def run_script(main: Callable, usage: str, config_flag: str | None = "config") -
                 exit_with_message(str(stop), status=stop.status, prefix="")
             sys.exit(stop.status)
         except (ValueError, OSError) as error:
-            if not raised_by_us(error):
+            if not is_input_error(error):
                 raise
             exit_with_message(str(error), status=1)
 
@@ -190,58 +194,48 @@ def load_config_file(argument: str):
     return config_flags.ConfigFileFlagParser(name="config").parse(argument)
 
 
+def is_input_error(error: BaseException) -> bool:
+    """Whether ``error`` (a ValueError or OSError) is shortened to its message: a check of ours
+    refused a config value or an input (:func:`raised_by_us`, a :class:`ModelIdError`), or a file
+    named by the input is missing, a folder or not readable. Any other, a package's own included,
+    keeps its traceback."""
+    path_errors = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    return (isinstance(error, ModelIdError) or raised_by_us(error)
+            or (isinstance(error, path_errors) and error.filename is not None))
+
+
 def raised_by_us(error: BaseException) -> bool:
-    """Whether the innermost frame of ``error``'s traceback is in this package: a check of ours
-    refused a config value or an input (a bug elsewhere keeps its traceback)."""
+    """Whether a ``raise`` statement of this package or of its scripts raised ``error`` (the
+    innermost frame of its traceback), not a call from there into another package or into C."""
     frame = error.__traceback__
     if frame is None:
         return False
     while frame.tb_next is not None:
         frame = frame.tb_next
-    return Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+    code = frame.tb_frame.f_code
+    path = Path(code.co_filename).resolve()
+    if not (path.is_relative_to(PACKAGE_DIR) or path.is_relative_to(SCRIPTS_DIR)):
+        return False
+    return any(op.offset == frame.tb_lasti and op.opname == "RAISE_VARARGS" for op in dis.get_instructions(code))
 
 
 def exit_with_message(message: str, status: int, prefix: str = "error: ") -> None:
     """End the program with ``prefix`` + ``message`` on stderr and ``status``.
 
-    In a launch of several processes the launcher prints its own failure report after ours, so
-    the first local process leaves the message to a small process that prints it once the
-    launcher has exited (our message is then the last line); the other local processes wait to be
-    stopped by the launcher, and report only if they are not (their error is theirs alone).
+    In a launch of several processes accelerate's own report of the failed process, which cannot
+    be turned off there, follows on stderr, and a second line, :data:`LAUNCH_REPORT_NOTE`, says
+    so. Every process of a launch fails alike on a bad command line or input: the first local
+    process reports at once, the others first wait to be stopped by the launcher and report only
+    if they are not (their error is then theirs alone).
     """
     text = f"{prefix}{message}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:
             time.sleep(10)
-        subprocess.Popen([sys.executable, "-c", _PRINT_AFTER_EXIT, str(os.getppid()), text],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-    else:
-        print(text, file=sys.stderr)
+        text += "\n" + LAUNCH_REPORT_NOTE.format(rank=os.environ.get("RANK", "?"), world_size=world_size)
+    print(text, file=sys.stderr, flush=True)
     sys.exit(status)
-
-
-# Run as ``python -c``: waits (at most 5 minutes) until process argv[1] has exited or is a zombie,
-# then prints argv[2] on stderr.
-_PRINT_AFTER_EXIT = """
-import os, sys, time
-pid, text = int(sys.argv[1]), sys.argv[2]
-def gone():
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-deadline = time.monotonic() + 300
-while not gone() and time.monotonic() < deadline:
-    time.sleep(0.05)
-print(text, file=sys.stderr, flush=True)
-"""
 
 
 def command_with(overrides: dict[str, str]) -> str:

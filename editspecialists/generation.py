@@ -48,13 +48,14 @@ from editspecialists.data.edit_plan import edit_name, plan_edits
 from editspecialists.data.images import UnreadableImageError, load_image, read_rgb, readable_images, tensor_to_image
 from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFFIX, read_manifest,
                                           write_manifest, write_then_rename)
+from editspecialists.diffusion.bundle import EditModelSpec
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.pipeline import use_xformers_attention
 from editspecialists.precision import cuda_fp16_autocast
-from editspecialists.specialist import folder as export
+from editspecialists.formats import export
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
 from editspecialists.stopping import StopOnSignal, Stopped, signal_name
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
@@ -119,14 +120,15 @@ def check_one_model(folder: Path, manifest: dict[str, dict], model: dict) -> Non
 
 def load_editor(config, device) -> EditSpecialistPipeline:
     """The specialist of ``config.load_checkpoint`` (else the base model ``pretrained.model``) on
-    ``device`` in fp32, sampling with ``pretrained.scheduler`` (xformers attention with ``use_xformers``)."""
+    ``device`` in fp32, sampling with ``pretrained.scheduler`` (xformers attention with ``use_xformers``),
+    without its per-batch progress bar (generate.py shows one over the batches)."""
     if config.load_checkpoint:
         editor = EditSpecialistPipeline.from_checkpoint(config.load_checkpoint, scheduler=config.pretrained.scheduler)
     else:
-        editor = EditSpecialistPipeline.from_base(config.pretrained.model, revision=config.pretrained.revision,
-                                                  scheduler=config.pretrained.scheduler)
+        editor = EditSpecialistPipeline.untrained(EditModelSpec.from_config(config))
     if config.use_xformers:
-        use_xformers_attention(editor.denoiser.unet, editor.vae)
+        use_xformers_attention(editor.unet, editor.vae)
+    editor.set_progress_bar_config(disable=True)
     return editor.to(device)
 
 
@@ -215,8 +217,7 @@ def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_i
         print(f"all edits already exist in {folder} (--config.overwrite=True redoes them)")
         return folder
     editor = load_editor(config, device)
-    scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
-                            config.sample.style_image_guidance_scale)
+    scales = GuidanceScales.from_config(config.sample)
     size = config.data_resize
     with StopOnSignal("finishing the current batch of edits, then stopping") as stop:
         for start in tqdm(range(0, len(todo), config.sample.batch_size), desc="editing"):

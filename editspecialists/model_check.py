@@ -2,11 +2,13 @@
 on one image through the production function that uses it, one at a time, as a table; then the
 estimated GPU memory of a training run.
 
-Rows (those the configuration uses): the policy (``load_pipeline`` + ``build_policy``, two
-sampling steps and one training micro-step), Grounded-SAM2 masks (``MaskPredictor``: detection and
-segmentation of one box), depth (``DepthEstimator``), the semantic patch embedder
-(``load_patch_embedder``), and the evaluation families of :mod:`editspecialists.evaluation.families`
-(CLIP, DINOv2, DreamSim, HPSv2, PickScore, ImageReward). Each model is freed before the next loads.
+Rows (those the configuration uses): the policy (the trainer's ``build_edit_model``, two
+sampling steps and one training micro-step); each feedback model the config's scores need
+(:func:`~editspecialists.rewards.registry.model_needs`: depth, the semantic patch embedder,
+Grounded-SAM2 masks with detection and segmentation of one box, and a registered score's own models,
+each through its :class:`~editspecialists.rewards.needs.ModelNeed`); and the evaluation's masks,
+depth and families of :mod:`editspecialists.evaluation.families` (CLIP, DINOv2, DreamSim, HPSv2,
+PickScore, ImageReward). Each model is freed before the next loads.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import gc
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
 from editspecialists.evaluation.families import evaluation_model_keys
-from editspecialists.model_ids import ModelIdError, explain_loading, first_line, model_ids_of, validate_model_ids
-from editspecialists.rewards.registry import SEMANTIC_BACKBONE_KEYS, feedback_model_keys
+from editspecialists.model_ids import (MEMORY_FIX, ModelIdError, explain_loading, first_line, model_ids_of,
+                                       out_of_memory, validate_model_ids)
+from editspecialists.rewards.masks import MASK_KEYS
+from editspecialists.rewards.needs import DEPTH, ModelNeed, check_masks
+from editspecialists.rewards.registry import feedback_model_keys, model_needs
 from editspecialists.precision import DTYPES, dtype_named, mixed_precision_dtype
 
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -62,52 +66,41 @@ class ModelCheck:
 
 
 def load_policy(ctx: CheckContext):
-    """The trainer's models: pipeline, encoders in the mixed-precision dtype, the LoRA (or full) policy."""
-    from editspecialists.diffusion.pipeline import load_pipeline, place_encoders
-    from editspecialists.diffusion.policy import build_policy
+    """The trainer's edit model (:func:`~editspecialists.diffusion.bundle.build_edit_model` of the config)."""
+    from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
 
-    config = ctx.config
-    weight_dtype = mixed_precision_dtype(config.mixed_precision)
-    pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
-                         scheduler=config.pretrained.scheduler)
-    place_encoders(pipe, ctx.device, weight_dtype)
-    pipe.unet.to(ctx.device)
-    policy = build_policy(pipe.unet, use_lora=config.use_lora, lora_rank=config.lora_rank,
-                          lora_alpha=config.lora_alpha, frozen_dtype=weight_dtype)
-    return SimpleNamespace(policy=policy, vae=pipe.vae, text_encoder=pipe.text_encoder,
-                           tokens=SimpleNamespace(tokenizer=pipe.tokenizer, scheduler=pipe.scheduler),
-                           weight_dtype=weight_dtype)
+    return build_edit_model(EditModelSpec.from_config(ctx.config), ctx.device)
 
 
-def run_policy(parts, ctx: CheckContext) -> None:
+def run_policy(model, ctx: CheckContext) -> None:
     """Two sampling steps for ``sample.nb_gen`` edits of the image, then one training micro-step
     (loss and backward of the trainer) on them, under the trainer's autocast."""
-    from editspecialists.benchmarks.micro_step import training_micro_step
-    from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-    from editspecialists.diffusion.pipeline import encode_images, encode_prompts
+    from editspecialists.training.micro_step import training_micro_step
     from editspecialists.diffusion.sampler import sample_edits
 
     config, device = ctx.config, ctx.device
-    tokenizer, scheduler = parts.tokens.tokenizer, parts.tokens.scheduler
-    scheduler.set_timesteps(2, device=device)
-    latents = encode_images(parts.vae, ctx.image).float()
-    empty = encode_prompts(tokenizer, parts.text_encoder, [""]).float()
-    cond = EditConditioning(latents, latents, encode_prompts(tokenizer, parts.text_encoder, [ctx.prompt]).float(),
-                            empty)
-    scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
-                            config.sample.style_image_guidance_scale)
-    autocast = ((lambda: torch.autocast(device.type, dtype=parts.weight_dtype))
-                if parts.weight_dtype != torch.float32 else nullcontext)
-    trajectories = sample_edits(parts.policy, scheduler, parts.vae, cond, nb_gen=config.sample.nb_gen,
-                                scales=scales, eta=config.sample.eta,
+    model.scheduler.set_timesteps(2, device=device)
+    cond = model.conditioning(ctx.image, ctx.image, [ctx.prompt])
+    autocast = ((lambda: torch.autocast(device.type, dtype=model.frozen_dtype))
+                if model.frozen_dtype != torch.float32 else nullcontext)
+    trajectories = sample_edits(model.policy, model.scheduler, model.vae, cond, nb_gen=config.sample.nb_gen,
+                                scales=model.scales, eta=config.sample.eta,
                                 generator=torch.Generator(device).manual_seed(0), autocast=autocast)
     step_index = trajectories.trainable.nonzero().flatten()[:1]
-    parts.policy.train()
-    training_micro_step(parts.policy, scheduler, trajectories, step_index, empty, scales=scales,
+    model.policy.train()
+    training_micro_step(model.policy, model.scheduler, trajectories, step_index, model.empty_embeds, scales=model.scales,
                         autocast=autocast, eps=config.train.eps, beta=config.train.beta)
 
 
-def load_masks(ctx: CheckContext):
+def need_check(need: ModelNeed) -> ModelCheck:
+    """The row of a feedback model: loaded as its scores load it (in ``reward.dtype``), one image
+    through ``need.check``."""
+    return ModelCheck(need.role, need.keys, lambda ctx: need.load_frozen(ctx.config, ctx.device, ctx.feedback_dtype),
+                      lambda model, ctx: need.check(model, ctx.image, ctx.config))
+
+
+def load_evaluation_masks(ctx: CheckContext):
+    """The mask models with the detector thresholds of training or evaluation configs."""
     from editspecialists.rewards.masks import MaskPredictor
 
     models = ctx.config.models
@@ -117,31 +110,8 @@ def load_masks(ctx: CheckContext):
 
 
 def run_masks(predictor, ctx: CheckContext) -> None:
-    """Masks of the input name (detection), and the segmenter on the central box of the image
-    (it runs whether or not the detector found a box)."""
-    side = ctx.image.shape[-1]
-    predictor(ctx.image, ctx.config.input_name)
-    with torch.inference_mode():
-        predictor.segment(ctx.image, [torch.tensor([[side / 4, side / 4, 3 * side / 4, 3 * side / 4]])])
-
-
-def load_depth(ctx: CheckContext):
-    from editspecialists.rewards.depth import DepthEstimator
-
-    return DepthEstimator.from_pretrained(ctx.config.models.depth, device=ctx.device, dtype=ctx.feedback_dtype)
-
-
-def load_semantic(ctx: CheckContext):
-    from editspecialists.rewards.features import load_patch_embedder
-    from editspecialists.rewards.registry import semantic_model_id
-
-    model_id, options = semantic_model_id(ctx.config)
-    return load_patch_embedder(ctx.config.reward.semantic_backbone, model_id, device=ctx.device,
-                               dtype=ctx.feedback_dtype, **options)
-
-
-def call_on_image(model, ctx: CheckContext) -> None:
-    model(ctx.image)
+    """Detection and segmentation of the check image (:func:`~editspecialists.rewards.needs.check_masks`)."""
+    check_masks(predictor, ctx.image, ctx.config)
 
 
 def evaluation_families(*names: str) -> Callable[[CheckContext], list]:
@@ -168,11 +138,9 @@ def run_families(families: list, ctx: CheckContext) -> None:
 
 
 POLICY = ModelCheck("policy", ("pretrained.model",), load_policy, run_policy)
-CHECKS = (
-    POLICY,
-    ModelCheck("masks", ("models.detector", "models.segmenter"), load_masks, run_masks),
-    ModelCheck("depth", ("models.depth",), load_depth, call_on_image),
-    ModelCheck("semantic", (), load_semantic, call_on_image),  # keys: the semantic backbone's
+EVALUATION_CHECKS = (
+    ModelCheck("masks", MASK_KEYS, load_evaluation_masks, run_masks),
+    need_check(DEPTH),
     ModelCheck("dreamsim", ("models.dreamsim",), evaluation_families("semantic", "dreamsim_patches"), run_families),
     ModelCheck("clip", ("models.clip",), evaluation_families("clip", "clip_patches"), run_families),
     ModelCheck("dino", ("models.dino",), evaluation_families("dino_patches"), run_families),
@@ -185,9 +153,13 @@ CHECKS = (
 )
 
 
+def is_training_config(config) -> bool:
+    return "reward" in config and "pretrained" in config
+
+
 def training_keys(config) -> list[str]:
     """Config keys of the models a training run of ``config`` loads: the policy, then feedback."""
-    return ["pretrained.model", *feedback_model_keys(config)] if "reward" in config and "pretrained" in config else []
+    return ["pretrained.model", *feedback_model_keys(config)] if is_training_config(config) else []
 
 
 def evaluation_keys(config) -> list[str]:
@@ -197,25 +169,22 @@ def evaluation_keys(config) -> list[str]:
     return evaluation_model_keys(metrics, config.whole_frame)
 
 
+def download_keys(config, with_eval: bool) -> list[str]:
+    """Config keys of the models ``download_repos.sh`` fetches: a training run's
+    (:func:`training_keys`), and with ``with_eval`` an evaluation's."""
+    return list(dict.fromkeys([*training_keys(config), *(evaluation_keys(config) if with_eval else [])]))
+
+
 def planned_checks(config) -> list[tuple[ModelCheck, str]]:
-    """``[(check, use)]`` for the rows the configuration uses; ``use``: ``train``, ``eval`` or
-    ``train+eval``. The semantic row gets its backbone's key; the evaluation's DreamSim row is
-    left out when the semantic row already loads DreamSim."""
-    training, evaluation = training_keys(config), evaluation_keys(config)
-    backbone = config.reward.semantic_backbone if "reward" in config else ""
-    semantic_keys = tuple(key for key in training if key == SEMANTIC_BACKBONE_KEYS.get(backbone))
-    planned = []
-    for check in CHECKS:
-        if check.name == "semantic":
-            if not semantic_keys:
-                continue
-            check = ModelCheck(check.name, semantic_keys, check.load, check.run)
-        elif check.name == "dreamsim" and semantic_keys == check.keys:
-            continue
-        uses = [use for use, keys in (("train", training), ("eval", evaluation)) if set(check.keys) <= set(keys)]
-        if uses:
-            planned.append((check, "+".join(uses)))
-    return planned
+    """``[(check, use)]`` for the rows the configuration uses, ``use`` ``train``, ``eval`` or
+    ``train+eval``: the policy and a row per feedback model of the config's scores
+    (:func:`model_needs`), then the evaluation's rows whose models no training row loads."""
+    evaluation = set(evaluation_keys(config))
+    training = [POLICY, *map(need_check, model_needs(config))] if is_training_config(config) else []
+    trained = {key for check in training for key in check.keys}
+    planned = [(check, "train+eval" if set(check.keys) <= evaluation else "train") for check in training]
+    return planned + [(check, "eval") for check in EVALUATION_CHECKS
+                      if set(check.keys) <= evaluation and not set(check.keys) <= trained]
 
 
 # ------------------------------------------------------------------------------ running a check
@@ -240,20 +209,21 @@ class CheckResult:
         return not self.error
 
 
-def resident_modules(obj, depth: int = 3) -> list[torch.nn.Module]:
-    """The torch modules an object of this package holds (its attributes, ``depth`` levels down
-    through objects and lists of this package)."""
+def resident_modules(obj, depth: int = 3, loaded: bool = True) -> list[torch.nn.Module]:
+    """The torch modules a loaded object holds (its attributes, ``depth`` levels down through
+    lists and objects of this package; the ``loaded`` object itself may be of any package, a
+    registered score's own model say)."""
     if isinstance(obj, torch.nn.Module):
         return [obj]
     if depth == 0:
         return []
     if isinstance(obj, (list, tuple)):
         values = list(obj)
-    elif isinstance(obj, SimpleNamespace) or type(obj).__module__.startswith("editspecialists"):
+    elif hasattr(obj, "__dict__") and (loaded or type(obj).__module__.startswith("editspecialists")):
         values = list(vars(obj).values())
     else:
         return []
-    found = [module for value in values for module in resident_modules(value, depth - 1)]
+    found = [module for value in values for module in resident_modules(value, depth - 1, loaded=False)]
     return list({id(module): module for module in found}.values())
 
 
@@ -284,7 +254,7 @@ def describe(result: CheckResult, loaded) -> None:
 def run_check(check: ModelCheck, use: str, ctx: CheckContext) -> CheckResult:
     """Validate the row's ids, load them (errors explained by role and id), run one image; the
     models are freed before returning."""
-    from editspecialists.benchmarks.measuring import PeakMemory, synchronize
+    from editspecialists.memory import PeakMemory, synchronize
 
     config = ctx.config
     ids = model_ids_of(config, check.keys)
@@ -301,6 +271,8 @@ def run_check(check: ModelCheck, use: str, ctx: CheckContext) -> CheckResult:
             try:
                 check.run(loaded, ctx)
             except Exception as error:
+                if out_of_memory(error) is not None:
+                    raise
                 labels = ", ".join(f"role {role}: {model_id}" for role, model_id in ids.items())
                 raise ModelIdError(f"{labels}: loaded as {result.classes}, but one image through it failed "
                                    f"({first_line(error)}): the model does not fit its loader") from error
@@ -308,6 +280,12 @@ def run_check(check: ModelCheck, use: str, ctx: CheckContext) -> CheckResult:
         result.peak_mib = peak.megabytes
     except ModelIdError as error:
         result.error = str(error)
+    except Exception as error:  # out of memory fails the row; anything else keeps its traceback
+        memory = out_of_memory(error)
+        if memory is None:
+            raise
+        result.error = (str(memory) if loaded is None else
+                        f"out of memory running one image through {check.name} ({first_line(memory)}): {MEMORY_FIX}")
     finally:
         result.seconds = time.perf_counter() - start
         del loaded

@@ -13,9 +13,11 @@ mistakes become one line naming the role and the id, with what to do:
   folder given as ``models.dreamsim``) lacks while ``HF_HUB_OFFLINE=1`` forbids downloading them.
 
 :func:`validate_model_ids` finds these before anything loads (no network: the hub cache is read
-only in offline mode); :func:`explain_loading` turns any error raised while loading into a
-:class:`ModelIdError` with the same kind of line. ``scripts/check_models.py`` shows both per
-model; training, generation and evaluation reuse them.
+only in offline mode); :func:`explain_loading` turns an error raised while loading that says the
+files cannot be loaded (a missing or unreadable file, a hub or download error, a config or weights
+file its loader refuses) into a :class:`ModelIdError` with the same kind of line. Out of memory
+stays out of memory, with what holds less, and any other error keeps its traceback.
+``scripts/check_models.py`` shows both per model; training, generation and evaluation reuse them.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ KINDS = {
 REQUIRED_FILES = {"pretrained.model": ("model_index.json", "diffusers pipeline folder (save_pretrained layout)")}
 
 OFFLINE_FIX = "run download_repos.sh (with --eval for the evaluation models) or unset HF_HUB_OFFLINE"
+MEMORY_FIX = ("to hold less: bf16 models (reward.dtype=bf16 for the feedback models, dtype=bf16 in "
+              "evaluation, mixed_precision=bf16 for the policy), reward.offload=True, or fewer processes "
+              "per GPU; scripts/check_models.py estimates the memory each model holds")
+# Errors of a loader that mean the files of an id cannot be loaded, besides OSError (a missing or
+# unreadable file, hub and connection errors), ValueError and KeyError (a config it refuses), by
+# class name: the hub's missing file, safetensors', httpx's connection errors, a bad pickle.
+LOADING_ERROR_NAMES = {"EntryNotFoundError", "SafetensorError", "SafetensorsParsingError", "TransportError",
+                       "UnpicklingError"}
 
 class ModelIdError(ValueError):
     """A configured model id that cannot be loaded; the message names the role and the id."""
@@ -298,19 +308,53 @@ def loading_error_message(role: str, ids: Mapping[str, str], error: BaseExceptio
     return problem or _failure(f"role {role}: {model_id}", _is_local(model_id), error)
 
 
+def is_loading_error(error: BaseException) -> bool:
+    """Whether ``error`` says that a model's files cannot be loaded: an OSError, ValueError or
+    KeyError, one of :data:`LOADING_ERROR_NAMES`, or torch's weights that do not fit the model."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return (isinstance(error, (OSError, ValueError, KeyError)) or bool(names & LOADING_ERROR_NAMES)
+            or str(error).startswith("Error(s) in loading state_dict"))
+
+
+def out_of_memory(error: BaseException) -> BaseException | None:
+    """The out-of-memory error of ``error``'s chain: Python's MemoryError, torch's OutOfMemoryError
+    (CUDA's), or a RuntimeError saying so (the CPU allocator's, MPS's); None if it has none."""
+    import torch
+
+    for link in _error_chain(error):
+        if isinstance(link, (MemoryError, torch.OutOfMemoryError)) or (
+                type(link) is RuntimeError and ("out of memory" in str(link) or "can't allocate memory" in str(link))):
+            return link
+    return None
+
+
 @contextlib.contextmanager
 def explain_loading(ids: Mapping[str, str], revisions: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Around the loading of the models of ``ids`` (``{role: id}``): an error becomes a
-    :class:`ModelIdError` (chained to it) naming the failed role and id and what to do. The role
-    is the one whose id the error text mentions; when it mentions none (or several), every role
-    with an :func:`id_problem` is named, else all of them together."""
+    """Around the loading of the models of ``ids`` (``{role: id}``): an error that says the files
+    cannot be loaded (:func:`is_loading_error`) becomes a :class:`ModelIdError` (chained to it)
+    naming the failed role and id and what to do. The role is the one whose id the error text
+    mentions; when it mentions none (or several), every role with an :func:`id_problem` is named,
+    else all of them together. Out of memory is raised again as the same class, chained to the
+    error, naming the roles and what holds less memory; any other error passes unchanged."""
     revisions = revisions or {}
     try:
         yield
     except ModelIdError:
         raise
     except Exception as error:
+        memory = out_of_memory(error)
+        if memory is not None:
+            raise type(memory)(f"out of memory while loading {_roles_label(ids)} ({first_line(memory)}): "
+                               f"{MEMORY_FIX}") from error
+        if not is_loading_error(error):
+            raise
         raise ModelIdError(_explain(ids, revisions, error)) from error
+
+
+def _roles_label(ids: Mapping[str, str]) -> str:
+    """``role a (id)``, or ``roles a (id), b (id)``."""
+    listed = ", ".join(f"{role} ({model_id})" for role, model_id in ids.items())
+    return f"role {listed}" if len(ids) == 1 else f"roles {listed}"
 
 
 def _explain(ids: Mapping[str, str], revisions: Mapping[str, str], error: BaseException) -> str:
@@ -322,5 +366,4 @@ def _explain(ids: Mapping[str, str], revisions: Mapping[str, str], error: BaseEx
     problems = problems_of(ids, revisions)
     if problems:
         return "\n".join(problems)
-    label = "roles " + ", ".join(f"{role} ({model_id})" for role, model_id in ids.items())
-    return _failure(label, any(_is_local(model_id) for model_id in ids.values()), error)
+    return _failure(_roles_label(ids), any(_is_local(model_id) for model_id in ids.values()), error)

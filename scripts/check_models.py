@@ -14,7 +14,7 @@ from absl import flags
 
 from editspecialists.model_check import check_models, report
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import prepare_demo_assets
+from editspecialists.demo.assets import prepare_demo_assets
 
 FLAGS = flags.FLAGS
 define_config_flag("config/base.py", "Training or evaluation configuration file.")

@@ -1,4 +1,4 @@
-"""Score a folder of edits with the metrics of SPEC §8, or compare a specialist with its base model.
+"""Score a folder of edits with the metrics of docs/method.md §8, or compare a specialist with its base model.
 
     python scripts/evaluate.py [--config config/eval.py] [--config.key=value ...]
     python scripts/evaluate.py --config config/eval.py:demo   # tiny models, demo data
@@ -13,7 +13,7 @@ nothing.
 from editspecialists.command_line import define_config_flag, run_script
 from editspecialists.evaluation.compare import compare_with_base
 from editspecialists.evaluation.evaluator import evaluate
-from editspecialists.training.launch import prepare_demo_assets
+from editspecialists.demo.assets import prepare_demo_assets
 
 _CONFIG = define_config_flag("config/eval.py", "Evaluation configuration file.")
 

@@ -1,13 +1,14 @@
 """Export a trained specialist as a self-contained folder that loads with
-``EditSpecialistPipeline.from_pretrained(folder)``, offline, without the run folder.
+``EditSpecialistPipeline.from_pretrained(folder)``, offline, without the run folder: a diffusers
+pipeline folder (``DiffusionPipeline.from_pretrained`` reads it too).
 
     python scripts/export.py --config.load_checkpoint=logs/<run> --out=exported/car_lego [--merge_lora]
 
 --config.load_checkpoint takes a checkpoint folder, its weights file or a run folder (its newest
-checkpoint that verifies). --components=reference stores the base model's id and revision instead
-of copying its components. --out must be empty or new (--overwrite replaces its contents). The
-export is written as <out>.tmp and renamed to --out when complete: an export that fails or is
-killed leaves --out as it was.
+checkpoint that verifies). --merge_lora fuses the LoRA into the UNet; by default it is written in
+diffusers' LoRA format beside the UNet. --out must be empty or new (--overwrite replaces its
+contents). The export is written as <out>.tmp and renamed to --out when complete: an export that
+fails or is killed leaves --out as it was.
 """
 
 from absl import flags
@@ -17,17 +18,21 @@ from editspecialists.command_line import define_config_flag, run_script
 FLAGS = flags.FLAGS
 define_config_flag("config/base.py", "Configuration file (its load_checkpoint is exported).")
 flags.DEFINE_string("out", None, "Folder to write the export to (empty or new).", required=True)
-flags.DEFINE_bool("merge_lora", False, "Merge LoRA into the UNet weights (else keep it as an adapter).")
+flags.DEFINE_bool("merge_lora", False, "Fuse LoRA into the UNet weights (else keep it in diffusers' LoRA format).")
 flags.DEFINE_enum("components", "copy", ["copy", "reference"],
-                  "Copy the base pipeline's components, or reference its model id and revision.")
+                  "Only 'copy': an export holds every component of its pipeline ('reference' is refused).")
 flags.DEFINE_bool("overwrite", False, "Replace the contents of a non-empty --out.")
 
 
 def main(_):
     from editspecialists.specialist.pipeline import export_checkpoint
 
+    if FLAGS.components != "copy":
+        raise ValueError("--components=reference is no longer offered: an export is a diffusers pipeline folder "
+                         "holding all its components (the UNet always, for its trained conv_in). Leave out "
+                         "--components")
     folder = export_checkpoint(FLAGS.config.load_checkpoint, FLAGS.out, merge_lora=FLAGS.merge_lora,
-                               components=FLAGS.components, overwrite=FLAGS.overwrite)
+                               overwrite=FLAGS.overwrite)
     print(f"exported to {folder}")
 
 

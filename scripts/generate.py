@@ -11,7 +11,7 @@ from absl import flags
 
 from editspecialists.generation import generate_edits
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import prepare_demo_assets
+from editspecialists.demo.assets import prepare_demo_assets
 
 FLAGS = flags.FLAGS
 define_config_flag("config/base.py", "Generation configuration file.")

@@ -6,7 +6,8 @@
 from absl import flags
 
 from editspecialists.command_line import define_config_flag, run_script
-from editspecialists.training.launch import prepare_demo_assets, process_state
+from editspecialists.demo.assets import prepare_demo_assets
+from editspecialists.launch import process_state
 from editspecialists.training.run_folder import describe_run_folder
 from editspecialists.training.trainer import Trainer
 

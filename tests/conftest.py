@@ -1,10 +1,25 @@
-"""Shared fixtures: tiny models built once in the cache of the demo and reused across test runs."""
+"""Shared fixtures: tiny models built once in the suite's build cache and reused across test runs.
 
+The suite writes only under ``$EDITSPECIALISTS_CACHE`` when it is set (CI sets it), else under a
+folder of the system's temporary directory (:data:`SUITE_CACHE`), never the user's own cache;
+every subprocess a test starts inherits the choice.
+"""
+
+import getpass
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+from editspecialists.demo.cache import CACHE_ENV
+
+SUITE_CACHE = Path(tempfile.gettempdir()) / f"editspecialists-tests-{getpass.getuser()}"
+CACHE_CHOSEN_BY_USER = CACHE_ENV in os.environ
+os.environ.setdefault(CACHE_ENV, str(SUITE_CACHE))
+# Seconds a test may run (pytest.ini's ``timeout`` for the others): end-to-end runs and real sizes.
+TIMEOUTS = {"realsize": 3600, "slow": 1800}
 
 # Tiny models are overhead-bound: one thread per test process avoids oversubscribing small CI
 # machines and is as fast as two.
@@ -13,11 +28,17 @@ torch.set_num_threads(1)
 os.environ["WANDB_MODE"] = "disabled"
 
 
+def pytest_collection_modifyitems(items):
+    """A slow or realsize test without a timeout of its own gets :data:`TIMEOUTS`'."""
+    for item in items:
+        marked = [TIMEOUTS[name] for name in TIMEOUTS if item.get_closest_marker(name)]
+        if marked and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(max(marked)))
+
+
 @pytest.fixture(scope="session")
 def tiny_root() -> Path:
-    """The build cache (``$EDITSPECIALISTS_CACHE`` or ``~/.cache/editspecialists``, absolute:
-    subprocess tests run in other working folders), shared with the demo: what one built, the
-    other reuses."""
+    """The suite's build cache (absolute: subprocess tests run in other working folders)."""
     from editspecialists.demo.cache import default_cache_root
 
     return default_cache_root()

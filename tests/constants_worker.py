@@ -25,7 +25,7 @@ def main():
     # another one is writing
     config = feedback_config(model, demo_root, work / f"{label}_data_{os.environ.get('RANK', '0')}", num_epochs=1)
     config.logdir, config.run_name = str(work), label
-    trainer = Trainer(config)
+    trainer = Trainer(config).load()
     dataset = trainer.dataset
     index = torch.arange(4)
     batch = dataset.batch(index, index % len(dataset.style_files), torch.zeros(4, dtype=torch.long))

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from editspecialists.training import checkpoint as ckpt  # noqa: E402
+from editspecialists.formats import checkpoint as ckpt  # noqa: E402
 from editspecialists.training import trainer as trainer_module  # noqa: E402
 from tests.helpers import tiny_brightness_config  # noqa: E402
 

@@ -54,7 +54,7 @@ def arm(signum: int, point: str) -> None:
 
         patch_after(Trainer, "sample_epoch", lambda self, epoch: epoch == int(value), signum)
     elif kind == "saving":
-        from editspecialists.training import checkpoint
+        from editspecialists.formats import checkpoint
 
         patch_before(checkpoint, "record_hashes", lambda folder: folder.name == value + ".tmp", signum)
     elif kind == "serialize":

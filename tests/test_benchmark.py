@@ -56,7 +56,7 @@ def test_naive_baseline_samples_the_same_distribution(tiny_root):
     """Its recorded log-probs are those the policy assigns to its transitions."""
     settings = BenchSettings(cache=str(tiny_root), **MINIMAL).resolved()
     models = load_models(settings)
-    trajectories = naive_sample_edits(models.policy, models.scheduler, models.pipe.vae, models.cond, nb_gen=2,
+    trajectories = naive_sample_edits(models.policy, models.scheduler, models.vae, models.cond, nb_gen=2,
                                       scales=models.scales, generator=torch.Generator().manual_seed(0))
     assert trajectories.latents.shape[:3] == (1, 2, settings.steps + 1)
     assert not torch.equal(trajectories.latents[:, 0, -1], trajectories.latents[:, 1, -1])

@@ -15,7 +15,8 @@ import torch
 
 from editspecialists.evaluation.families import evaluation_model_keys
 from editspecialists.model_check import CheckResult, ModelCheck, POLICY, estimate_training_memory
-from editspecialists.model_ids import ModelIdError, explain_loading, id_problem, model_ids_of, validate_model_ids
+from editspecialists.model_ids import (MEMORY_FIX, ModelIdError, explain_loading, id_problem, model_ids_of,
+                                       validate_model_ids)
 from editspecialists.rewards.registry import feedback_model_keys
 from tests.helpers import load_config
 from tests.test_demo_runs import launch
@@ -23,9 +24,9 @@ from tests.test_demo_runs import launch
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ROWS = {  # role column -> a class the row must report
     "pretrained.model": "UNet2DConditionModel",
-    "models.detector + models.segmenter": "GroundingDinoForObjectDetection",
     "models.depth": "DepthAnythingForDepthEstimation",
     "models.dreamsim": "",
+    "models.detector + models.segmenter": "GroundingDinoForObjectDetection",
     "models.clip": "CLIPModel",
     "models.dino": "Dinov2Model",
     "models.hps_architecture + models.hps_checkpoint": "CLIP",
@@ -197,7 +198,42 @@ def test_error_among_several_roles_names_the_one_it_mentions(tmp_path):
     assert str(caught.value).startswith(f"role models.segmenter: {segmenter} could not be loaded")
     with pytest.raises(ModelIdError, match="^roles models.detector .*, models.segmenter .* could not be loaded"):
         with explain_loading(ids):
-            raise RuntimeError("shapes do not match")
+            raise OSError("no config.json")
+
+
+def test_weights_that_do_not_fit_the_model_cannot_be_loaded_but_other_errors_pass(tmp_path):
+    """torch's refusal of a state dict is a loading failure; an unknown error (a bug, a kernel's
+    failure) keeps its class and traceback."""
+    ids = {"models.depth": str(tmp_path)}
+    with pytest.raises(ModelIdError, match=f"^role models.depth \\({tmp_path}\\) could not be loaded "
+                                           f"\\(RuntimeError: Error\\(s\\) in loading state_dict for Linear:"):
+        with explain_loading(ids):
+            torch.nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(3, 2), "bias": torch.zeros(2)})
+    unknown = RuntimeError("shapes do not match")
+    with pytest.raises(RuntimeError) as caught:
+        with explain_loading(ids):
+            raise unknown
+    assert caught.value is unknown
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 281474976710656 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_out_of_memory_while_loading_stays_out_of_memory_with_what_holds_less(tmp_path, error):
+    """Not 'could not be loaded': the same class, chained to the error, naming the roles, then
+    the settings that hold less memory."""
+    ids = {"pretrained.model": str(tmp_path)}
+    with pytest.raises(type(error)) as caught:
+        with explain_loading(ids):
+            raise OSError("the loader gave up") from error
+    message = str(caught.value)
+    assert message.startswith(f"out of memory while loading role pretrained.model ({tmp_path}) "
+                              f"({type(error).__name__}: "), message
+    assert message.endswith(MEMORY_FIX) and "reward.offload=True" in message and "mixed_precision=bf16" in message
+    assert not isinstance(caught.value, ModelIdError) and caught.value.__cause__.__cause__ is error
 
 
 @pytest.mark.parametrize("offline", [False, True])
@@ -313,4 +349,36 @@ def test_policy_row_counts_lora_trainables_and_bf16_frozen_weights(tiny_ip2p_pat
                                       and p.dtype == torch.bfloat16) + sum(
         p.numel() * 4 for p in params if not p.requires_grad and p.dtype == torch.float32)
     assert result.dtypes == "bf16+fp32"
-    assert result.classes == "VisualPromptPolicy(UNet2DConditionModel) + AutoencoderKL + CLIPTextModel"
+    assert result.classes == "VisualPromptPolicy(UNet2DConditionModel, StylePromptAttention) + AutoencoderKL + CLIPTextModel"
+
+
+@pytest.mark.parametrize("stage", ["load", "run"])
+def test_a_row_out_of_memory_fails_that_row_and_an_unknown_error_keeps_its_traceback(tmp_path, stage):
+    """The table goes on past a model that does not fit (the row reads out of memory, with what
+    holds less), never 'does not fit its loader'; an unknown error while loading is not hidden in a row."""
+    from editspecialists.model_check import ModelCheck, make_context, run_check
+
+    def failing(error):
+        def fail(*args):
+            raise error
+        return fail
+
+    config = load_config("base")
+    config.models.depth = str(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    ctx = make_context(config, torch.device("cpu"))
+    memory = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    load, run = (failing(memory), None) if stage == "load" else (lambda ctx: torch.nn.Linear(1, 1), failing(memory))
+    result = run_check(ModelCheck("depth", ("models.depth",), load, run), "train", ctx)
+    assert "out of memory" in result.error and result.error.endswith(MEMORY_FIX), result.error
+    assert "does not fit its loader" not in result.error
+
+    bug = RuntimeError("a bug in the check")
+    if stage == "load":
+        with pytest.raises(RuntimeError) as caught:
+            run_check(ModelCheck("depth", ("models.depth",), failing(bug), None), "train", ctx)
+        assert caught.value is bug
+    else:  # a model that loads but fails on one image: the row says so, with the error's first line
+        result = run_check(ModelCheck("depth", ("models.depth",), lambda ctx: torch.nn.Linear(1, 1), failing(bug)),
+                           "train", ctx)
+        assert "one image through it failed (RuntimeError: a bug in the check)" in result.error

@@ -11,7 +11,8 @@ from editspecialists.diffusion.pipeline import load_pipeline
 from editspecialists.diffusion.policy import build_policy
 from editspecialists.diffusion.sampler import sample_edits
 from editspecialists import writing
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
+from editspecialists.training import resume
 from tests.helpers import load_config
 
 
@@ -69,7 +70,7 @@ def test_resolve_picks_the_newest_complete_checkpoint(tmp_path):
         (folder / ckpt.WEIGHTS).write_bytes(b"")
     (tmp_path / "checkpoints" / "checkpoint_0011.tmp").mkdir()
     assert ckpt.resolve_checkpoint(tmp_path).name == "checkpoint_0010"
-    ckpt.prune_checkpoints(tmp_path, keep=1)
+    resume.prune_checkpoints(tmp_path, keep=1)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint_0010"]
 
 
@@ -194,7 +195,7 @@ def test_resuming_an_old_run_keeps_the_behaviour_it_was_trained_with(tmp_path, c
     config = load_config("base")
     config.load_checkpoint, config.num_epochs, config.logdir = str(tmp_path / "run"), 30, str(tmp_path / "logs")
     with caplog.at_level("WARNING"):
-        resumed = ckpt.resumed_config(config, checkpoint)
+        resumed = resume.resumed_config(config, checkpoint)
     assert resumed.lora_init == "gaussian"
     assert resumed.reward.standardize == "epoch"
     assert resumed.reward.mask_fallback == "ones"
@@ -215,7 +216,7 @@ def test_resuming_warns_about_keys_the_run_never_had(tmp_path, caplog):
     del tree["train"]["max_grad_norm"]
     saved.write_text(json.dumps(tree))
     with caplog.at_level("WARNING"):
-        resumed = ckpt.resumed_config(load_config("base"), checkpoint)
+        resumed = resume.resumed_config(load_config("base"), checkpoint)
     assert resumed.train.max_grad_norm == 1.0
     assert "config.json has no train.max_grad_norm; using 1.0" in caplog.text
 
@@ -223,4 +224,4 @@ def test_resuming_warns_about_keys_the_run_never_had(tmp_path, caplog):
 def test_resuming_on_another_base_model_is_still_refused(tmp_path):
     checkpoint = old_run(tmp_path / "run", **{"pretrained.revision": "fp16"})
     with pytest.raises(ValueError, match="pretrained.revision: run 'fp16' vs now 'main'"):
-        ckpt.resumed_config(load_config("base"), checkpoint)
+        resume.resumed_config(load_config("base"), checkpoint)

@@ -1,7 +1,11 @@
 """The scripts' command line: config errors end with one ``error: ...`` line, and the config's keys
 are listed as dotted keys."""
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 
 import editspecialists
 from editspecialists.config_keys import flat_items
-from editspecialists.training.launch import CHATTY_LOGGERS, setup_logging
+from editspecialists.launch import CHATTY_LOGGERS, setup_logging
 from tests.test_demo_runs import launch
 
 
@@ -103,3 +107,57 @@ def test_console_is_quiet_by_default_and_verbose_brings_the_rest_back(logging_st
         "INFO editspecialists.training: epoch 0 done", "INFO accelerate.checkpointing: Optimizer state saved",
         "INFO root: Loaded ViT-H-14 model config.", "WARNING accelerate: something to act on"], lines
     assert transformers.utils.logging.is_progress_bar_enabled() and diffusers.utils.logging.is_progress_bar_enabled()
+
+
+def caught(action) -> BaseException:
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001 - the error is what is tested
+        return error
+    raise AssertionError("nothing raised")
+
+
+def test_input_errors_are_ours_or_a_named_file_and_a_packages_own_error_is_not(tmp_path):
+    from PIL import Image
+
+    from editspecialists.command_line import PACKAGE_DIR, is_input_error
+    from editspecialists.model_ids import validate_model_ids
+    from editspecialists.precision import dtype_named
+
+    assert is_input_error(caught(lambda: dtype_named("fp8", "reward.dtype")))  # a raise of ours
+    assert is_input_error(caught(lambda: validate_model_ids({"models.depth": str(tmp_path / "none")})))
+    assert is_input_error(caught(lambda: Image.open(tmp_path / "none.png")))  # raised in PIL, naming the file
+    assert not is_input_error(caught(lambda: json.loads("{")))  # raised in the json module
+    in_package = compile("int('x')", str(PACKAGE_DIR / "precision.py"), "exec")
+    assert not is_input_error(caught(lambda: exec(in_package))), "our code calling into C is not a raise of ours"
+
+    def reset():
+        raise OSError("connection reset")
+
+    assert not is_input_error(caught(reset))  # raised outside this package, naming no file
+
+
+@pytest.mark.parametrize("body, ends", [
+    ("json.loads('{')", "json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: "
+                        "line 1 column 2 (char 1)"),
+    ("dtype_named('fp8', 'reward.dtype')", "error: reward.dtype must be one of ['bf16', 'fp16', 'fp32'], got 'fp8'"),
+])
+def test_a_packages_value_error_keeps_its_traceback_and_ours_is_one_line(tmp_path, body, ends):
+    script = tmp_path / "script.py"
+    script.write_text("import json\n\nfrom editspecialists.command_line import run_script\n"
+                      "from editspecialists.precision import dtype_named\n\n\n"
+                      f"def main(argv):\n    {body}\n\n\nrun_script(main, 'usage', config_flag=None)\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == ends, result.stderr[-3000:]
+    assert ("Traceback" in result.stderr) == ends.startswith("json."), result.stderr[-3000:]
+
+
+def test_an_error_of_a_launch_of_several_processes_says_the_launchers_report_follows(tmp_path):
+    """Printed at once by the failing process itself, our line then the note."""
+    code = "from editspecialists.command_line import exit_with_message\nexit_with_message('no such folder x', 1)\n"
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: no such folder x", "(rank 0 of 2: the launcher's report of this failed process follows)"]

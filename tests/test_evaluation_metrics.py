@@ -1,4 +1,4 @@
-"""Metric definitions of SPEC §8 / §11 on hand-built patch tokens and embeddings."""
+"""Metric definitions of docs/method.md §8 / §11 on hand-built patch tokens and embeddings."""
 
 import pytest
 import torch
@@ -60,7 +60,7 @@ def test_gen_sty_is_maximal_when_the_edit_region_is_the_style():
 
 
 def _background_similarity_by_hand(edit, source, background):
-    """SPEC §11 written out: for each edit background cell p, mean cos to every input background
+    """docs/method.md §11 written out: for each edit background cell p, mean cos to every input background
     cell q; then the mean over p."""
     cells = background.nonzero().flatten().tolist()
     per_cell = [sum(_cos(edit[p], source[q]) for q in cells) / len(cells) for p in cells]

@@ -1,4 +1,4 @@
-"""The paper-compatible metrics (SPEC §11) of each family, through the tiny real models, against
+"""The paper-compatible metrics (docs/method.md §11) of each family, through the tiny real models, against
 straightforward loops written here, and their variants of ours where they should differ."""
 
 import math
@@ -142,7 +142,7 @@ def test_research_code_slicing_reproduces_the_originals_branches_on_hand_made_fe
     batch = EvalBatch(images["edit"], images["input"], images["style"], ["a lego car"], ["car"], top_row, top_row)
     intended = {"gen_sty": (2 * cosd(0) + 2 * cosd(30)) / 4,  # edit object vs style object
                 "gen_input": (cosd(0) + cosd(60)) / 2}  # edit background vs input background
-    research = {  # SPEC §12, what the original printed under these names
+    research = {  # docs/method.md §12, what the original printed under these names
         "clipSim": {"gen_sty": (cosd(60) + cosd(30) + cosd(90) + cosd(60)) / 4,  # input object vs edit object
                     "gen_input": (cosd(180) + cosd(120)) / 2},  # input background vs style background
         "dinoSim": {"gen_sty": (cosd(60) + cosd(90)) / 2,  # input object vs style object

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from editspecialists import writing
 from editspecialists.command_line import command_with, raised_by_us
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training import run_folder
 from editspecialists.training.tracking import METRICS_FILE, read_metrics
 from editspecialists.training.trainer import Trainer
@@ -66,7 +66,7 @@ def test_a_killed_run_continues_its_folder_with_one_set_of_rows_per_epoch(tiny_i
     assert checkpoint_of(run, 2).with_name("checkpoint_0002.tmp").exists() == (point == "mid_save")
     first_config = (run / "config.json").read_text()
 
-    resumed = Trainer(three_epoch_config(tiny_ip2p_path, tmp_path, run_name="", load_checkpoint=str(run)))
+    resumed = Trainer(three_epoch_config(tiny_ip2p_path, tmp_path, run_name="", load_checkpoint=str(run))).load()
     assert resumed.run_dir == run and resumed.first_epoch == 1
     resumed.run()
 
@@ -96,7 +96,7 @@ def test_a_damaged_checkpoint_is_named_and_a_run_folder_falls_back(tiny_ip2p_pat
     with pytest.raises(ckpt.CheckpointError, match=f"{weights}.* {message}"):
         ckpt.resolve_checkpoint(checkpoint_of(run, 3))
     trainer = Trainer(three_epoch_config(tiny_ip2p_path, tmp_path, run_name="", num_epochs=4,
-                                         load_checkpoint=str(run)))
+                                         load_checkpoint=str(run))).load()
     assert trainer.checkpoint == checkpoint_of(run, 2) and trainer.first_epoch == 2
     assert any("skipping checkpoint_0003" in r.getMessage() and str(weights) in r.getMessage()
                for r in caplog.records)
@@ -157,7 +157,7 @@ def assert_failed_save_message(message: str, folder: Path, reason: str) -> None:
 def test_a_full_disk_stops_the_run_with_the_space_needed_and_free(tiny_ip2p_path, tmp_path, monkeypatch):
     fill_the_disk_at(monkeypatch, 2)
     trainer = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=3,
-                                             save_freq=1))
+                                             save_freq=1)).load()
     with pytest.raises(writing.WriteFailedError) as raised:
         trainer.run()
     run, message = trainer.run_dir, str(raised.value)
@@ -190,7 +190,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_message_and_the_same_command
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1)
     with monkeypatch.context() as patched:
         patched.setattr(safetensors.torch, "serialize_file", serialize_file)
-        trainer = Trainer(config)
+        trainer = Trainer(config).load()
         with pytest.raises(writing.WriteFailedError) as raised:
             trainer.run()
     run, message = trainer.run_dir, str(raised.value)
@@ -199,7 +199,7 @@ def test_a_full_disk_at_the_first_checkpoint_is_one_message_and_the_same_command
     assert "Earlier checkpoints" not in message and NO_SPACE not in message
     assert sorted(p.name for p in (run / ckpt.CHECKPOINTS).iterdir()) == [], "the partial folder is removed"
 
-    again = Trainer(config)
+    again = Trainer(config).load()
     assert again.run_dir == run
     assert any(f"{run} holds a run that stopped before its first checkpoint" in r.getMessage() for r in caplog.records)
     again.run()
@@ -248,7 +248,7 @@ def test_a_real_full_file_system_at_a_checkpoint_loses_nothing(tiny_ip2p_path, t
             fillers.append(fill_leaving(small_file_system, needed + 8192))
 
     monkeypatch.setattr(writing, "check_free_space", check_then_fill)
-    trainer = Trainer(config)
+    trainer = Trainer(config).load()
     with pytest.raises(writing.WriteFailedError) as raised:
         trainer.run()
     run = trainer.run_dir
@@ -259,7 +259,7 @@ def test_a_real_full_file_system_at_a_checkpoint_loses_nothing(tiny_ip2p_path, t
     fillers[0].unlink()
     monkeypatch.setattr(writing, "check_free_space", original)
     resumed = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", small_file_system / "logs",
-                                             num_epochs=2, load_checkpoint=str(run)))
+                                             num_epochs=2, load_checkpoint=str(run))).load()
     resumed.run()
     assert [c.name for c in ckpt.list_checkpoints(run)] == ["checkpoint_0001", "checkpoint_0002"]
 
@@ -332,7 +332,7 @@ def test_a_resume_refused_for_a_forged_state_leaves_no_record_and_runs_nothing(t
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
 
     with pytest.raises(ckpt.CheckpointError) as raised:
-        Trainer(three_epoch_config(tiny_ip2p_path, tmp_path, run_name="", num_epochs=4, load_checkpoint=str(run)))
+        Trainer(three_epoch_config(tiny_ip2p_path, tmp_path, run_name="", num_epochs=4, load_checkpoint=str(run))).load()
     assert str(raised.value).startswith(f"{checkpoint / ckpt.ACCELERATE_STATE} cannot be loaded: UnpicklingError")
     assert "\n" not in str(raised.value) and raised_by_us(raised.value)
     assert not marker.exists()

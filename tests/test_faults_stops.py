@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.within_epoch import samples_file
 from tests.helpers import REPO, tiny_brightness_args
@@ -41,10 +41,14 @@ def train_with_signals(plan: str, args: list[str], launcher: list[str] = (), **e
 
 
 def resume_command(stderr: str, message: str) -> str:
-    """The command of the last stderr line, which must be ``message`` followed by it."""
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith(message), last
-    return last[len(message):]
+    """The command of the one stderr line that is ``message`` followed by it: the last line, or in a
+    launch of several processes the line before the note that the launcher's report follows."""
+    lines = stderr.strip().splitlines()
+    found = [i for i, line in enumerate(lines) if line.startswith(message)]
+    assert len(found) == 1, stderr[-3000:]
+    after = lines[found[0] + 1:]
+    assert not after or after[0].endswith("the launcher's report of this failed process follows)"), after[:1]
+    return lines[found[0]][len(message):]
 
 
 def same_weights(first: Path, second: Path) -> bool:

@@ -82,7 +82,7 @@ def test_detector_and_segmenter_see_each_image_once_per_run_and_masks_are_shown(
     # a threshold no box reaches: every image falls back, as with a name the images do not show
     config = feedback_config(tiny_ip2p_path, demo_assets_root, tmp_path, num_epochs=3,
                              **{"reward.box_threshold": 1.0})
-    trainer = Trainer(config)
+    trainer = Trainer(config).load()
     start_line = capsys.readouterr().err
     run = trainer.run()
 

@@ -11,7 +11,7 @@ from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import list_images, load_image
 from editspecialists.data.edit_plan import image_seed
 from editspecialists.generation import generate_edits, planned_edits, read_manifest
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.trainer import Trainer
 from tests.helpers import tiny_brightness_config
 

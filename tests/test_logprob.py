@@ -11,6 +11,7 @@ from editspecialists.diffusion.logprob import (
     euler_ancestral_step_with_logprob,
     scale_model_input,
     step_is_stochastic,
+    step_with_logprob,
 )
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -137,12 +138,22 @@ def test_low_precision_model_output_is_stepped_in_fp32():
 def test_unsupported_scheduler_is_refused():
     from diffusers import PNDMScheduler
 
-    from editspecialists.diffusion.logprob import step_with_logprob
-
     scheduler = PNDMScheduler(**SD_BETAS)
     scheduler.set_timesteps(4)
     with pytest.raises(ValueError, match="PNDMScheduler"):
         step_with_logprob(scheduler, torch.zeros(1, 4, 2, 2), scheduler.timesteps[0], torch.zeros(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize("family", [EulerAncestralDiscreteScheduler, DDIMScheduler])
+def test_a_timestep_outside_the_schedule_is_refused(family):
+    """Not looked up as step 0: refused, naming the timestep and the schedule's timesteps."""
+    scheduler = make(family)
+    timesteps = torch.stack([scheduler.timesteps[2], torch.tensor(5.0), scheduler.timesteps[0]])
+    sample = torch.zeros(3, 4, 2, 2)
+    with pytest.raises(ValueError, match=r"^timesteps \[5(\.0)?\] are not among the scheduler's timesteps \["):
+        step_with_logprob(scheduler, sample, timesteps, sample)
+    with pytest.raises(ValueError, match=r"^timesteps \[5(\.0)?\] are not"):
+        step_with_logprob(scheduler, sample[:1], torch.tensor(5.0), sample[:1])
 
 
 @pytest.mark.parametrize("family", [EulerAncestralDiscreteScheduler, DDIMScheduler])

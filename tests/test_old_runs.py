@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.trainer import Trainer
 from tests.helpers import tiny_brightness_config
 
@@ -30,7 +30,7 @@ def test_an_old_run_resumes_with_its_lora_init_standardisation_and_mask_fallback
                                     lora_init="default", load_checkpoint=str(tmp_path / "old" / "run"))
     assert (config.reward.standardize, config.reward.mask_fallback) == ("batch", "whole_box")
 
-    trainer = Trainer(config)
+    trainer = Trainer(config).load()
     assert trainer.first_epoch == 1
     used = trainer.config
     assert (used.lora_init, used.reward.standardize, used.reward.mask_fallback) == ("gaussian", "epoch", "ones")

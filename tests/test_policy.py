@@ -1,4 +1,4 @@
-"""Visual-prompt policy construction and its frozen reference (SPEC §2)."""
+"""Visual-prompt policy construction and its frozen reference (docs/method.md §2)."""
 
 import pytest
 import torch
@@ -116,7 +116,7 @@ def test_rejects_a_non_ip2p_unet(pipe):
 
 
 def test_four_branches_are_built_as_the_spec_table_says(pipe):
-    """Guided ε equals the SPEC §2 formula over four separate UNet calls, one per branch, on a
+    """Guided ε equals the docs/method.md §2 formula over four separate UNet calls, one per branch, on a
     policy whose style channels matter; distinct scales so any mixed-up branch or term shows."""
     policy = build_policy(pipe.unet, use_lora=True)
     perturb_style_path(policy)
@@ -188,14 +188,11 @@ def test_unknown_lora_init_names_the_key(pipe):
     ("without_lora", False, True), ("without_lora", True, False),
     ("always", True, True), ("never", False, False)])
 def test_gradient_checkpointing_follows_the_setting(tiny_ip2p_path, setting, use_lora, expected):
-    from ml_collections import ConfigDict
+    from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
 
-    from editspecialists.diffusion.policy import policy_from_config
-
-    config = ConfigDict({"use_lora": use_lora, "lora_rank": 4, "lora_alpha": 4, "lora_init": "default",
-                         "gradient_checkpointing": setting})
-    policy = policy_from_config(load_pipeline(str(tiny_ip2p_path)).unet, config)
-    assert policy.unet.is_gradient_checkpointing == expected
+    spec = EditModelSpec(str(tiny_ip2p_path), use_lora=use_lora, lora_rank=4, lora_alpha=4,
+                         gradient_checkpointing=setting)
+    assert build_edit_model(spec).policy.unet.is_gradient_checkpointing == expected
 
 
 def test_unknown_gradient_checkpointing_names_the_key(pipe):

@@ -1,4 +1,4 @@
-"""Standardisation, ranking and the clipped Plackett–Luce loss (SPEC §5)."""
+"""Standardisation, ranking and the clipped Plackett–Luce loss (docs/method.md §5)."""
 
 import math
 

@@ -105,7 +105,7 @@ def run_ip2p(root: Path) -> dict:
     training micro-step on its stochastic step. At initialisation policy = reference: loss = log 2."""
     import torch
 
-    from editspecialists.benchmarks.micro_step import training_micro_step
+    from editspecialists.training.micro_step import training_micro_step
     from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
     from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline
     from editspecialists.diffusion.policy import build_policy
@@ -169,9 +169,10 @@ def run_reward(root: Path, name: str) -> dict:
     """The training reward ``name`` of the default config on one input with 2 edits (whole-frame masks)."""
     import torch
 
-    from editspecialists.rewards.registry import SCORES
+    from editspecialists.rewards.registry import SCORES, LoadedModels
 
-    score = SCORES[name].factory(real_size_config(root), torch.device("cpu"))(feedback_batch())
+    config, device = real_size_config(root), torch.device("cpu")
+    score = SCORES[name].make(config, device, LoadedModels(config, device))(feedback_batch())
     return {"score": score.tolist()}
 
 
@@ -213,7 +214,7 @@ RUNS = {
 
 
 def peak_rss_mb() -> float:
-    from editspecialists.benchmarks.measuring import process_peak_rss_mb
+    from editspecialists.memory import process_peak_rss_mb
 
     return process_peak_rss_mb()
 

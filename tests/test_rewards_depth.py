@@ -1,4 +1,4 @@
-"""Structural score (SPEC §4): the depth comparison by hand, and the tiny Depth Anything from disk."""
+"""Structural score (docs/method.md §4): the depth comparison by hand, and the tiny Depth Anything from disk."""
 
 import pytest
 import torch

@@ -10,6 +10,7 @@ from editspecialists.rewards import SCORES, FeedbackBatch, build_scorer, registe
 from editspecialists.rewards.depth import DepthEstimator
 from editspecialists.rewards.features import load_patch_embedder
 from editspecialists.rewards.masks import MaskPredictor, Masks
+from editspecialists.rewards.needs import DEPTH
 from editspecialists.rewards.semantic import downsample_mask, patch_distance, reconstruction_outside
 from editspecialists.demo import feedback_standins
 from tests.helpers import demo_scenes, load_config
@@ -224,8 +225,9 @@ class RecordingAccelerator:
         self.inside = False
 
 
-def test_models_load_once_per_process_inside_main_process_first(folders, monkeypatch):
-    monkeypatch.setattr(registry, "_LOADED", {})
+def test_models_load_once_per_scorer_inside_main_process_first(folders, monkeypatch, scratch_registry):
+    """A model two scores need loads once for the scorer, shared by the scorers of ``only`` (the
+    trainer's training and validation scorers); another scorer holds models of its own."""
     accelerator = RecordingAccelerator()
     loads = []
     real = DepthEstimator.from_pretrained.__func__
@@ -235,12 +237,25 @@ def test_models_load_once_per_process_inside_main_process_first(folders, monkeyp
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(DepthEstimator, "from_pretrained", classmethod(recording_from_pretrained))
+    received = []
+
+    @register_score("depth_of_edits", lower_is_better=True, models=[DEPTH])
+    def depth_of_edits(config, device, depth):
+        received.append(depth)
+        return lambda batch: depth(batch.flat_edits).mean(dim=(1, 2)).view(-1, batch.num_edits)
+
     config = feedback_config(folders)
-    first = build_scorer(config, "cpu", accelerator)
-    second = build_scorer(config, "cpu", accelerator)
-    assert loads == [True] and accelerator.entered == 2 and not accelerator.inside
+    config.reward.weights = {"structural": 1.0, "depth_of_edits": 1.0}
+    scorer = build_scorer(config, "cpu", accelerator, names=["structural", "depth_of_edits", "brightness"])
+    training, validation = scorer.only(["structural", "depth_of_edits"]), scorer.only(["brightness", "structural"])
+    assert loads == [True] and accelerator.entered == 1 and not accelerator.inside
+    assert [type(model) for model in scorer.feedback_models] == [DepthEstimator]
+    assert received[0] is scorer.feedback_models[0]
+    assert training.feedback_models == validation.feedback_models == scorer.feedback_models
     edits, inputs, styles = make_images(4)
-    assert torch.equal(first(edits, inputs, styles)["structural"], second(edits, inputs, styles)["structural"])
+    assert torch.equal(training(edits, inputs, styles)["structural"], validation(edits, inputs, styles)["structural"])
+    other = build_scorer(config, "cpu", accelerator)
+    assert loads == [True, True] and other.feedback_models[0] is not scorer.feedback_models[0]
 
 
 def test_low_precision_feedback_models_give_finite_scores(folders):
@@ -280,9 +295,12 @@ def test_the_scorer_reports_which_images_fell_back(folders, fallback):
     assert {name: flags.tolist() for name, flags in fell_back.items()} == {"red sports car": [True] * B,
                                                                            "lego": [True] * B}
     assert scorer.take_mask_fallbacks() == {}, "each image is reported once"
-    expected = scorer.mask_fn.predictor(inputs, "red sports car", fallback).masks
-    assert torch.equal(batch.input_masks, expected)
-    assert batch.input_masks.all() == (fallback == "ones")
+    predictor = scorer.mask_fn.predictor
+    height, width = inputs.shape[-2:]
+    whole_box = [torch.tensor([[0.0, 0.0, width, height]])] * B
+    # "whole_box" is SAM2's mask of the whole-image box (which a segmenter may well fill), "ones" all-ones.
+    expected = predictor.segment(inputs, whole_box) if fallback == "whole_box" else torch.ones_like(batch.input_masks)
+    assert torch.equal(batch.input_masks.cpu(), expected.cpu())
 
 
 def test_whole_frame_scorers_predict_no_masks(folders):
@@ -303,16 +321,14 @@ def test_a_bad_batch_through_the_scorer_names_the_tensor(folders):
     assert scorer(edits[:1, :1], inputs[:1], styles[:1])["brightness"].shape == (1, 1)
 
 
-def feedback_models(loaded: dict) -> dict[str, torch.nn.Module]:
-    """The torch models inside the registry's loaded feedback objects, by role."""
+def feedback_models(scorer) -> dict[str, torch.nn.Module]:
+    """The torch models inside the scorer's loaded feedback objects, by role."""
     models = {}
-    for key, value in loaded.items():
-        if key[0] == "depth":
-            models["depth"] = value.model
-        elif key[0] == "patches":
-            models["semantic"] = value.model
-        elif key[0] == "masks":
+    for (role, _), value in scorer.models.loaded.items():
+        if role == "masks":
             models["detector"], models["segmenter"] = value.detector, value.segmenter
+        else:
+            models[role] = value.model
     return models
 
 
@@ -351,10 +367,9 @@ class CallRecorder:
 def test_reward_batch_size_bounds_every_feedback_model_call(folders, monkeypatch, batch_size):
     """Each feedback model sees at most ``reward.batch_size`` images per call, in exactly
     ceil(count / batch_size) calls per image set (B inputs, B·G edits, B styles)."""
-    monkeypatch.setattr(registry, "_LOADED", {})
     scorer = build_scorer(feedback_config(folders, batch_size=batch_size, box_threshold=0.8), "cpu")
     recorder = CallRecorder()
-    recorder.attach(feedback_models(registry._LOADED), monkeypatch)
+    recorder.attach(feedback_models(scorer), monkeypatch)
     try:
         scorer(*make_images(6))
     finally:
@@ -374,9 +389,8 @@ def test_reward_batch_size_bounds_every_feedback_model_call(folders, monkeypatch
 
 @pytest.mark.parametrize("name, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_reward_dtype_loads_and_runs_the_feedback_models_in_that_dtype(folders, monkeypatch, name, dtype):
-    monkeypatch.setattr(registry, "_LOADED", {})
     scorer = build_scorer(feedback_config(folders, dtype=name, box_threshold=0.8), "cpu")
-    models = feedback_models(registry._LOADED)
+    models = feedback_models(scorer)
     assert set(models) == {"depth", "semantic", "detector", "segmenter"}
     for role, model in models.items():
         tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
@@ -413,3 +427,15 @@ def test_offloaded_feedback_models_live_on_the_cpu_and_score_on_the_device(folde
     expected = resident(edits, inputs, styles)
     for name, value in expected.items():
         assert torch.allclose(scores[name], value, atol=1e-5), name
+
+
+def test_feedback_models_load_frozen(folders):
+    """No feedback weight takes gradients: the scorer's models (and so the model check's
+    estimate, which counts weights without gradients as frozen) are frozen."""
+    config = feedback_config(folders)
+    config.reward.weights = {"semantic": 1.0, "structural": 1.0}
+    scorer = build_scorer(config, "cpu")
+    modules = [value for model in scorer.feedback_models for value in vars(model).values()
+               if isinstance(value, torch.nn.Module)]
+    assert len(modules) >= 4  # depth, patch embedder, detector, segmenter
+    assert not any(p.requires_grad for module in modules for p in module.parameters())

@@ -1,4 +1,4 @@
-"""Semantic score (SPEC §4) on hand-made tensors with known answers."""
+"""Semantic score (docs/method.md §4) on hand-made tensors with known answers."""
 
 import math
 
@@ -31,7 +31,7 @@ def test_a_mask_empty_on_the_grid_falls_back_to_all_ones():
 
 
 def reference_patch_distance(edit_tokens, style_tokens, edit_mask, style_mask):
-    """SPEC §4 written out with Python loops: mean_i∈edit mean_j∈style (1 − cos)."""
+    """docs/method.md §4 written out with Python loops: mean_i∈edit mean_j∈style (1 − cos)."""
     scores = []
     for b in range(edit_tokens.shape[0]):
         per_patch = []

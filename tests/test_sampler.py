@@ -139,7 +139,7 @@ def shuffled_trainable_steps(traj, batch, seed=0):
 def test_round_trip_with_active_style_path(tiny_ip2p_path, scheduler, monkeypatch):
     """With conv_in[:, 8:], the CA module and LoRA B all non-zero, the training path scores the
     stored transitions (shuffled, batched timesteps) exactly as sampling did. A training forward
-    that fed the noisy latent to the CA module (SPEC §2's bug) would not."""
+    that fed the noisy latent to the CA module (docs/method.md §2's bug) would not."""
     pipe, policy, cond, empty = sampling_setup(tiny_ip2p_path, scheduler, steps=4)
     kwargs = dict(nb_gen=2, scales=SCALES, eta=1.0)
     initial = sample_edits(policy, pipe.scheduler, pipe.vae, cond, generator=torch.Generator().manual_seed(3), **kwargs)
@@ -205,7 +205,7 @@ def test_bf16_autocast_round_trip(tiny_ip2p_path, scheduler):
 
 def research_code_log_prob(policy, scheduler, traj, empty, step, *, sigma_step, style_query):
     """The research code's log-prob of stored step ``step`` of input 0's edits, written from its
-    facts (SPEC §2, §3): the style module attends from (style latents, ``style_query``), the noisy
+    facts (docs/method.md §2, §3): the style module attends from (style latents, ``style_query``), the noisy
     latent is scaled by 1/sqrt(σ² + 1) with the sigma of step ``sigma_step``, the 4 branches
     (text, image, uncond, image_style) run in one UNet call and are combined with the default scales."""
     nb_gen = traj.latents.shape[1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.tracking import epoch_summary, read_metrics
 from editspecialists.training.trainer import Trainer, plan_batches
 from tests.helpers import load_config, tiny_brightness_config
@@ -32,12 +32,28 @@ def test_missing_or_empty_image_folders_fail_naming_the_key_before_models_load(t
     empty.mkdir()
     config.inputimg_dir = str(empty)
     with pytest.raises(ValueError, match=f"^--config.inputimg_dir: input image folder {empty} holds no"):
-        Trainer(config)
+        Trainer(config).load()
     config.inputimg_dir = str(tmp_path / "data" / "inputs")
     config.styleimg_dir = str(tmp_path / "lego")
     with pytest.raises(FileNotFoundError) as caught:
-        Trainer(config)
+        Trainer(config).load()
     assert str(caught.value) == f"--config.styleimg_dir: style image folder {tmp_path / 'lego'} does not exist"
+
+
+def test_construction_checks_the_config_and_loads_nothing_until_load(tmp_path, tiny_ip2p_path, monkeypatch):
+    from editspecialists.training import trainer as trainer_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was built at construction")
+
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
+    monkeypatch.setattr(trainer_module, "build_edit_model", no_loading)
+    trainer = Trainer(config)
+    assert not trainer.loaded and trainer.plan.images_per_epoch == 4
+    assert not (tmp_path / "logs").exists()
+    monkeypatch.undo()
+    assert trainer.load() is trainer and trainer.loaded and (tmp_path / "logs" / "run").is_dir()
+    assert trainer.load().policy is trainer.policy  # loads once
 
 
 @pytest.mark.slow
@@ -70,7 +86,7 @@ def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path,
     Trainer(first_half).run()
     resumed_config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "resumed", num_epochs=2,
                                             load_checkpoint=str(tmp_path / "half" / "run"))
-    resumed = Trainer(resumed_config)
+    resumed = Trainer(resumed_config).load()
     assert resumed.first_epoch == 1
     resumed_run = resumed.run()
     final = load_file(str(ckpt.list_checkpoints(full_run)[-1] / ckpt.WEIGHTS))
@@ -78,7 +94,7 @@ def test_training_logs_checkpoints_and_resumes_exactly(tiny_ip2p_path, tmp_path,
     assert final.keys() == again.keys()
     for key in final:
         assert torch.equal(final[key], again[key]), key
-    initial = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "init"))
+    initial = Trainer(tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "init")).load()
     moved = initial.unwrapped_policy.trainable_state_dict()
     assert any(not torch.equal(moved[k].cpu(), final[k]) for k in final), "training changed the weights"
 
@@ -89,7 +105,7 @@ def test_a_missing_model_folder_is_named_before_anything_loads_or_is_written(tin
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
     config.pretrained.model = str(tmp_path / "no-such-model")
     with pytest.raises(ModelIdError, match="role pretrained.model: folder .*no-such-model does not exist"):
-        Trainer(config)
+        Trainer(config).load()
     assert not (tmp_path / "logs").exists()
 
 
@@ -116,7 +132,7 @@ def test_resume_with_another_lora_rank_names_the_mismatch(tiny_ip2p_path, tmp_pa
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "b", lora_rank=4,
                                     load_checkpoint=str(tmp_path / "a" / "run"))
     with pytest.raises(ValueError, match="another model .*lora_rank: run 8 vs now 4"):
-        Trainer(config)
+        Trainer(config).load()
 
 
 def test_8bit_adam_without_bitsandbytes_says_how_to_install(tiny_ip2p_path, tmp_path, monkeypatch):
@@ -133,7 +149,7 @@ def test_8bit_adam_without_bitsandbytes_says_how_to_install(tiny_ip2p_path, tmp_
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs")
     config.train.use_8bit_adam = True
     with pytest.raises(ImportError, match=r"use_8bit_adam=True needs bitsandbytes: pip install 'editspecialists\[8bit\]'"):
-        Trainer(config)
+        Trainer(config).load()
 
 
 def test_wandb_is_on_by_default_and_never_prompts(monkeypatch, tmp_path, caplog):
@@ -223,7 +239,7 @@ def test_own_dataset_and_timestep_fraction_set_the_trained_steps(tiny_ip2p_path,
     real_micro_step = Trainer.micro_step
     monkeypatch.setattr(Trainer, "micro_step", lambda self, batch, step_index, *rest: (
         calls.append(step_index.tolist()), real_micro_step(self, batch, step_index, *rest))[1])
-    trainer = Trainer(config, dataset=dataset)
+    trainer = Trainer(config, dataset=dataset).load()
     assert trainer.plan.trained_timesteps == trained  # 4 Euler steps: 3 trainable, the last is not
     trainer.run()
 
@@ -246,7 +262,7 @@ def test_a_window_of_skipped_micro_steps_takes_no_optimizer_step(tiny_ip2p_path,
     monkeypatch.setattr(trainer_module, "micro_batch_loss", never_finite)
     config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", num_epochs=1,
                                     **{"train.adam_weight_decay": 0.5})
-    trainer = Trainer(config)
+    trainer = Trainer(config).load()
     before = {k: v.clone() for k, v in trainer.unwrapped_policy.trainable_state_dict().items()}
     run = trainer.run()
 
@@ -273,7 +289,7 @@ def test_resume_on_another_base_model_fails_before_models_load(tiny_ip2p_path, t
     config.load_checkpoint = str(checkpoint / ckpt.WEIGHTS)  # the weights file works as well as its folder
     with pytest.raises(ValueError, match=f"cannot resume .*checkpoint_0001 with another model "
                                          f".*pretrained.model: run '{tiny_ip2p_path}' vs now "):
-        Trainer(config)
+        Trainer(config).load()
     assert not (tmp_path / "logs").exists(), "a refused resume must not create a run folder"
 
 

@@ -15,7 +15,7 @@ from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.evaluation.compare import compare_with_base
 from editspecialists.rewards import build_scorer
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.trainer import Trainer
 from editspecialists.training.validation import VALIDATION_FILE, read_rows
@@ -48,7 +48,7 @@ def validated_run(demo_assets_root, tiny_ip2p_path, tmp_path_factory):
 
     EditDataset.epoch_batches = recording
     try:
-        trainer = Trainer(validated_config(tiny_ip2p_path, tmp_path))
+        trainer = Trainer(validated_config(tiny_ip2p_path, tmp_path)).load()
         trainer.save_checkpoint(0)
         run = trainer.run()
     finally:
@@ -107,7 +107,7 @@ def test_a_resumed_run_redoes_the_validations_after_its_checkpoint_once(validate
     shutil.rmtree(copy / ckpt.CHECKPOINTS / ckpt.checkpoint_name(2))  # killed before saving epoch 2's
     config = validated_config(tiny_ip2p_path, tmp_path / "again", **{"load_checkpoint": str(copy)})
     config.logdir, config.run_name = str(tmp_path / "logs"), "run"
-    resumed = Trainer(config)
+    resumed = Trainer(config).load()
     assert resumed.first_epoch == 1
     resumed.run()
     again = read_rows(copy / VALIDATION_FILE)

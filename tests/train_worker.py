@@ -44,7 +44,7 @@ def main():
     if nan_call >= 0:
         inject_faults(nan_call)
     config = tiny_brightness_config(model, work / "data", work / "logs", num_epochs=1)
-    trainer = trainer_module.Trainer(config)
+    trainer = trainer_module.Trainer(config).load()
     trainer.run()
     state = {k: v.detach().cpu().contiguous() for k, v in trainer.unwrapped_policy.trainable_state_dict().items()}
     save_file(state, str(work / f"rank{trainer.accelerator.process_index}.safetensors"))

@@ -40,7 +40,7 @@ def measure_feedback(make_config: Callable[[], object], models: BenchModels, set
         scorer = build_scorer(config, models.device)
         resident = allocated_mb(models.device) - before if models.device.type == "cuda" else None
         return {"models": _time_feedback(scorer, models, settings, edits), "resident_mb": resident,
-                "constants_speedup": measure_constants_speedup(config, models, settings, edits),
+                "constants_speedup": measure_constants_speedup(scorer, models, settings, edits),
                 "overlap_speedup": measure_feedback_overlap(scorer, models, settings) if overlap else None,
                 "skipped": ""}
     except Exception as error:  # noqa: BLE001 - reported in the table and the JSON
@@ -53,19 +53,16 @@ def allocated_mb(device: torch.device) -> float:
     return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
-def measure_constants_speedup(config, models: BenchModels, settings: BenchSettings, edits: torch.Tensor) -> float:
+def measure_constants_speedup(scorer, models: BenchModels, settings: BenchSettings, edits: torch.Tensor) -> float:
     """Speed-up of scoring one sampling batch's ``edits`` (B, G, 3, H, W) with the per-image
     constants of ``reward.per_image_constants`` (masks, style tokens and input depth looked up, as
-    at every epoch after the first) over recomputing them (the research code): the two scorers
-    run in interleaved rounds; recomputed time ÷ constants time."""
-    from editspecialists.rewards import build_scorer
-    from editspecialists.rewards.constants import image_keys
+    at every epoch after the first) over recomputing them (the research code): two scorers sharing
+    ``scorer``'s models, one with and one without constants, run in interleaved rounds;
+    recomputed time ÷ constants time."""
+    from editspecialists.rewards.constants import PerImageConstants, image_keys
 
-    scorers = {}
-    for constants in (False, True):
-        variant = config.copy_and_resolve_references()
-        variant.reward.per_image_constants = constants
-        scorers[constants] = build_scorer(variant, models.device)
+    scorers = {constants: scorer.only(list(scorer.scores)) for constants in (False, True)}
+    scorers[False].constants, scorers[True].constants = None, PerImageConstants()
     names = [f"bench_{i}.png" for i in range(edits.shape[0])]
     keys = (image_keys("input", names, models.inputs), image_keys("style", names, models.styles))
     scorers[True](edits, models.inputs, models.styles, *keys)  # computes the constants, as epoch 0 does
@@ -104,7 +101,7 @@ def measure_feedback_overlap(scorer, models: BenchModels, settings: BenchSetting
     def sample_and_score(scoring):
         generator = torch.Generator(models.device).manual_seed(settings.seed)
         for _ in range(batches):
-            trajectories = sample_edits(models.policy, models.scheduler, models.pipe.vae, models.cond,
+            trajectories = sample_edits(models.policy, models.scheduler, models.vae, models.cond,
                                         generator=generator, **common)
             scoring.submit(trajectories.images, models.inputs, models.styles)
         return scoring.results()

@@ -1,4 +1,4 @@
-"""The models of one benchmark run, loaded through the production pipeline loader, with the
+"""The models of one benchmark run, built by the trainer's :func:`build_edit_model`, with the
 conditioning of the sampled batch."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import torch
 from editspecialists.benchmarks.settings import BenchSettings
 from editspecialists.benchmarks.sizes import SIZES
 from editspecialists.demo.cache import default_cache_root
+from editspecialists.diffusion.bundle import EditModel, EditModelSpec, build_edit_model
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.pipeline import encode_images, encode_prompts, load_pipeline, place_encoders
-from editspecialists.diffusion.policy import build_policy
 from editspecialists.precision import dtype_named
 
 
@@ -23,20 +22,37 @@ PROMPTS = ("turn the car into lego", "replace the car with lego", "make the car 
 
 @dataclass
 class BenchModels:
-    """The policy and frozen parts of one benchmark, with the sampled batch's conditioning."""
+    """The edit model of one benchmark (built as the trainer builds it) and the sampled batch's
+    conditioning."""
 
-    pipe: object
-    policy: object
+    model: EditModel
     cond: EditConditioning  # B inputs
     inputs: torch.Tensor  # (B, 3, H, W) in [0, 1]
     styles: torch.Tensor  # (B, 3, H, W) in [0, 1]
-    device: torch.device
-    dtype: torch.dtype
-    scales: GuidanceScales
+
+    @property
+    def policy(self):
+        return self.model.policy
 
     @property
     def scheduler(self):
-        return self.pipe.scheduler
+        return self.model.scheduler
+
+    @property
+    def vae(self):
+        return self.model.vae
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.frozen_dtype
+
+    @property
+    def scales(self) -> GuidanceScales:
+        return self.model.scales
 
     def autocast(self):
         """The trainer's mixed-precision context (nothing in fp32)."""
@@ -51,26 +67,18 @@ def model_folder(settings: BenchSettings) -> Path:
 
 
 def load_models(settings: BenchSettings) -> BenchModels:
-    """Load the size's saved pipeline through :func:`load_pipeline`, build the LoRA policy as the
-    trainer does (frozen weights in ``dtype``) and encode random input/style images."""
-    device, dtype = torch.device(settings.device), dtype_named(settings.dtype, "dtype")
-    pipe = load_pipeline(str(model_folder(settings)))
-    place_encoders(pipe, device, dtype)
-    pipe.unet.to(device)
-    policy = build_policy(pipe.unet, use_lora=True, frozen_dtype=dtype).eval()
+    """The size's saved pipeline built into the LoRA policy by :func:`build_edit_model` (frozen
+    weights in ``dtype``, default guidance scales) and the conditioning of random input/style images."""
+    spec = EditModelSpec(str(model_folder(settings)), frozen_dtype=dtype_named(settings.dtype, "dtype"))
+    model = build_edit_model(spec, settings.device)
+    model.policy.eval()
     if settings.channels_last:
-        policy.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    pipe.scheduler.set_timesteps(settings.steps, device=device)
+        model.policy.to(memory_format=torch.channels_last)
+        model.vae.to(memory_format=torch.channels_last)
+    model.scheduler.set_timesteps(settings.steps, device=model.device)
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (settings.batch, 3, settings.resolution, settings.resolution)
     inputs, styles = torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(settings.batch)]
-    cond = EditConditioning(
-        encode_images(pipe.vae, inputs).float(),
-        encode_images(pipe.vae, styles).float(),
-        encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts).float(),
-        encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]).float(),
-    )
-    return BenchModels(pipe, policy, cond, inputs.to(device), styles.to(device), device, dtype,
-                       GuidanceScales())
+    cond = model.conditioning(inputs, styles, prompts)
+    return BenchModels(model, cond, inputs.to(model.device), styles.to(model.device))

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from editspecialists.benchmarks.feedback import measure_feedback
-from editspecialists.benchmarks.measuring import parameter_megabytes
+from editspecialists.memory import parameter_megabytes
 from editspecialists.benchmarks.models import BenchModels, load_models
 from editspecialists.benchmarks.sampling import measure_sampling
 from editspecialists.benchmarks.settings import BenchSettings
@@ -119,8 +119,8 @@ def memory_figures(models: BenchModels, sampling: dict, training: dict, feedback
         "peak_mb": max(sampling["peak_memory_mb"], training["peak_memory_mb"]),
         "unet_parameters_mb": parameter_megabytes(models.policy.unet),
         "policy_parameters_mb": parameter_megabytes(models.policy),
-        "vae_text_encoder_parameters_mb": parameter_megabytes(models.pipe.vae)
-        + parameter_megabytes(models.pipe.text_encoder),
+        "vae_text_encoder_parameters_mb": parameter_megabytes(models.vae)
+        + parameter_megabytes(models.model.text_encoder),
     }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from editspecialists.benchmarks.measuring import PeakMemory, interleaved_rounds
+from editspecialists.benchmarks.measuring import interleaved_rounds
+from editspecialists.memory import PeakMemory
 from editspecialists.benchmarks.models import BenchModels
 from editspecialists.benchmarks.naive_sampler import naive_sample_edits
 from editspecialists.benchmarks.raw_calls import UNetBatch, unet_forward
@@ -18,7 +19,7 @@ def measure_sampling(models: BenchModels, settings: BenchSettings) -> tuple[dict
 
     Returns the figures and one sampled batch of trajectories (for training and feedback).
     """
-    policy, scheduler, vae = models.policy, models.scheduler, models.pipe.vae
+    policy, scheduler, vae = models.policy, models.scheduler, models.vae
     steps, edits = settings.steps, settings.batch * settings.nb_gen
     common = dict(nb_gen=settings.nb_gen, scales=models.scales, autocast=models.autocast)
     unet_inputs = UNetBatch.like(models, 4 * edits, scheduler.timesteps[0])

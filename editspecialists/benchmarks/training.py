@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from editspecialists.benchmarks.measuring import PeakMemory, interleaved_rounds
-from editspecialists.benchmarks.micro_step import make_optimizer, optimizer_step, training_micro_step
+from editspecialists.benchmarks.measuring import interleaved_rounds
+from editspecialists.memory import PeakMemory
+from editspecialists.training.micro_step import make_optimizer, optimizer_step, training_micro_step
 from editspecialists.benchmarks.models import BenchModels
 from editspecialists.benchmarks.raw_calls import UNetBatch, reference_forward, unet_forward_backward
 from editspecialists.benchmarks.settings import BenchSettings

@@ -1,4 +1,4 @@
-"""Training items of SPEC §6: an input image, a random style image and an edit instruction."""
+"""Training items of docs/method.md §6: an input image, a random style image and an edit instruction."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from editspecialists.demo import cache, evaluation_standins, feedback_standins
 from editspecialists.demo.editor import demo_editor, demo_editor_folder
 from editspecialists.demo.images import write_demo_images, write_held_out_images
+from editspecialists.launch import process_state
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +70,26 @@ def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
         logger.info("demo assets: %d built in %.0f s under %s (reused by later runs)",
                     built, time.perf_counter() - start, root)
     return root
+
+
+def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
+    """Build the demo's images and tiny models when the config asks for them (demo presets);
+    see :func:`ensure_demo_assets` for ``policy`` and ``evaluation``
+    (with ``evaluation``, the notice that the evaluation-only stand-ins have random weights)."""
+    if config.get("demo_root"):
+        state = process_state()
+        silence_random_weight_warnings(explain=state.is_main_process and evaluation)
+        with state.main_process_first():
+            ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
+
+
+def silence_random_weight_warnings(explain: bool) -> None:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" warning, expected at
+    every load of the demo's random evaluation stand-ins, and, if ``explain``, say once why."""
+    logging.getLogger().addFilter(
+        lambda record: "No pretrained weights loaded" not in record.getMessage())
+    if explain:
+        logging.getLogger(__name__).info(
+            "demo: the evaluation-only models (CLIP, DINOv2, HPS, PickScore, ImageReward) are tiny stand-ins "
+            "with random weights: their metrics check the plumbing, not image quality (the feedback models "
+            "are trained on the demo's images)")

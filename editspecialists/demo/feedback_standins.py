@@ -1,4 +1,4 @@
-"""Tiny AI-feedback models (SPEC §4), saved in their real on-disk layouts; the four the demo's
+"""Tiny AI-feedback models (docs/method.md §4), saved in their real on-disk layouts; the four the demo's
 scores read are trained briefly to mean what their names say in the demo's image domain.
 
 Each ``build_<role>(folder)`` writes what production loads by id, so tests and the demo go

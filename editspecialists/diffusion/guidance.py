@@ -1,4 +1,4 @@
-"""The four-branch classifier-free guidance of the visual-prompt editor (SPEC §2).
+"""The four-branch classifier-free guidance of the visual-prompt editor (docs/method.md §2).
 
 This is the only place where the branches are assembled; the sampler and the trainer both reach
 it through :class:`editspecialists.diffusion.policy.VisualPromptPolicy`.
@@ -18,6 +18,12 @@ class GuidanceScales:
     text: float = 7.5
     image: float = 1.5
     style: float = 3.0
+
+    @classmethod
+    def from_config(cls, sample) -> "GuidanceScales":
+        """The scales of a config's ``sample`` section (``guidance_scale``, ``image_guidance_scale``,
+        ``style_image_guidance_scale``)."""
+        return cls(sample.guidance_scale, sample.image_guidance_scale, sample.style_image_guidance_scale)
 
 
 @dataclass
@@ -62,7 +68,7 @@ def combine_branches(eps_text, eps_image, eps_uncond, eps_image_style, scales: G
 
 @dataclass
 class BranchInputs:
-    """The step-invariant part of the 4-branch UNet batch of N elements (see :func:`guided_epsilon`).
+    """The step-invariant part of the 4-branch UNet batch of N elements (see :func:`branch_inputs`).
 
     channels: (4N, 8, h, w) image-latent and style channels of the four branches.
     text: (4N, L, D) text states of the four branches.
@@ -74,9 +80,12 @@ class BranchInputs:
 
 
 def branch_inputs(style_module, cond: EditConditioning) -> BranchInputs:
-    """Image/style channels and text states of the 4N-element batch (branch order of
-    :func:`guided_epsilon`); the style channels come from ``style_module`` on the prompt, attending
-    from (style, image) latents, or (style, ``style_query_latents``) when they are set."""
+    """Image/style channels and text states of the 4N-element batch, in branch order text (prompt,
+    input, style), image (empty, input, 0), uncond (empty, 0, 0), image_style (empty, input, style).
+
+    The style channels come from ``style_module``, mapping (style_latents, image_latents,
+    prompt_embeds) to (N, 4, h, w), always on the prompt, attending from (style, image) latents, or
+    (style, ``style_query_latents``) when they are set."""
     query = cond.image_latents if cond.style_query_latents is None else cond.style_query_latents
     style = style_module(cond.style_latents, query, cond.prompt_embeds)
     zeros = torch.zeros_like(style)
@@ -89,7 +98,8 @@ def branch_inputs(style_module, cond: EditConditioning) -> BranchInputs:
 
 def branch_epsilon(unet, branches: BranchInputs, scaled_latents, timesteps,
                    scales: GuidanceScales) -> torch.Tensor:
-    """Guided ε from precomputed :class:`BranchInputs`: one UNet call on 4N elements.
+    """Guided ε, (N, 4, h, w) in the UNet's output dtype, from precomputed :class:`BranchInputs`:
+    one call of ``unet`` (12-channel conv_in) on all four branches' 4N elements.
 
     scaled_latents: (N, 4, h, w) noisy latents scaled for the model input; timesteps: 0-d or (N,).
     """
@@ -99,22 +109,3 @@ def branch_epsilon(unet, branches: BranchInputs, scaled_latents, timesteps,
         timesteps = timesteps.repeat(4)
     eps = unet(model_input, timesteps, encoder_hidden_states=branches.text).sample
     return combine_branches(*eps.chunk(4), scales)
-
-
-def guided_epsilon(unet, style_module, scaled_latents, timesteps, cond: EditConditioning,
-                   scales: GuidanceScales) -> torch.Tensor:
-    """Guided noise prediction with all four branches in ONE UNet call.
-
-    Branch order in the 4N batch: text (prompt, input, style), image (empty, input, 0),
-    uncond (empty, 0, 0), image_style (empty, input, style). The style channels come from the
-    cross-attention module, always conditioned on the prompt.
-
-    Args:
-        unet: a UNet with a 12-channel conv_in.
-        style_module: maps (style_latents, image_latents, prompt_embeds) to (N, 4, h, w).
-        scaled_latents: noisy latents already scaled for the model input, (N, 4, h, w).
-        timesteps: 0-d or (N,) timesteps.
-    Returns:
-        ε, (N, 4, h, w), in the UNet's output dtype.
-    """
-    return branch_epsilon(unet, branch_inputs(style_module, cond), scaled_latents, timesteps, scales)

@@ -3,8 +3,8 @@
 The functions read only the scheduler's tables (``timesteps``, ``sigmas``, ``alphas_cumprod``)
 after ``set_timesteps``; they never use or advance its internal step counter, so training can
 visit timesteps in any order. ``timestep`` is a 0-d tensor or a 1-d tensor holding one timestep
-per batch element, each taken from ``scheduler.timesteps``. All arithmetic is done in fp32 on
-the sample's device without host synchronisation.
+per batch element, each taken from ``scheduler.timesteps``: another one is refused, a check that
+costs each call one host synchronisation. All arithmetic is done in fp32 on the sample's device.
 
 Sampling visits the steps in order: :class:`StepTable` computes every step's coefficients once
 and reads them by step number, so a denoising step costs no timestep lookup. The per-timestep
@@ -36,10 +36,18 @@ def _per_element(values: torch.Tensor, batch: int, ndim: int) -> torch.Tensor:
 
 
 def step_indices(scheduler, timestep: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Index of each timestep in ``scheduler.timesteps``: (batch,) or 0-d -> same shape, long."""
+    """Index of each timestep in ``scheduler.timesteps``: (batch,) or 0-d -> same shape, long.
+
+    Raises ValueError naming the timesteps that are not in the table.
+    """
     table = scheduler.timesteps.to(device)
-    timestep = torch.as_tensor(timestep, device=device)
-    matches = table == timestep.to(table.dtype).unsqueeze(-1)
+    timestep = torch.as_tensor(timestep, device=device).to(table.dtype)
+    matches = table == timestep.unsqueeze(-1)
+    known = matches.any(dim=-1)
+    if not bool(known.all()):
+        unknown = sorted(set(timestep[~known].tolist()))
+        raise ValueError(f"timesteps {unknown} are not among the scheduler's timesteps {table.tolist()}: "
+                         f"the log-prob steps take only timesteps of the schedule set by set_timesteps")
     return matches.int().argmax(dim=-1)
 
 
@@ -118,6 +126,7 @@ def euler_ancestral_step_with_logprob(
 
 def ddim_std(scheduler, timestep, device, eta: float = 1.0):
     """(alpha_prod_t, alpha_prod_prev, sigma) of the DDIM step at ``timestep``, fp32."""
+    step_indices(scheduler, timestep, device)  # refuses a timestep not in the schedule
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     timestep = torch.as_tensor(timestep, device=device).long()
     prev = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps

@@ -76,17 +76,25 @@ def load_scheduler(model_id: str, *, revision: str = "", scheduler: str = "euler
                                                            revision=revision or None)
 
 
+def execution_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` computes: its device, or under a pipeline's ``enable_model_cpu_offload`` the
+    accelerator its offload hook moves it to when called (a VAE's ``encode``/``decode`` are
+    called, not its forward, so their inputs are not moved for them)."""
+    hook_device = getattr(getattr(model, "_hf_hook", None), "execution_device", None)
+    return torch.device(hook_device if hook_device is not None else model.device)
+
+
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
     """Images (N, 3, H, W) in [0, 1] -> unscaled latent modes (N, 4, H/f, W/f), IP2P convention."""
-    pixels = (2 * images - 1).to(device=vae.device, dtype=vae.dtype)
+    pixels = (2 * images - 1).to(device=execution_device(vae), dtype=vae.dtype)
     return vae.encode(pixels).latent_dist.mode()
 
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents (N, 4, h, w) -> images (N, 3, h·f, w·f) in [0, 1], fp32."""
-    latents = (latents / vae.config.scaling_factor).to(device=vae.device, dtype=vae.dtype)
+    latents = (latents / vae.config.scaling_factor).to(device=execution_device(vae), dtype=vae.dtype)
     images = vae.decode(latents).sample
     return ((images.float() + 1) / 2).clamp(0, 1)
 

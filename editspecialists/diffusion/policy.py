@@ -1,4 +1,4 @@
-"""The visual-prompt InstructPix2Pix policy (SPEC §2) and its frozen reference.
+"""The visual-prompt InstructPix2Pix policy (docs/method.md §2) and its frozen reference.
 
 Construction from a loaded ``StableDiffusionInstructPix2PixPipeline``:
 - conv_in widened 8 -> 12 input channels (new channels zero, so the policy starts as IP2P);
@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin  # by these names: diffusers' loader looks them up in this module
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from editspecialists.diffusion.guidance import (
@@ -32,13 +34,15 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 VISUAL_PROMPT_CHANNELS = 4
 
 
-class StylePromptAttention(nn.Module):
+class StylePromptAttention(ModelMixin, ConfigMixin):
     """Cross-attention from per-pixel (style ⊕ input) latents to the prompt's text states.
 
     Queries: the 2·C-vector of concat(style_latents, image_latents) at every latent pixel;
     keys/values: the prompt embedding (N, L, D). Output: (N, C_out, h, w) style channels.
+    A diffusers model (config = the init arguments), so a pipeline saves and loads it as a component.
     """
 
+    @register_to_config
     def __init__(self, latent_channels: int = 4, text_dim: int = 768, inner_dim: int = 320,
                  num_heads: int = 8, out_channels: int = VISUAL_PROMPT_CHANNELS):
         super().__init__()
@@ -52,7 +56,7 @@ class StylePromptAttention(nn.Module):
 
     @classmethod
     def from_unet(cls, unet, num_heads: int = 8) -> "StylePromptAttention":
-        """Initialise k/v from the UNet's first cross-attention block, q from its to_v (SPEC §10).
+        """Initialise k/v from the UNet's first cross-attention block, q from its to_v (docs/method.md §10).
 
         q (inner × 2C) = to_v.weight (inner × D) split into 2C contiguous column groups, each
         averaged over its columns.
@@ -218,17 +222,6 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 # the base model); A is Kaiming-uniform (std 1/sqrt(3 fan_in)) or N(0, (1/r)^2).
 LORA_INITS = {"default": True, "gaussian": "gaussian"}
 GRADIENT_CHECKPOINTING = ("without_lora", "always", "never")
-
-
-def policy_from_config(unet, config, frozen_dtype: torch.dtype = torch.float32) -> VisualPromptPolicy:
-    """:func:`build_policy` with the config's ``use_lora``, ``lora_rank``, ``lora_alpha`` and
-    ``lora_init``, activations checkpointed as ``gradient_checkpointing`` says."""
-    checkpointing = uses_gradient_checkpointing(config.gradient_checkpointing, config.use_lora)
-    policy = build_policy(unet, use_lora=config.use_lora, lora_rank=config.lora_rank,
-                          lora_alpha=config.lora_alpha, lora_init=config.lora_init, frozen_dtype=frozen_dtype)
-    if checkpointing:
-        policy.unet.enable_gradient_checkpointing()
-    return policy
 
 
 def uses_gradient_checkpointing(setting: str, use_lora: bool) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
+from typing import Callable
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -90,7 +91,8 @@ def step_invariant_conditioning(policy, cond: EditConditioning):
 @torch.no_grad()
 def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int, scales: GuidanceScales,
                  eta: float = 1.0, generator: torch.Generator | None = None,
-                 autocast=nullcontext, research_code_compat: bool = False) -> Trajectories:
+                 autocast=nullcontext, research_code_compat: bool = False,
+                 on_step: Callable[[int], None] | None = None) -> Trajectories:
     """Sample nb_gen edits per input with one batched UNet call (4·G·B elements) per step.
 
     The step-invariant UNet inputs (style channels, image channels, text states) and the
@@ -106,6 +108,7 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
         autocast: a context-manager factory (e.g. ``accelerator.autocast``) for the UNet calls.
         research_code_compat: sample as the research code did, scaling Euler-ancestral step i's
             model input with step i − 1's sigma (:meth:`StepTable.of`'s ``lagged_input_scale``).
+        on_step: called with each step's index once the step is done (a progress bar's update).
     """
     batch, _, height, width = cond.image_latents.shape
     device = cond.image_latents.device
@@ -125,6 +128,8 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
         latents, log_prob = table.step(index, eps, latents, generator=generator)
         all_latents.append(latents)
         all_log_probs.append(log_prob)
+        if on_step is not None:
+            on_step(index)
     images = decode_latents(vae, latents)
     return Trajectories(
         images=images.reshape(batch, nb_gen, *images.shape[1:]),

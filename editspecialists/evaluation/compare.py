@@ -27,7 +27,7 @@ from editspecialists.evaluation.families import LOWER_IS_BETTER, METRIC_DEFINITI
 from editspecialists.evaluation.report import write_evaluation
 from editspecialists.generation import generate_edits
 from editspecialists.paired import paired_difference, verdict
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 

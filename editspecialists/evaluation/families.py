@@ -1,6 +1,6 @@
 """Metric families: each loads its frozen model(s) once and scores a batch of edits.
 
-A family computes one or more metrics of SPEC §8 / §11 from an :class:`EvalBatch` and returns
+A family computes one or more metrics of docs/method.md §8 / §11 from an :class:`EvalBatch` and returns
 ``{metric name: (B,) float32 tensor}``. :data:`FAMILIES` registers them with their metric names
 and whether they read masks; the evaluator then fills ``batch.input_masks`` / ``batch.style_masks``
 first.
@@ -21,7 +21,7 @@ from editspecialists.rewards.masks import MASK_KEYS
 # Version of the metric definitions, written into every evaluation JSON: numbers of different
 # versions are not comparable. 1 (no field in the JSON): `*_gen_input` location-wise, `clip_dir`
 # of normalised features, `semantic_score` without reconstruction. 2: the paper's definitions
-# (SPEC §11) under the paper's names, ours under `*_gen_input_aligned`, `clip_dir_normalized`,
+# (docs/method.md §11) under the paper's names, ours under `*_gen_input_aligned`, `clip_dir_normalized`,
 # `semantic_score_norec`.
 METRIC_DEFINITIONS = 2
 # Metrics whose lower values are better (distances and errors); every other metric is a similarity
@@ -29,11 +29,11 @@ METRIC_DEFINITIONS = 2
 LOWER_IS_BETTER = frozenset({"semantic_score", "semantic_score_norec", "structural_score", "l2_out"})
 # The weight of `l2_out` in `semantic_score`: the original's (and training's default) rec_lambda.
 PAPER_REC_LAMBDA = 0.5
-# ``patch_slicing``: "intended" computes the `*_gen_sty` / `*_gen_input` definitions (SPEC §8);
+# ``patch_slicing``: "intended" computes the `*_gen_sty` / `*_gen_input` definitions (docs/method.md §8);
 # "research_code" the numbers the original's evaluation printed, to set beside the paper's table.
 PATCH_SLICINGS = ("intended", "research_code")
 PATCH_ROLES = ("edit", "input", "style")
-# The image whose patch tokens filled each role in the original's branches (SPEC §12): its CLIP
+# The image whose patch tokens filled each role in the original's branches (docs/method.md §12): its CLIP
 # branch embedded cat([input, edit, style]) and read the slices as [edit, style, input]; its DINOv2
 # branch swapped edit and input; its DreamSim branch is as intended.
 RESEARCH_CODE_ROLES = {
@@ -94,7 +94,7 @@ class ReconstructionFamily:
 
 
 class StructuralFamily:
-    """``structural_score``: mean |depth(input) − depth(edit)| with Depth-Anything-V2 (SPEC §4)."""
+    """``structural_score``: mean |depth(input) − depth(edit)| with Depth-Anything-V2 (docs/method.md §4)."""
 
     def __init__(self, settings: FamilySettings):
         from editspecialists.rewards.depth import DepthEstimator, structural_score

@@ -1,4 +1,4 @@
-"""Metric definitions of SPEC §8 and §11 as pure tensor functions (one per metric family; higher-level
+"""Metric definitions of docs/method.md §8 and §11 as pure tensor functions (one per metric family; higher-level
 loading lives in :mod:`editspecialists.evaluation.families`).
 
 Shapes: ``B`` images, ``N``/``M`` patch tokens of dimension ``D``; masks are bool ``(B, N)`` on the
@@ -19,7 +19,7 @@ def mean_pairwise_cosine(
     """``mean_{i ∈ region_a} mean_{j ∈ region_b} cos(a_i, b_j)`` over all pairs of patches.
 
     ``tokens_a (B, N, D)``, ``tokens_b (B, M, D)``, ``region_a (B, N)``, ``region_b (B, M)``; this
-    is 1 − the semantic reward's patch distance (SPEC §4) on the same tokens.
+    is 1 − the semantic reward's patch distance (docs/method.md §4) on the same tokens.
     """
     return 1.0 - patch_distance(tokens_a, tokens_b, region_a, region_b)
 
@@ -39,7 +39,7 @@ def patch_similarity_to_background(
     edit_tokens: torch.Tensor, input_tokens: torch.Tensor, background: torch.Tensor
 ) -> torch.Tensor:
     """``*_gen_input`` (paper): mean over the edit's ``background`` patches of their mean cosine to
-    all of the input's ``background`` patches (all pairs, SPEC §11).
+    all of the input's ``background`` patches (all pairs, docs/method.md §11).
 
     ``background (B, N)`` is the complement of the input mask on the shared grid. An unchanged image
     scores the mean self-similarity of its background, below 1 unless the background is uniform.
@@ -65,7 +65,7 @@ def clip_direction_similarity(
     edit_features: torch.Tensor, input_features: torch.Tensor, prompt_features: torch.Tensor, name_features: torch.Tensor
 ) -> torch.Tensor:
     """``clip_dir`` (paper): cos(image(edit) − image(input), text(prompt) − text(input name)) of the
-    features as given, which are the raw ``get_*_features`` outputs (SPEC §11); 0 if no change."""
+    features as given, which are the raw ``get_*_features`` outputs (docs/method.md §11); 0 if no change."""
     image_delta = edit_features.float() - input_features.float()
     text_delta = prompt_features.float() - name_features.float()
     return F.cosine_similarity(image_delta, text_delta, dim=-1)

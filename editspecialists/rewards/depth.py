@@ -1,4 +1,4 @@
-"""Structural score of SPEC §4: relative depth (Depth Anything V2) of input and edit compared.
+"""Structural score of docs/method.md §4: relative depth (Depth Anything V2) of input and edit compared.
 
 Preprocessing runs in torch on the model's device for the whole batch, as the original's depth
 transform: resize (bilinear) so the short side reaches the processor's size (518 for Depth

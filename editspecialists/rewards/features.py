@@ -5,7 +5,7 @@ Every embedder maps images ``(B, 3, H, W)`` in [0, 1] to ``(tokens (B, gh·gw, D
 whole image is resized to the embedder's square input (no crop), so a pixel mask of the image
 maps onto the grid with :func:`editspecialists.rewards.semantic.downsample_mask`.
 
-- :class:`DreamSimPatches`: DreamSim's ``dinov2_vitb14`` *patch* model (SPEC §4, the default),
+- :class:`DreamSimPatches`: DreamSim's ``dinov2_vitb14`` *patch* model (docs/method.md §4, the default),
   loaded by the ``dreamsim`` package (224 px, 16 × 16 patches, DreamSim's per-token embedding
   normalisation).
 - :class:`HFPatches`: a transformers DINOv2 (``last_hidden_state``) or CLIP (vision tokens through
@@ -38,7 +38,7 @@ DREAMSIM_FILES = {
 }
 DREAMSIM_FETCH = ("run bash download_repos.sh on a machine online (it fills models.dreamsim_cache; "
                   "--dreamsim-cache DIR fills another folder) or unset HF_HUB_OFFLINE")
-DINOV2_GRID = 18  # SPEC §8: DINOv2 patch tokens on an 18 × 18 grid (252 px at patch 14)
+DINOV2_GRID = 18  # docs/method.md §8: DINOv2 patch tokens on an 18 × 18 grid (252 px at patch 14)
 
 
 @contextlib.contextmanager
@@ -187,7 +187,7 @@ class HFPatches:
     def from_pretrained(cls, model_id: str, *, device="cpu", dtype: torch.dtype = torch.float32,
                         grid: int | None = None) -> "HFPatches":
         """The architecture comes from the model's config (``dinov2`` or ``clip``). ``grid``: patches
-        per side; default 18 for DINOv2 (SPEC §8), the pretraining grid for CLIP (16 for ViT-L/14)."""
+        per side; default 18 for DINOv2 (docs/method.md §8), the pretraining grid for CLIP (16 for ViT-L/14)."""
         from transformers import AutoConfig, AutoImageProcessor, CLIPModel, Dinov2Model
 
         config = AutoConfig.from_pretrained(model_id)

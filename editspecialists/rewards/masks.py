@@ -1,4 +1,4 @@
-"""Object masks by name (Grounded-SAM2, SPEC §4): Grounding DINO boxes → SAM2 masks → union.
+"""Object masks by name (Grounded-SAM2, docs/method.md §4): Grounding DINO boxes → SAM2 masks → union.
 
 Names are data: ``"red sports car"`` is sent to the detector as the phrase ``"red sports car."``.
 An image where nothing scores above the box threshold *falls back* (``reward.mask_fallback``):

@@ -1,8 +1,8 @@
 """Named feedback scores, combined by the trainer with weights and directions (``config.reward``).
 
-A score is a factory ``factory(config, device) -> fn`` registered with :func:`register_score`;
-``fn(batch: FeedbackBatch) -> (B, G)`` scores every edit. The trainer standardises each score,
-signs it by ``SCORES[name].lower_is_better`` and weights it. Adding a score::
+A score is a factory ``factory(config, device, *models) -> fn`` registered with
+:func:`register_score`; ``fn(batch: FeedbackBatch) -> (B, G)`` scores every edit. The trainer
+standardises each score, signs it by ``SCORES[name].lower_is_better`` and weights it. Adding a score::
 
     @register_score("saturation", lower_is_better=False)
     def saturation(config, device):
@@ -12,7 +12,10 @@ signs it by ``SCORES[name].lower_is_better`` and weights it. Adding a score::
         return score
 
 then name it in ``config.reward.weights``. Scores that read ``batch.input_masks`` /
-``batch.style_masks`` register with ``needs_masks=True`` so the mask models get loaded.
+``batch.style_masks`` register with ``needs_masks=True`` so the mask models get loaded. A score
+that runs models declares them, ``models=[ModelNeed(...)]`` (:mod:`~editspecialists.rewards.needs`),
+and its factory receives them loaded, in that order, after ``device``: the scorer loads each once,
+and the model check, ``download_repos.sh`` and training's offline pre-check know its ids.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import torch
 
 from editspecialists.precision import dtype_named
 from editspecialists.rewards import semantic
-from editspecialists.rewards.depth import DepthEstimator, structural_score
-from editspecialists.rewards.features import load_patch_embedder
+from editspecialists.rewards.depth import structural_score
 from editspecialists.rewards.images import check_images
 from editspecialists.rewards.constants import ImageKey, PerImageConstants
-from editspecialists.rewards.masks import MASK_FALLBACKS, MASK_KEYS, Masks, MaskPredictor, whole_frame_masks
+from editspecialists.rewards.masks import MASK_FALLBACKS, Masks, MaskPredictor, whole_frame_masks
+from editspecialists.rewards.needs import DEPTH, MASKS, ModelNeed, semantic_model_id, semantic_needs
 
 MaskFn = Callable[[torch.Tensor, str], Masks]  # images (B, 3, H, W), name → Masks (bool (B, H, W), ...)
 
@@ -125,46 +128,60 @@ class FeedbackBatch:
 ScoreFn = Callable[[FeedbackBatch], torch.Tensor]
 
 
+def fixed_needs(needs: list[ModelNeed]) -> Callable[[object], list[ModelNeed]]:
+    """``models(config)`` of a score whose models do not depend on the config."""
+    return lambda config: list(needs)
+
+
+class LoadedModels:
+    """The feedback models of one scorer, each loaded once, on ``device`` in ``reward.dtype``:
+    ``loaded`` maps a need's ``(role, keys)`` to its model."""
+
+    def __init__(self, config, device: torch.device):
+        self.config, self.device, self.dtype = config, torch.device(device), reward_dtype(config)
+        self.loaded: dict[tuple[str, tuple[str, ...]], object] = {}
+
+    def get(self, need: ModelNeed):
+        """The model of ``need``, loaded the first time it is asked for."""
+        key = (need.role, need.keys)
+        if key not in self.loaded:
+            self.loaded[key] = need.load_frozen(self.config, self.device, self.dtype)
+        return self.loaded[key]
+
+
 @dataclass(frozen=True)
 class ScoreSpec:
-    """A registered score: its direction, whether it reads masks, and its factory."""
+    """A registered score: its direction, whether it reads masks, its factory and ``models(config)``,
+    the feedback models the factory receives (besides the mask models of ``needs_masks``)."""
 
     name: str
     lower_is_better: bool
     needs_masks: bool
-    factory: Callable[[object, torch.device], ScoreFn]
+    factory: Callable[..., ScoreFn]
+    models: Callable[[object], list[ModelNeed]] = fixed_needs([])
+
+    def make(self, config, device: torch.device, models: LoadedModels) -> ScoreFn:
+        """``factory(config, device, *its models)``, each model taken from (or loaded into) ``models``."""
+        return self.factory(config, device, *(models.get(need) for need in self.models(config)))
 
 
 SCORES: dict[str, ScoreSpec] = {}
 
 
-def register_score(name: str, lower_is_better: bool, needs_masks: bool = False):
-    """Decorator registering ``factory(config, device) -> fn`` as score ``name``."""
+def register_score(name: str, lower_is_better: bool, needs_masks: bool = False,
+                   models: list[ModelNeed] | Callable[[object], list[ModelNeed]] = ()):
+    """Decorator registering ``factory(config, device, *models) -> fn`` as score ``name``;
+    ``models``: the feedback models it runs, a list of :class:`~editspecialists.rewards.needs.ModelNeed`
+    or a function of the config returning one (when the config chooses the model)."""
+    needs = models if callable(models) else fixed_needs(list(models))
 
     def register(factory):
         if name in SCORES:
             raise ValueError(f"score {name!r} is already registered")
-        SCORES[name] = ScoreSpec(name, lower_is_better, needs_masks, factory)
+        SCORES[name] = ScoreSpec(name, lower_is_better, needs_masks, factory, needs)
         return factory
 
     return register
-
-
-_LOADED: dict[tuple, object] = {}
-
-
-def load_once(key: tuple, load: Callable[[], object]):
-    """``load()`` the first time ``key`` is asked for in this process, the same object afterwards."""
-    if key not in _LOADED:
-        _LOADED[key] = load()
-    return _LOADED[key]
-
-
-def uses_models(score: ScoreFn, *models) -> ScoreFn:
-    """Mark ``score`` as running the feedback-model wrappers ``models`` (objects with a ``device``
-    and their ``torch.nn.Module`` attributes), which ``reward.offload`` moves between devices."""
-    score.models = models
-    return score
 
 
 def place_model(model, device: torch.device) -> None:
@@ -191,40 +208,18 @@ def embed_in_chunks(embedder, images: torch.Tensor, batch_size: int):
     return torch.cat([tokens for tokens, _ in parts]), parts[0][1]
 
 
-@register_score("structural", lower_is_better=True)
-def make_structural(config, device: torch.device) -> ScoreFn:
-    """Mean |depth(input) − depth(edit)| (SPEC §4); the input's depth is computed once per input
+@register_score("structural", lower_is_better=True, models=[DEPTH])
+def make_structural(config, device: torch.device, depth) -> ScoreFn:
+    """Mean |depth(input) − depth(edit)| (docs/method.md §4); the input's depth is computed once per input
     (per batch, or per run with per-image constants)."""
-    dtype, batch_size, align = reward_dtype(config), config.reward.batch_size, config.reward.structural_align
-    model_id = config.models.depth
-    depth = load_once(("depth", model_id, str(device), dtype),
-                      lambda: DepthEstimator.from_pretrained(model_id, device=device, dtype=dtype))
+    batch_size, align, model_id = config.reward.batch_size, config.reward.structural_align, config.models.depth
 
     def score(batch: FeedbackBatch) -> torch.Tensor:
         depth_inputs = batch.input_constant(("depth", model_id), lambda inputs: in_chunks(depth, inputs, batch_size))
         depth_edits = in_chunks(depth, batch.flat_edits, batch_size)
         return structural_score(batch.per_edit(depth_inputs), depth_edits, align).view(-1, batch.num_edits)
 
-    return uses_models(score, depth)
-
-
-# The config key of each reward.semantic_backbone's model.
-SEMANTIC_BACKBONE_KEYS = {"dreamsim": "models.dreamsim", "dinov2": "models.semantic_dinov2", "clip": "models.clip"}
-
-
-def semantic_model_key(config) -> str:
-    """Config key (``models.dreamsim``) of the model of ``config.reward.semantic_backbone``."""
-    backbone = config.reward.semantic_backbone
-    if backbone not in SEMANTIC_BACKBONE_KEYS:
-        raise ValueError(f"reward.semantic_backbone must be one of {sorted(SEMANTIC_BACKBONE_KEYS)}, got {backbone!r}")
-    return SEMANTIC_BACKBONE_KEYS[backbone]
-
-
-def semantic_model_id(config) -> tuple[str, dict]:
-    """Model id and loading keywords of ``config.reward.semantic_backbone``."""
-    key = semantic_model_key(config)
-    kwargs = {"cache_dir": config.models.dreamsim_cache} if key == "models.dreamsim" else {}
-    return config.models[key.split(".")[1]], kwargs
+    return score
 
 
 # What every held-out validation reports by default besides the run's own scores: the method's
@@ -252,29 +247,30 @@ def run_score_names(config) -> list[str]:
     return list(dict.fromkeys([*config.reward.weights.keys(), *validation_score_names(config)]))
 
 
-def feedback_model_keys(config, names: list[str] | None = None) -> list[str]:
-    """Config keys of the feedback models the scores ``names`` (default :func:`run_score_names`)
-    load (structural → depth, semantic → its backbone, a score reading masks → detector and
-    segmenter)."""
+def model_needs(config, names: list[str] | None = None) -> list[ModelNeed]:
+    """The feedback models the registered scores among ``names`` (default :func:`run_score_names`)
+    run, each once, in the scores' registration order; then the mask models when one of them reads
+    masks (not with ``config.whole_frame``)."""
     names = run_score_names(config) if names is None else names
-    keys = []
-    if "structural" in names:
-        keys.append("models.depth")
-    if "semantic" in names:
-        keys.append(semantic_model_key(config))
-    if not config.whole_frame and any(name in SCORES and SCORES[name].needs_masks for name in names):
-        keys.extend(MASK_KEYS)
-    return keys
+    specs = [spec for spec in SCORES.values() if spec.name in names]
+    needs = [need for spec in specs for need in spec.models(config)]
+    if not config.whole_frame and any(spec.needs_masks for spec in specs):
+        needs.append(MASKS)
+    return list({(need.role, need.keys): need for need in needs}.values())
 
 
-@register_score("semantic", lower_is_better=True, needs_masks=True)
-def make_semantic(config, device: torch.device) -> ScoreFn:
-    """Masked patch distance of each edit to its style image + ``rec_lambda`` · reconstruction outside (SPEC §4)."""
-    dtype, batch_size, rec_lambda = reward_dtype(config), config.reward.batch_size, float(config.reward.rec_lambda)
+def feedback_model_keys(config, names: list[str] | None = None) -> list[str]:
+    """Config keys of the feedback models of :func:`model_needs` (structural → depth, semantic →
+    its backbone, a score reading masks → detector and segmenter, a user's score → its own)."""
+    return list(dict.fromkeys(key for need in model_needs(config, names) for key in need.keys))
+
+
+@register_score("semantic", lower_is_better=True, needs_masks=True, models=semantic_needs)
+def make_semantic(config, device: torch.device, embedder) -> ScoreFn:
+    """Masked patch distance of each edit to its style image + ``rec_lambda`` · reconstruction outside (docs/method.md §4)."""
+    batch_size, rec_lambda = config.reward.batch_size, float(config.reward.rec_lambda)
     backbone = config.reward.semantic_backbone
-    model_id, kwargs = semantic_model_id(config)
-    embedder = load_once(("patches", backbone, model_id, *kwargs.items(), str(device), dtype),
-                         lambda: load_patch_embedder(backbone, model_id, device=device, dtype=dtype, **kwargs))
+    model_id, _ = semantic_model_id(config)
 
     def score(batch: FeedbackBatch) -> torch.Tensor:
         edit_tokens, grid = embed_in_chunks(embedder, batch.flat_edits, batch_size)
@@ -293,13 +289,13 @@ def make_semantic(config, device: torch.device) -> ScoreFn:
         )
         return value.view(-1, batch.num_edits)
 
-    return uses_models(score, embedder)
+    return score
 
 
 @register_score("reconstruction", lower_is_better=True, needs_masks=True)
 def make_reconstruction(config, device: torch.device) -> ScoreFn:
     """The semantic score's reconstruction term alone: per-pixel MSE (mean over RGB) between each
-    edit and its input outside the input mask (SPEC §4; the evaluation's ``l2_out``)."""
+    edit and its input outside the input mask (docs/method.md §4; the evaluation's ``l2_out``)."""
 
     def score(batch: FeedbackBatch) -> torch.Tensor:
         input_masks = batch.per_edit(batch.input_masks)
@@ -326,14 +322,16 @@ class Scorer:
     Everything runs in inference mode on ``device``; the returned float32 tensors are ordinary
     (non-inference) tensors, safe to gather and combine. With ``constants`` (and the images' keys)
     per-image values are computed once per run. Which masked images fell back (the detector found
-    nothing) is kept until :meth:`take_mask_fallbacks`.
+    nothing) is kept until :meth:`take_mask_fallbacks`. ``models``: the feedback models the scores
+    and ``mask_fn`` run.
     """
 
     def __init__(self, scores: dict[str, ScoreFn], mask_fn: MaskFn, input_name: str, style_name: str,
-                 device: torch.device, constants: PerImageConstants | None = None, offload: bool = False):
+                 device: torch.device, constants: PerImageConstants | None = None, offload: bool = False,
+                 models: LoadedModels | None = None):
         self.scores, self.mask_fn, self.device = scores, mask_fn, device
         self.input_name, self.style_name = input_name, style_name
-        self.constants, self.offload = constants, offload
+        self.constants, self.offload, self.models = constants, offload, models
         self.fell_back: dict[str, list[torch.Tensor]] = {}
 
     def only(self, names: list[str]) -> "Scorer":
@@ -343,15 +341,12 @@ class Scorer:
         if missing:
             raise ValueError(f"score(s) {missing} are not loaded; loaded: {', '.join(self.scores)}")
         return Scorer({name: self.scores[name] for name in names}, self.mask_fn, self.input_name, self.style_name,
-                      self.device, self.constants, self.offload)
+                      self.device, self.constants, self.offload, self.models)
 
     @property
     def feedback_models(self) -> list:
-        """The feedback-model wrappers the scores run (each once)."""
-        models = [model for fn in self.scores.values() for model in getattr(fn, "models", ())]
-        if self.predicts_masks:
-            models.append(self.mask_fn.predictor)
-        return list({id(model): model for model in models}.values())
+        """The loaded feedback models (those of :attr:`models`)."""
+        return [] if self.models is None else list(self.models.loaded.values())
 
     @contextlib.contextmanager
     def models_on_device(self):
@@ -412,25 +407,22 @@ class PredictedMasks:
         return Masks.cat([self.predictor(chunk, name, self.fallback) for chunk in images.split(self.batch_size)])
 
 
-def mask_function(config, device: torch.device) -> MaskFn:
-    """Grounded-SAM2 masks (:class:`PredictedMasks`, models loaded once), or whole-frame masks."""
+def mask_function(config, models: LoadedModels) -> MaskFn:
+    """Grounded-SAM2 masks (:class:`PredictedMasks`, the predictor of :data:`MASKS` from
+    ``models``), or whole-frame masks."""
     if config.whole_frame:
         return whole_frame_mask_fn
-    dtype, models, reward = reward_dtype(config), config.models, config.reward
+    reward = config.reward
     if reward.mask_fallback not in MASK_FALLBACKS:
         raise ValueError(f"reward.mask_fallback must be one of {MASK_FALLBACKS}, got {reward.mask_fallback!r}")
-    key = ("masks", models.detector, models.segmenter, str(device), dtype, reward.box_threshold, reward.text_threshold)
-    predictor = load_once(key, lambda: MaskPredictor.from_pretrained(
-        models.detector, models.segmenter, device=device, dtype=dtype,
-        box_threshold=reward.box_threshold, text_threshold=reward.text_threshold))
-    return PredictedMasks(predictor, reward.batch_size, reward.mask_fallback)
+    return PredictedMasks(models.get(MASKS), reward.batch_size, reward.mask_fallback)
 
 
 def build_scorer(config, device, accelerator=None, names: list[str] | None = None) -> Scorer:
     """A :class:`Scorer` of the scores ``names`` (default: those of ``config.reward.weights``);
-    models load once per process, on the main process first when an ``accelerator`` is given (no
-    download/cache races), on ``device``, or on the CPU with ``reward.offload`` (see
-    :meth:`Scorer.models_on_device`)."""
+    it loads each feedback model once (:class:`LoadedModels`, shared by :meth:`Scorer.only`), on
+    the main process first when an ``accelerator`` is given (no download/cache races), on
+    ``device``, or on the CPU with ``reward.offload`` (see :meth:`Scorer.models_on_device`)."""
     names = list(config.reward.weights.keys()) if names is None else names
     unknown = [name for name in names if name not in SCORES]
     if unknown:
@@ -439,10 +431,11 @@ def build_scorer(config, device, accelerator=None, names: list[str] | None = Non
     device = torch.device(device)
     load_device = torch.device("cpu") if config.reward.offload else device
     first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
+    models = LoadedModels(config, load_device)
     with first:
-        scores = {name: SCORES[name].factory(config, load_device) for name in names}
+        scores = {name: SCORES[name].make(config, load_device, models) for name in names}
         needs_masks = any(SCORES[name].needs_masks for name in names)
-        mask_fn = mask_function(config, load_device) if needs_masks else whole_frame_mask_fn
+        mask_fn = mask_function(config, models) if needs_masks else whole_frame_mask_fn
     constants = PerImageConstants() if config.reward.per_image_constants else None
     return Scorer(scores, mask_fn, config.input_name, config.style_name, device, constants,
-                  offload=config.reward.offload)
+                  offload=config.reward.offload, models=models)

@@ -1,4 +1,4 @@
-"""Semantic score of SPEC §4 as pure tensor functions (no model).
+"""Semantic score of docs/method.md §4 as pure tensor functions (no model).
 
 Shapes: ``B`` images, ``N`` edit patches and ``M`` style patches of dimension ``D``; pixel masks
 are bool ``(B, H, W)``, grid masks bool ``(B, N)`` in row-major patch order. Every score is

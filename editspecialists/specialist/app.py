@@ -11,7 +11,7 @@ from PIL import Image
 
 from editspecialists.data.images import read_rgb
 from editspecialists.specialist.pipeline import EditSpecialistPipeline, check_seed
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def demo_model(runs: str | Path = DEMO_RUNS) -> str:
 
 
 def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSpecialistPipeline | None]:
-    """(the specialist, the base pipeline when the specialist cannot run its own base: a merged
-    export); ``model`` is what ``from_pretrained`` takes, or ``demo``."""
+    """(the specialist, the base pipeline when the specialist cannot run its own base: an export);
+    ``model`` is what ``from_pretrained`` takes, or ``demo``."""
     from editspecialists.demo.scenes import DEMO_RESOLUTION
 
     is_demo = model == "demo"
@@ -56,7 +56,7 @@ def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSp
         for key, value in {"input_name": "car", "style_name": "lego", "resolution": DEMO_RESOLUTION}.items():
             specialist.info[key] = specialist.info.get(key) or value
         specialist.info["defaults"] = {"num_inference_steps": DEMO_STEPS, **(specialist.info.get("defaults") or {})}
-    if hasattr(specialist.denoiser, "reference"):
+    if specialist.policy is not None:  # its frozen reference is the base model
         return specialist, None
     base = specialist.info["base"]
     logger.info("app: loading the base model %s (revision %s) for the edits beside the specialist's ...",

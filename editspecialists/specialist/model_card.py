@@ -24,10 +24,10 @@ def model_card(info: dict) -> str:
         "",
         "## Model",
         "",
-        f"- base model: `{base['model']}` (revision `{base['revision']}`), components "
-        f"{'copied into this folder' if info['components'] == 'copy' else 'loaded from the base model id'}",
-        "- UNet: " + ("LoRA merged into the weights" if info["unet"] == "merged"
-                      else "the base UNet + the trained adapter (specialist/)"),
+        f"- base model: `{base['model']}` (revision `{base['revision']}`), its components copied into this folder",
+        "- UNet (`unet/`): " + ("LoRA fused into the weights" if info["unet"] == "merged"
+                                else "the base weights and the trained conv_in; the LoRA in diffusers' format "
+                                     "(`pytorch_lora_weights.safetensors`)"),
         f"- sampler: `{info['scheduler']}`; trained at {info.get('resolution') or 'an unknown'} px",
         f"- exported with editspecialists {info['method_version']}",
     ]
@@ -49,6 +49,16 @@ def model_card(info: dict) -> str:
         'pipe = EditSpecialistPipeline.from_pretrained("<this folder>")',
         'edit = pipe(Image.open("input.jpg"), Image.open("style.jpg"), '
         f'num_inference_steps={steps}, generator=0).images[0]',
+        "```",
+        "",
+        "In diffusers alone (a `DiffusionPipeline` folder; the hashes are then not checked):",
+        "",
+        "```python",
+        "import editspecialists.specialist.pipeline  # names the pipeline and style module classes to diffusers",
+        "from diffusers import DiffusionPipeline",
+        "",
+        'pipe = DiffusionPipeline.from_pretrained("<this folder>")',
+        *(['pipe.load_lora_weights("<this folder>")  # the LoRA onto pipe.unet'] if info["unet"] == "adapter" else []),
         "```",
         "",
         "The edit has the input's size (the model works at most at the training resolution on the longer "

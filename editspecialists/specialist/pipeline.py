@@ -1,62 +1,84 @@
-"""``EditSpecialistPipeline``: load a specialist and edit one image, as with any diffusers pipeline.
+"""``EditSpecialistPipeline``: a diffusers pipeline that edits one image with a specialist.
 
     from editspecialists import EditSpecialistPipeline
     pipe = EditSpecialistPipeline.from_pretrained("exported/car_lego")
     edit = pipe(Image.open("car.jpg"), Image.open("lego.jpg"), generator=0).images[0]
 
-It loads through the training code (``load_pipeline``, ``build_policy``, the checkpoint checks)
-and edits through the sampler and guidance of training; generate.py edits its batches with
-:meth:`EditSpecialistPipeline.edit_tensors` too, so both give the same pixels for the same seed,
-prompt and image at batch size 1.
+A ``DiffusionPipeline`` whose registered components are the VAE, text encoder and tokenizer, the
+12-channel UNet, the style module (:class:`StylePromptAttention`) and the scheduler, and whose config
+``info`` says what the model is (base model, edit names, training resolution and defaults,
+provenance). So ``save_pretrained``/``from_pretrained``, ``to(device, dtype)``,
+``enable_model_cpu_offload``, ``set_progress_bar_config`` and the LoRA loader (``load_lora_weights``,
+``fuse_lora``) work as in any diffusers pipeline; ``save_pretrained`` writes an export (layout and
+the diffusers calls that read it in :mod:`editspecialists.formats.export`), which diffusers loads
+alone once this module is imported (it names the class to diffusers)::
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(folder)  # an adapter export's LoRA, in diffusers' format
+
+The pipeline's extra state is its config entry ``info`` (model_index.json), so that the pipeline
+diffusers loads edits as this one: same names, resolution and resize filter.
+
+Built from a checkpoint or a base model (through the trainer's ``build_edit_model``, the
+checkpoint's weights loaded through the checkpoint checks) it also holds ``policy``, the
+:class:`~editspecialists.diffusion.policy.VisualPromptPolicy` whose UNet and style module are the
+registered ones: it samples as training does and runs its frozen reference (:meth:`base_model`).
+Loaded from an export it samples with the registered UNet (its LoRA loaded by diffusers) and style
+module through the same guidance. Both sample with the training sampler (:func:`sample_edits`), and
+generate.py edits its batches with :meth:`edit_tensors` too, so both give the same pixels for the
+same seed, prompt and image at batch size 1.
 
 Image size: training and generate.py resize the short side to ``data_resize`` and crop the
-central square. The pipeline never crops: it resizes the input (any size, any mode; RGBA is
-composited on white) so that both sides are multiples of 8 and the longer is at most ``max_side``
-(default: the specialist's training resolution ``data_resize``; it never enlarges), edits, and
-resizes the edit back to the input's size. A square input of ``data_resize`` pixels is therefore
-edited exactly as generate.py edits it. The style image is resized to cover the working size and
-centre-cropped to it (for a square, generate.py's own resize and crop).
+central square. The pipeline never crops: its ``image_processor`` (diffusers' ``VaeImageProcessor``
+with the specialist's resize filter) resizes the input (any size, any mode; RGBA is composited on
+white) so that both sides are multiples of the VAE's downsampling factor ``vae_scale_factor`` and
+the longer is at most ``max_side`` (default: the specialist's training resolution ``data_resize``;
+it never enlarges); the edit is resized back to the input's size (bicubic, antialiased: the image
+processor's tensor resize is nearest-neighbour). A square input of ``data_resize`` pixels is
+therefore edited exactly as generate.py edits it. The style image is resized to cover the working
+size and centre-cropped to it in the training data's arithmetic (for a square, generate.py's own
+resize and crop; the image processor's "crop" mode rounds otherwise).
 """
 
-from __future__ import annotations
-
 import copy
-import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata as package_metadata
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.utils import BaseOutput
+from peft import get_peft_model_state_dict
 from PIL import Image, ImageOps
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from editspecialists import writing
 from editspecialists.command_line import command_with
 from editspecialists.config_keys import value_at
 from editspecialists.data.dataset import PROMPT_TEMPLATES
-from editspecialists.data.images import (DEFAULT_RESIZE_FILTER, image_to_tensor, read_rgb, resize_cover, resize_to,
-                                         tensor_to_image, to_rgb)
+from editspecialists.data.images import DEFAULT_RESIZE_FILTER, read_rgb, resize_cover, to_rgb
+from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
 from editspecialists.diffusion.guidance import (BranchInputs, EditConditioning, GuidanceScales, branch_epsilon,
                                                 branch_inputs)
 from editspecialists.diffusion.pipeline import (cast_model, encode_images, encode_prompts, load_pipeline,
-                                                load_scheduler, place_encoders)
-from editspecialists.diffusion.policy import VISUAL_PROMPT_CHANNELS, StylePromptAttention, build_policy
+                                                load_scheduler)
+from editspecialists.diffusion.policy import StylePromptAttention
 from editspecialists.diffusion.sampler import sample_edits
-from editspecialists.specialist import folder as export
+from editspecialists.formats import checkpoint as ckpt
+from editspecialists.formats import export
 from editspecialists.specialist.model_card import model_card
-from editspecialists.training import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
 
-# Both sides of the working image are multiples of this (the VAE's downsampling factor of SD).
-SIDE_MULTIPLE = 8
 # Longer side of the working image when the model records no training resolution (a base model).
 BASE_MAX_SIDE = 512
-# The LoRA of the untrained visual-prompt model (build_policy's defaults; identity at initialisation).
-INITIAL_ARCHITECTURE = {"use_lora": "True", "lora_rank": "8", "lora_alpha": "8"}
 # Run-config keys summarised in the export's metadata and model card.
 TRAINING_SUMMARY_KEYS = ("seed", "num_epochs", "data_resize", "use_lora", "lora_rank", "lora_alpha",
                          "train.learning_rate", "train.eps", "train.beta", "sample.nb_gen", "sample.num_steps",
@@ -64,7 +86,7 @@ TRAINING_SUMMARY_KEYS = ("seed", "num_epochs", "data_resize", "use_lora", "lora_
 
 
 @dataclass
-class EditSpecialistOutput:
+class EditSpecialistOutput(BaseOutput):
     """``images``: the edits, PIL RGB images (``output_type="pil"``) or a (G, 3, H, W) float tensor
     in [0, 1] (``"pt"``), at the input's size; ``prompt``: the instruction used."""
 
@@ -72,9 +94,10 @@ class EditSpecialistOutput:
     prompt: str
 
 
-class MergedDenoiser(torch.nn.Module):
-    """A 12-channel UNet (LoRA merged) and the style module: the guided noise prediction of
-    :class:`~editspecialists.diffusion.policy.VisualPromptPolicy`, without its training parts."""
+class Denoiser(torch.nn.Module):
+    """The guided noise prediction of a 12-channel UNet and a style module (what
+    :class:`~editspecialists.diffusion.policy.VisualPromptPolicy` computes, without its training
+    parts): what the sampler calls for a pipeline loaded from an export."""
 
     def __init__(self, unet, style_module: StylePromptAttention):
         super().__init__()
@@ -89,18 +112,32 @@ class MergedDenoiser(torch.nn.Module):
         return branch_epsilon(self.unet, cond, scaled_latents, timesteps, scales)
 
 
-class EditSpecialistPipeline:
-    """The frozen VAE, text encoder and tokenizer, the denoiser (the visual-prompt policy, or a
-    :class:`MergedDenoiser`), the scheduler, and ``info``: what the model is (base model, names,
-    training resolution and defaults, provenance; the export's metadata)."""
+class EditSpecialistPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    """The VAE, text encoder and tokenizer, the 12-channel UNet, the style module and the scheduler
+    (registered components), and ``info`` (pipeline config): what the model is (base model, names,
+    training resolution and defaults, provenance; the export's metadata). ``policy``: the trainer's
+    policy when built from a checkpoint or base model (None when loaded from an export)."""
 
-    def __init__(self, vae, text_encoder, tokenizer, scheduler, denoiser, info: dict):
-        self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
-        self.scheduler, self.denoiser, self.info = scheduler, denoiser.eval(), info
+    model_cpu_offload_seq = "text_encoder->style_module->unet->vae"
+
+    # Component annotations are classes (no postponed evaluation in this module): diffusers reads them.
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, style_module: StylePromptAttention, scheduler: SchedulerMixin,
+                 info=None):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              style_module=style_module, scheduler=scheduler)
+        self.register_to_config(info=info or {})
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, resample=self.resize_filter,
+                                                 do_normalize=False)  # [0, 1] in and out, as edit_tensors
+        self.policy = None
 
     @property
-    def device(self) -> torch.device:
-        return self.vae.device
+    def info(self) -> dict:
+        """What the model is (the export's metadata without its format): base model, names,
+        training resolution and defaults, provenance; a pipeline config entry (model_index.json)."""
+        return self.config.info
 
     # ---- loading ----
 
@@ -129,7 +166,22 @@ class EditSpecialistPipeline:
                 f"(no model_index.json)")
         else:
             specialist = cls.from_base(str(path))
-        return specialist.to(device, torch_dtype)
+        specialist.to(device)
+        if torch_dtype != torch.float32:  # built and loaded in fp32; cast quietly (diffusers' model `to` warns)
+            for module in (*specialist.components.values(), specialist.policy):
+                if isinstance(module, torch.nn.Module):
+                    cast_model(module, dtype=torch_dtype)
+        return specialist
+
+    @classmethod
+    def from_spec(cls, spec: EditModelSpec, info: dict) -> "EditSpecialistPipeline":
+        """The untrained policy of ``spec``, built by :func:`build_edit_model` on the CPU in fp32 (as
+        every specialist is before its weights load; :meth:`to` places it), with ``info``."""
+        model = build_edit_model(replace(spec, frozen_dtype=torch.float32, use_xformers=False))
+        pipe = cls(model.vae, model.text_encoder, model.tokenizer, model.policy.unet, model.policy.style_module,
+                   model.scheduler, info=info)
+        pipe.policy = model.policy.eval()
+        return pipe
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, scheduler: str | None = None) -> "EditSpecialistPipeline":
@@ -138,61 +190,77 @@ class EditSpecialistPipeline:
         checkpoint = ckpt.resolve_checkpoint(path)
         trained = ckpt.saved_run_config(checkpoint)
         scheduler = scheduler or trained.pretrained.scheduler
-        pipe = load_pipeline(trained.pretrained.model, revision=trained.pretrained.revision, scheduler=scheduler)
-        policy = build_policy(pipe.unet, use_lora=trained.use_lora, lora_rank=trained.lora_rank,
-                              lora_alpha=trained.lora_alpha)
-        ckpt.load_weights(policy, checkpoint, ckpt.architecture_of(trained))
+        specialist = cls.from_spec(EditModelSpec.from_config(trained, scheduler=scheduler),
+                                   checkpoint_info(checkpoint, trained, scheduler))
+        ckpt.load_weights(specialist.policy, checkpoint, ckpt.architecture_of(trained))
         logger.info("loaded %s", checkpoint)
-        info = checkpoint_info(checkpoint, trained, scheduler)
-        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, policy, info)
+        return specialist
 
     @classmethod
     def from_base(cls, model_id: str, revision: str = "main", scheduler: str = "euler_ancestral", *,
                   warn: bool = True) -> "EditSpecialistPipeline":
         """The base InstructPix2Pix with the visual-prompt modules at their initial, identity state;
         ``warn``: log a warning that its edits are the untrained base model's."""
+        return cls.untrained(EditModelSpec(model_id, revision, scheduler), warn=warn)
+
+    @classmethod
+    def untrained(cls, spec: EditModelSpec, *, warn: bool = True) -> "EditSpecialistPipeline":
+        """:meth:`from_base` with the policy ``spec`` describes (a run config's, say)."""
         if warn:
             logger.warning("%s is the base InstructPix2Pix model, untrained: its edits are the base model's "
                            "(visual-prompt modules at their initial, identity state; no specialist loaded)",
-                           model_id)
-        pipe = load_pipeline(model_id, revision=revision, scheduler=scheduler)
-        policy = build_policy(pipe.unet, use_lora=True)
-        info = {"base": {"model": model_id, "revision": revision}, "scheduler": scheduler, "trained": False,
-                "input_name": None, "style_name": None, "resolution": None, "resize_filter": DEFAULT_RESIZE_FILTER,
-                "architecture": INITIAL_ARCHITECTURE,
+                           spec.model)
+        info = {"base": {"model": spec.model, "revision": spec.revision}, "scheduler": spec.scheduler,
+                "trained": False, "input_name": None, "style_name": None, "resolution": None,
+                "resize_filter": DEFAULT_RESIZE_FILTER, "architecture": spec.architecture(),
                 "source": None, "training": None, "defaults": {}}
-        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, policy, info)
+        return cls.from_spec(spec, info)
 
     @classmethod
     def from_export(cls, folder: Path) -> "EditSpecialistPipeline":
-        """An exported folder (:mod:`editspecialists.specialist.folder`), its files verified first."""
-        info = export.read_metadata(folder)
+        """An exported folder (:mod:`editspecialists.formats.export`), its files verified first:
+        diffusers' ``from_pretrained``, then for an adapter export the LoRA onto the UNet
+        (``load_lora_adapter``: ``pipe.load_lora_weights`` would also look for text-encoder LoRA)."""
+        metadata = export.read_metadata(folder)
         export.verify_export(folder)
-        base = info["base"]
-        if info["components"] == "copy":
-            pipe = load_pipeline(str(folder), scheduler=info["scheduler"])
-        else:
-            pipe = load_pipeline(base["model"], revision=base["revision"], scheduler=info["scheduler"])
-            pipe.scheduler = load_scheduler(str(folder), scheduler=info["scheduler"])
-        if info["unet"] == "merged":
-            unet = pipe.unet if info["components"] == "copy" else load_merged_unet(folder)
-            denoiser = merged_denoiser(folder, unet)
-        else:
-            architecture = info["architecture"]
-            denoiser = build_policy(pipe.unet, use_lora=architecture["use_lora"] == "True",
-                                    lora_rank=int(architecture["lora_rank"]),
-                                    lora_alpha=json.loads(architecture["lora_alpha"]))
-            ckpt.load_weights(denoiser, folder / export.SPECIALIST, architecture)
-        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, denoiser, info)
+        if metadata["format"] == export.FIRST_FORMAT:
+            return cls.from_first_format_export(folder, metadata)
+        specialist = super().from_pretrained(str(folder))
+        if metadata["unet"] == "adapter":
+            specialist.unet.load_lora_adapter(str(folder), weight_name=export.LORA_WEIGHTS, prefix="unet")
+        return specialist
 
-    def to(self, device, dtype: torch.dtype = torch.float32) -> "EditSpecialistPipeline":
-        """Every model on ``device`` in ``dtype`` (in place; returned for chaining)."""
-        place_encoders(self, device, dtype)
-        cast_model(self.denoiser, device, dtype)
+    @classmethod
+    def from_first_format_export(cls, folder: Path, info: dict) -> "EditSpecialistPipeline":
+        """An export of the first format: the policy with the weights of its ``specialist/``
+        checkpoint ("adapter"), or its merged 12-channel UNet and ``style_module.safetensors``; the
+        base components copied, or loaded from the base model id ("components": "reference")."""
+        copied = info["components"] == "copy"
+        model, revision = (str(folder), "") if copied else (info["base"]["model"], info["base"]["revision"])
+        if info["unet"] == "adapter":
+            spec = EditModelSpec(model, revision, info["scheduler"]).with_architecture(info["architecture"])
+            specialist = cls.from_spec(spec, info)
+            ckpt.load_weights(specialist.policy, folder / export.FIRST_FORMAT_SPECIALIST, info["architecture"])
+        else:
+            base = load_pipeline(model, revision=revision, scheduler=info["scheduler"])
+            unet = base.unet if copied else UNet2DConditionModel.from_pretrained(folder / "unet")
+            specialist = cls(base.vae, base.text_encoder, base.tokenizer, unet, first_format_style_module(folder, unet),
+                             base.scheduler, info=info)
+        if not copied:
+            specialist.scheduler = load_scheduler(str(folder), scheduler=info["scheduler"])
+        return specialist
+
+    def to(self, *args, **kwargs) -> "EditSpecialistPipeline":
+        """diffusers' ``to``: every component to a device and/or dtype; the policy's frozen
+        reference follows the UNet."""
+        super().to(*args, **kwargs)
+        if self.policy is not None:
+            cast_model(self.policy, self.unet.device, self.unet.dtype)
         return self
 
     # ---- editing ----
 
+    @torch.no_grad()
     def __call__(self, image, style_image, prompt: str | None = None, *, input_name: str | None = None,
                  style_name: str | None = None, num_inference_steps: int = 100, guidance_scale: float = 7.5,
                  image_guidance_scale: float = 1.5, style_image_guidance_scale: float = 3.0,
@@ -212,17 +280,22 @@ class EditSpecialistPipeline:
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
         prompt = prompt or self.default_prompt(input_name, style_name)
         source, style = upright_rgb(image), upright_rgb(style_image)
-        size = working_size(*source.size, max_side or self.max_side)
-        inputs = image_to_tensor(resize_to(source, size, self.resize_filter))[None]
-        styles = image_to_tensor(resize_cover(style, size, self.resize_filter))[None]
+        size = working_size(*source.size, max_side or self.max_side, self.vae_scale_factor)
+        inputs = self.preprocess(source, size)
+        styles = self.preprocess(resize_cover(style, size, self.resize_filter), size)
         scales = GuidanceScales(guidance_scale, image_guidance_scale, style_image_guidance_scale)
         edits = self.edit_tensors(inputs, styles, [prompt], [self.generator(generator)],
                                   num_inference_steps=num_inference_steps, scales=scales, eta=eta,
                                   nb_gen=num_images_per_prompt)[0]
         edits = resize_tensors(edits, source.size)
-        if output_type == "pt":
-            return EditSpecialistOutput(edits, prompt)
-        return EditSpecialistOutput([tensor_to_image(edit) for edit in edits], prompt)
+        return EditSpecialistOutput(self.image_processor.postprocess(edits, output_type=output_type), prompt)
+
+    def preprocess(self, image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1] of an RGB image resized to ``size`` = (W, H) by the image processor,
+        in the contiguous layout of generate.py's tensors (the processor's is channels-last, with
+        which a convolution may round otherwise)."""
+        width, height = size
+        return self.image_processor.preprocess(image, height=height, width=width).contiguous()
 
     def edit_tensors(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str],
                      generators: list[torch.Generator], *, num_inference_steps: int, scales: GuidanceScales,
@@ -230,22 +303,41 @@ class EditSpecialistPipeline:
         """Edits (N, G, 3, h, w) in [0, 1] of inputs and styles (N, 3, h, w) in [0, 1], one prompt
         and one generator per input: the sampler of training (4-branch guidance, one UNet call per
         step; ``research_code_compat``: the research code's lagged Euler input scale, see
-        :func:`sample_edits`). generate.py calls this for each batch."""
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        cond = EditConditioning(encode_images(self.vae, inputs.to(self.device)),
-                                encode_images(self.vae, styles.to(self.device)),
+        :func:`sample_edits`), with a progress bar over the steps. generate.py calls this for each
+        batch."""
+        denoiser, device = self.denoiser, self._execution_device
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        cond = EditConditioning(encode_images(self.vae, inputs.to(device)), encode_images(self.vae, styles.to(device)),
                                 encode_prompts(self.tokenizer, self.text_encoder, prompts),
                                 encode_prompts(self.tokenizer, self.text_encoder, [""]))
-        return sample_edits(self.denoiser, self.scheduler, self.vae, cond, nb_gen=nb_gen, scales=scales,
-                            eta=eta, generator=generators, research_code_compat=research_code_compat).images
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
+            edits = sample_edits(denoiser, self.scheduler, self.vae, cond, nb_gen=nb_gen, scales=scales, eta=eta,
+                                 generator=generators, research_code_compat=research_code_compat,
+                                 on_step=lambda _: bar.update()).images
+        self.maybe_free_model_hooks()
+        return edits
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """What the sampler calls: the policy, else the registered UNet and style module
+        (:class:`Denoiser`; an adapter export's only once its LoRA is loaded, or fused)."""
+        if self.policy is not None:
+            return self.policy
+        if self.info.get("unet") == "adapter" and not getattr(self.unet, "peft_config", None) \
+                and not self.num_fused_loras:
+            folder = self.name_or_path or "<the export>"
+            raise ValueError(f"this pipeline's UNet lacks its LoRA (an adapter export): load it with "
+                             f"pipe.load_lora_weights({str(folder)!r}), or load the export with "
+                             f"EditSpecialistPipeline.from_pretrained")
+        return Denoiser(self.unet, self.style_module)
 
     def generator(self, generator: torch.Generator | int | None) -> torch.Generator:
-        """A generator on the pipeline's device from an int seed (:func:`check_seed`; a random one
-        for None)."""
+        """A generator on the pipeline's execution device from an int seed (:func:`check_seed`; a
+        random one for None)."""
         if isinstance(generator, torch.Generator):
             return generator
         seed = check_seed(generator) if generator is not None else int(np.random.SeedSequence().generate_state(1)[0])
-        return torch.Generator(self.device).manual_seed(seed)
+        return torch.Generator(self._execution_device).manual_seed(seed)
 
     def default_prompt(self, input_name: str | None = None, style_name: str | None = None) -> str:
         """The method's first template with the given names or the specialist's."""
@@ -270,72 +362,63 @@ class EditSpecialistPipeline:
     def base_model(self):
         """Within the block the pipeline edits with the base InstructPix2Pix it was trained from
         (the policy's frozen reference: LoRA off, initial visual-prompt modules)."""
-        reference = getattr(self.denoiser, "reference", None)
-        if reference is None:
-            raise ValueError("a merged export holds no base UNet: load the base model with from_pretrained")
-        with reference():
+        if self.policy is None:
+            raise ValueError("an export holds no base model: load the base model with from_pretrained")
+        with self.policy.reference():
             yield self
 
     # ---- export ----
 
-    def save_pretrained(self, folder: str | Path, *, merge_lora: bool = False, components: str = "copy",
+    def save_pretrained(self, save_directory: str | Path, *, merge_lora: bool = False,
                         overwrite: bool = False) -> Path:
-        """Write a self-contained export that :meth:`from_pretrained` loads offline (layout in
-        :mod:`editspecialists.specialist.folder`); nothing is written outside ``folder``.
+        """Write an export that :meth:`from_pretrained` loads offline (layout in
+        :mod:`editspecialists.formats.export`); nothing is written outside ``save_directory``.
 
-        merge_lora: the UNet with LoRA merged (else the checkpoint's weights as an adapter on the
-        base UNet); components: "copy" the base pipeline's components, or "reference" its model id
-        and revision. A non-empty ``folder`` is refused unless ``overwrite``.
+        merge_lora: the UNet with its LoRA fused (``fuse_lora``, then ``unload_lora``), else the
+        UNet without it and the LoRA in diffusers' format (``save_lora_weights``); a UNet without
+        LoRA (full fine-tuning, or an export's fused LoRA) is written whole. A non-empty folder is
+        refused unless ``overwrite``.
         """
-        if components not in export.COMPONENTS:
-            raise ValueError(f"components must be one of {list(export.COMPONENTS)}, got {components!r}")
-        if not hasattr(self.denoiser, "trainable_state_dict"):
-            raise ValueError("this pipeline was loaded from a merged export: export its source checkpoint instead")
-        folder = Path(folder)
+        folder = Path(save_directory)
         export.check_output_folder(folder, overwrite)
-        unet = merged_unet(self.denoiser) if merge_lora else initial_unet(self.denoiser)
-        info = {**self.info, "method_version": package_metadata.version("editspecialists"),
-                "components": components, "unet": "merged" if merge_lora else "adapter"}
-        info.pop("format", None)
-        written = [unet] if components == "copy" or merge_lora else []
-        written += [self.vae, self.text_encoder] if components == "copy" else []
-        written += [self.denoiser.style_module] if merge_lora else []
-        adapter = {} if merge_lora else self.denoiser.trainable_state_dict()
+        adapter = lora_adapter(self.unet)
+        form = "merged" if merge_lora or adapter is None else "adapter"
+        info = {key: value for key, value in self.info.items() if key not in ("format", "components")}
+        info.update(method_version=package_metadata.version("editspecialists"), unet=form)
+        written = self.export_pipeline(form, adapter, info)
+        lora = {} if form == "merged" else get_peft_model_state_dict(self.unet, adapter_name=adapter)
 
         def write(tmp: Path) -> None:
             (tmp / export.MODEL_CARD).write_text(model_card(info))
-            if components == "copy":
-                self.diffusers_pipeline(unet).save_pretrained(tmp)
-            else:
-                self.scheduler.save_pretrained(tmp / "scheduler")
-                if merge_lora:
-                    unet.save_pretrained(tmp / "unet")
-            if merge_lora:
-                ckpt.save_weights(tmp / export.STYLE_MODULE, self.denoiser.style_module.state_dict(), {})
-            else:
-                self.write_adapter(tmp / export.SPECIALIST)
+            DiffusionPipeline.save_pretrained(written, tmp)
+            if lora:
+                self.save_lora_weights(tmp, unet_lora_layers=lora,
+                                       unet_lora_adapter_metadata=self.unet.peft_config[adapter].to_dict())
             export.write_metadata(tmp, info)
 
-        needed = sum(tensor_bytes(module.state_dict().values()) for module in written) + tensor_bytes(adapter.values())
+        models = (written.vae, written.text_encoder, written.unet, written.style_module)
+        needed = sum(tensor_bytes(model.state_dict().values()) for model in models) + tensor_bytes(lora.values())
         return writing.write_folder(folder, write, "export", needed,
                                     f"Nothing was written to {folder}. Free some space, then run again: "
                                     f"{command_with({})}")
 
-    def diffusers_pipeline(self, unet):
-        """A ``StableDiffusionInstructPix2PixPipeline`` of this pipeline's components and ``unet``."""
-        from diffusers import StableDiffusionInstructPix2PixPipeline
+    def export_pipeline(self, form: str, adapter: str | None, info: dict) -> "EditSpecialistPipeline":
+        """The pipeline an export of ``form`` writes: these components, ``info``, and the UNet
+        without its LoRA adapter (a copy; the adapter fused in for "merged")."""
+        unet = self.unet
+        if adapter is not None:
+            unet = copy.deepcopy(unet)
+            if form == "merged":
+                unet.fuse_lora(adapter_names=[adapter])
+            unet.unload_lora()
+        return type(self)(self.vae, self.text_encoder, self.tokenizer, unet, self.style_module, self.scheduler,
+                          info=info)
 
-        return StableDiffusionInstructPix2PixPipeline(self.vae, self.text_encoder, self.tokenizer, unet,
-                                                      self.scheduler, safety_checker=None, feature_extractor=None,
-                                                      requires_safety_checker=False)
 
-    def write_adapter(self, folder: Path) -> None:
-        """The policy's trainable weights as a checkpoint folder (weights, trainer state, hashes)."""
-        folder.mkdir()
-        ckpt.save_weights(folder / ckpt.WEIGHTS, self.denoiser.trainable_state_dict(), self.info["architecture"])
-        (folder / ckpt.TRAINER_STATE).write_text(json.dumps((self.info.get("source") or {}).get("trainer", {})))
-        ckpt.record_hashes(folder)
-
+# DiffusionPipeline.from_pretrained looks the class a model_index.json names up in the diffusers
+# namespace: naming this one there lets it load an export (and imports the style module's module,
+# which diffusers requires of a component defined outside it).
+setattr(diffusers, EditSpecialistPipeline.__name__, EditSpecialistPipeline)
 
 MAX_SEED = 2**64 - 1  # torch generators take seeds from 0 to 2**64 - 1
 
@@ -390,65 +473,33 @@ def config_value(config, dotted_key: str):
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
-# ---- UNets of the export ----
+# ---- LoRA ----
 
-def plain_unet_state(unet) -> dict[str, torch.Tensor]:
-    """The UNet's state dict without PEFT's wrapping: LoRA tensors dropped, base layers renamed."""
-    return {key.replace(".base_layer.", "."): value for key, value in unet.state_dict().items()
-            if "lora_" not in key}
-
-
-def unet_like(unet, state: dict[str, torch.Tensor], in_channels: int):
-    """A fresh diffusers UNet of ``unet``'s config with ``in_channels`` inputs holding ``state``."""
-    from diffusers import UNet2DConditionModel
-
-    config = {**dict(unet.config), "in_channels": in_channels}
-    fresh = UNet2DConditionModel.from_config(config)
-    fresh.load_state_dict(state, strict=True)
-    return fresh
+def lora_adapter(unet) -> str | None:
+    """The name of the UNet's LoRA adapter (peft), None without one; several are refused."""
+    names = list(getattr(unet, "peft_config", None) or {})
+    if len(names) > 1:
+        raise ValueError(f"the UNet holds {len(names)} LoRA adapters {names}: delete all but one "
+                         f"(unet.delete_adapters) before exporting")
+    return names[0] if names else None
 
 
-def merged_unet(policy):
-    """The policy's 12-channel UNet with its LoRA updates merged into the weights (a copy)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def first_format_style_module(folder: Path, unet) -> StylePromptAttention:
+    """The style module of a first-format merged export (``style_module.safetensors``), for its
+    UNet (checked to take 12 channels)."""
+    from safetensors.torch import load_file
 
-    unet = copy.deepcopy(policy.unet)
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-    return unet_like(unet, plain_unet_state(unet), unet.config.in_channels)
-
-
-def initial_unet(policy):
-    """The base 8-channel UNet the policy was built from (LoRA off, the initial conv_in)."""
-    with policy.reference():
-        reference_unet = policy.active_unet  # full fine-tuning keeps a frozen copy
-        state = plain_unet_state(reference_unet)
-        state["conv_in.weight"] = reference_unet.conv_in.weight[:, :-VISUAL_PROMPT_CHANNELS]
-    return unet_like(reference_unet, state, reference_unet.config.in_channels - VISUAL_PROMPT_CHANNELS)
-
-
-def load_merged_unet(folder: Path):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel.from_pretrained(folder / "unet")
-
-
-def merged_denoiser(folder: Path, unet) -> MergedDenoiser:
-    """The merged export's UNet (checked to take 12 channels) and its style module."""
     expected = export.SPECIALIST_UNET_CHANNELS
     if unet.config.in_channels != expected:
         raise export.ExportError(f"{folder / 'unet' / 'config.json'}: a UNet with {unet.config.in_channels} input "
                                  f"channels, not the specialist's {expected}: another architecture")
     style_module = StylePromptAttention.from_unet(unet)
-    path = folder / export.STYLE_MODULE
-    from safetensors.torch import load_file
-
+    path = folder / export.FIRST_FORMAT_STYLE_MODULE
     try:
         style_module.load_state_dict(load_file(str(path)), strict=True)
     except (OSError, RuntimeError) as error:
         raise export.ExportError(f"{path} does not hold this UNet's style module ({error})") from error
-    return MergedDenoiser(unet, style_module.to(unet.device))
+    return style_module.to(unet.device)
 
 
 # ---- images ----
@@ -462,11 +513,12 @@ def upright_rgb(image) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+def working_size(width: int, height: int, max_side: int, multiple: int) -> tuple[int, int]:
     """(w, h) for editing a width × height image: scaled down (never up) so the longer side is at
-    most ``max_side``, then each side rounded to the nearest multiple of 8 (at least 8)."""
+    most ``max_side``, then each side rounded to the nearest multiple of ``multiple`` (the VAE's
+    factor; at least ``multiple``)."""
     scale = min(1.0, max_side / max(width, height))
-    return tuple(max(SIDE_MULTIPLE, round(side * scale / SIDE_MULTIPLE) * SIDE_MULTIPLE) for side in (width, height))
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
 
 
 def resize_tensors(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -9,7 +9,8 @@ from editspecialists.config_keys import value_at
 from editspecialists.precision import DTYPES, MIXED_PRECISION
 from editspecialists.rewards.depth import ALIGNMENTS
 from editspecialists.rewards.masks import MASK_FALLBACKS
-from editspecialists.rewards.registry import SCORES, SEMANTIC_BACKBONE_KEYS
+from editspecialists.rewards.needs import SEMANTIC_BACKBONE_KEYS
+from editspecialists.rewards.registry import SCORES
 from editspecialists.training.ranking import STANDARDIZE_MODES
 
 

@@ -1,4 +1,4 @@
-"""From per-edit scores to a ranking, and the clipped Plackett–Luce preference loss (SPEC §5).
+"""From per-edit scores to a ranking, and the clipped Plackett–Luce preference loss (docs/method.md §5).
 
 Pure tensor functions: the trainer gathers scores across processes before calling them.
 Scores are standardised per group of gathered rows (``reward.standardize``): ``"batch"`` (the

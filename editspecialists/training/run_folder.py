@@ -30,7 +30,7 @@ from pathlib import Path
 
 from editspecialists import writing
 from editspecialists.command_line import command_with
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.tracking import METRICS_FILE
 from editspecialists.training.validation import VALIDATION_FILE
 

@@ -1,4 +1,4 @@
-"""The online RLAIF loop: sample edits -> score -> rank -> clipped preference update (SPEC §5).
+"""The online RLAIF loop: sample edits -> score -> rank -> clipped preference update (docs/method.md §5).
 
 One :class:`Trainer` per process; everything that crosses processes goes through accelerate.
 Every random draw is a function of (seed, epoch, process), so a resumed run repeats exactly
@@ -28,18 +28,17 @@ from editspecialists.data.dataset import EditBatch, EditDataset
 from editspecialists.data.held_out import held_out_inputs
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
-from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, load_scheduler,
-                                                place_encoders, use_xformers_attention)
-from editspecialists.diffusion.policy import policy_from_config
+from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
+from editspecialists.diffusion.pipeline import load_scheduler
 from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
-from editspecialists.precision import mixed_precision_dtype
 from editspecialists.rewards.constants import image_keys
 from editspecialists.rewards.registry import feedback_model_keys, validation_score_names
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
+from editspecialists.training import resume
 from editspecialists.training import run_folder
 from editspecialists.training.gather import gather_list, gather_object
-from editspecialists.training.launch import console_line, process_state
+from editspecialists.launch import console_line, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, micro_step_is_usable, preference_loss, rank_edits,
@@ -53,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """The batch arithmetic of a run (SPEC §5), per epoch unless stated otherwise."""
+    """The batch arithmetic of a run (docs/method.md §5), per epoch unless stated otherwise."""
 
     num_processes: int
     images_per_epoch: int  # inputs sampled over all processes (each with nb_gen edits)
@@ -130,21 +129,21 @@ DATA, SAMPLING, TIMESTEPS = 0, 1, 2
 
 
 class Trainer:
-    """Builds everything from a config and runs the epochs; see :meth:`run`.
+    """Checks a config (construction), builds everything from it (:meth:`load`) and runs the
+    epochs (:meth:`run`).
 
     ``dataset`` replaces the image folders of the config: any object with the
     ``epoch_batches`` method of :class:`~editspecialists.data.dataset.EditDataset`.
     """
 
     def __init__(self, config, dataset=None):
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
-
+        """Check the config, the model ids (not the models), the images and the batch arithmetic;
+        nothing loads here (:meth:`load` does, and :meth:`run` calls it)."""
         # A resumed run goes on with its own settings, checked before any model loads.
         self.checkpoint = (ckpt.resolve_checkpoint(config.load_checkpoint, with_state=True)
                            if config.load_checkpoint else None)
         if self.checkpoint:
-            config = ckpt.resumed_config(config, self.checkpoint)
+            config = resume.resumed_config(config, self.checkpoint)
         validate_training_config(config)
         self.config = config
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
@@ -162,6 +161,18 @@ class Trainer:
         self.dataset = dataset
         self.validation_set = self._load_validation_set(held_out)
         self.plan = plan_batches(config, process_state().num_processes, count_trainable_steps(config))
+        self.loaded = False
+
+    def load(self) -> "Trainer":
+        """Everything a run needs, once: the accelerator, the run folder, the edit model and its
+        optimizer, the feedback models, the resumed checkpoint's state, the held-out validation;
+        prints the batch arithmetic. Returns the trainer."""
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        if self.loaded:
+            return self
+        config = self.config
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=self.plan.micro_steps_per_optimizer_step,
@@ -200,6 +211,8 @@ class Trainer:
         acc.print(describe_validation(self.validation_set, self.no_validation_reason, config.val.every,
                                       self.validation_cost()))
         self.precompute_masks()
+        self.loaded = True
+        return self
 
     # ---------------------------------------------------------------- construction
     @property
@@ -273,23 +286,13 @@ class Trainer:
         return value
 
     def _load_models(self) -> None:
+        """The edit model of the config (:func:`build_edit_model`), its sampling timesteps set."""
         config, acc = self.config, self.accelerator
-        self.weight_dtype = mixed_precision_dtype(config.mixed_precision)
         with acc.main_process_first():
-            pipe = load_pipeline(config.pretrained.model, revision=config.pretrained.revision,
-                                 scheduler=config.pretrained.scheduler)
-        place_encoders(pipe, acc.device, self.weight_dtype)
-        if config.use_xformers:
-            use_xformers_attention(pipe.unet, pipe.vae)
-        self.vae, self.tokenizer, self.text_encoder = pipe.vae, pipe.tokenizer, pipe.text_encoder
-        self.scheduler = pipe.scheduler
-        self.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
-        self.trainable_steps = step_is_stochastic(self.scheduler, eta=config.sample.eta)
-        pipe.unet.to(acc.device)
-        self.policy = policy_from_config(pipe.unet, config, frozen_dtype=self.weight_dtype)
-        self.empty_embeds = encode_prompts(self.tokenizer, self.text_encoder, [""])
-        self.scales = GuidanceScales(config.sample.guidance_scale, config.sample.image_guidance_scale,
-                                     config.sample.style_image_guidance_scale)
+            self.model = build_edit_model(EditModelSpec.from_config(config), acc.device)
+        self.model.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
+        self.trainable_steps = step_is_stochastic(self.model.scheduler, eta=config.sample.eta)
+        self.policy = self.model.policy
 
     def _make_optimizer(self):
         train = self.config.train
@@ -314,6 +317,7 @@ class Trainer:
         SIGTERM or SIGINT stops the run at the next safe point of every process (after the current
         optimizer step, or before the next sampling batch) with a checkpoint: :meth:`stop_and_save`.
         """
+        self.load()
         config = self.config
         epochs = range(self.first_epoch, config.num_epochs)
         start = time.monotonic()
@@ -363,8 +367,8 @@ class Trainer:
         policy = self.unwrapped_policy
         policy.eval()
         with policy.reference() if reference else contextlib.nullcontext():
-            trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch), nb_gen=1,
-                                        scales=self.scales, eta=self.config.sample.eta, generator=generators,
+            trajectories = sample_edits(policy, self.model.scheduler, self.model.vae, self.conditioning(batch), nb_gen=1,
+                                        scales=self.model.scales, eta=self.config.sample.eta, generator=generators,
                                         autocast=self.accelerator.autocast,
                                         research_code_compat=self.config.research_code_compat)
         return trajectories.images[:, 0]
@@ -436,8 +440,8 @@ class Trainer:
         for batch in tqdm(batches, desc="sampling", leave=False, disable=not acc.is_local_main_process):
             if self.stop_signal.requested(acc):
                 raise StopTraining(epoch)
-            trajectories = sample_edits(policy, self.scheduler, self.vae, self.conditioning(batch),
-                                        nb_gen=sample.nb_gen, scales=self.scales, eta=sample.eta,
+            trajectories = sample_edits(policy, self.model.scheduler, self.model.vae, self.conditioning(batch),
+                                        nb_gen=sample.nb_gen, scales=self.model.scales, eta=sample.eta,
                                         generator=generator, autocast=acc.autocast,
                                         research_code_compat=self.config.research_code_compat)
             parts.append(trajectories)
@@ -455,13 +459,7 @@ class Trainer:
 
     def conditioning(self, batch) -> EditConditioning:
         """VAE latents of the batch's inputs and styles and its prompt embeddings, in fp32."""
-        device = self.accelerator.device
-        return EditConditioning(
-            encode_images(self.vae, batch.inputs.to(device)).float(),
-            encode_images(self.vae, batch.styles.to(device)).float(),
-            encode_prompts(self.tokenizer, self.text_encoder, batch.prompts).float(),
-            self.empty_embeds.float(),
-        )
+        return self.model.conditioning(batch.inputs, batch.styles, batch.prompts)
 
     def precompute_masks(self) -> None:
         """Masks of every input and style image of the dataset, before the first epoch, kept as
@@ -592,12 +590,15 @@ class Trainer:
                 raise StopTraining(epoch, inner, start + train.batch_size)
 
     def micro_step(self, batch: Trajectories, step_index, order, has_preference, window) -> None:
-        """Forward policy and reference at one timestep per input, loss, backward (accumulated)."""
+        """Forward policy and reference at one timestep per input, loss, backward (accumulated).
+
+        One host sync: whether any process skips the micro-step (:func:`micro_step_is_usable`),
+        reduced over processes so that all take the same branch and DDP's all-reduce stays in step."""
         acc, train, sample = self.accelerator, self.config.train, self.config.sample
         with acc.accumulate(self.policy):
             loss, stats, usable = micro_batch_loss(
-                self.policy, self.scheduler, batch, step_index, self.empty_embeds, order, has_preference,
-                scales=self.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
+                self.policy, self.model.scheduler, batch, step_index, self.model.empty_embeds, order, has_preference,
+                scales=self.model.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
                 skip_ratio_overflow=train.skip_ratio_overflow, research_code_compat=self.config.research_code_compat)
             skip = bool(acc.reduce((~usable).float(), reduction="sum") > 0)
             if skip:
@@ -650,7 +651,7 @@ class Trainer:
             (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state))
             ckpt.record_hashes(tmp)
             writing.commit_folder(tmp, final)
-            ckpt.prune_checkpoints(self.run_dir, self.config.num_checkpoint_limit)
+            resume.prune_checkpoints(self.run_dir, self.config.num_checkpoint_limit)
 
         steps = [(prepare, True), (save_state, False), (write_and_commit, True)]
         for step, main_only in steps:
@@ -757,12 +758,14 @@ def zero_loss(policy) -> torch.Tensor:
 
 
 class _WindowStats:
-    """Per-optimizer-step sums, kept on device to avoid host syncs between micro-steps.
+    """Per-optimizer-step sums of loss and ratio statistics, kept on the device (read once per
+    optimizer step).
 
-    ``skipped`` and ``updated`` count micro-steps on the host (the skip decision is already there
-    and agreed by every process, so the counts are equal everywhere): a window whose micro-steps
-    were all skipped takes no optimizer step, so momentum and weight decay do not move the
-    weights on zero gradients.
+    ``skipped`` and ``updated`` count micro-steps on the host: the skip decision is the one host
+    sync of a micro-step (:meth:`Trainer.micro_step`: a skipped loss must not reach backward at
+    all, as its gradient may be non-finite), agreed by every process, so the counts are equal
+    everywhere. A window whose micro-steps were all skipped takes no optimizer step, so momentum
+    and weight decay do not move the weights on zero gradients.
     """
 
     def __init__(self, device):

@@ -35,7 +35,7 @@ from editspecialists.data.manifest import write_then_rename
 from editspecialists.paired import PairedDifference, paired_difference, verdict
 from editspecialists.rewards.constants import image_keys
 from editspecialists.training.gather import gather_list
-from editspecialists.training.launch import console_line
+from editspecialists.launch import console_line
 from editspecialists.training.tracking import labelled_grid
 
 VALIDATION_FILE = "validation.jsonl"

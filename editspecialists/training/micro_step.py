@@ -41,6 +41,6 @@ def optimizer_step(policy, optimizer, max_grad_norm: float = 1.0) -> None:
 
 
 def make_optimizer(policy) -> torch.optim.Optimizer:
-    """AdamW with the trainer's defaults (SPEC §5)."""
+    """AdamW with the trainer's defaults (docs/method.md §5)."""
     return torch.optim.AdamW(policy.trainable_parameters(), lr=3e-5, betas=(0.9, 0.999),
                              weight_decay=1e-4, eps=1e-8)

@@ -1,5 +1,5 @@
 """What the scripts share besides the command line (see :mod:`editspecialists.command_line`):
-logging, the process state, demo assets."""
+the console (logging, warnings, lines above progress bars) and the process state."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class ConsoleFormatter(logging.Formatter):
 
 _warnings_shown: set[str] = set()
 # Our code: the package and the scripts folder of a checkout.
-OUR_FOLDERS = (Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[2] / "scripts")
+OUR_FOLDERS = (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1] / "scripts")
 
 
 def is_another_librarys_deprecation(category: type, filename: str) -> bool:
@@ -104,28 +104,3 @@ def process_state():
     from accelerate.utils import parse_flag_from_env
 
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False) -> None:
-    """Build the demo's images and tiny models when the config asks for them (demo presets);
-    see :func:`editspecialists.demo.assets.ensure_demo_assets` for ``policy`` and ``evaluation``
-    (with ``evaluation``, the notice that the evaluation-only stand-ins have random weights)."""
-    if config.get("demo_root"):
-        from editspecialists.demo.assets import ensure_demo_assets
-
-        state = process_state()
-        silence_random_weight_warnings(explain=state.is_main_process and evaluation)
-        with state.main_process_first():
-            ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
-
-
-def silence_random_weight_warnings(explain: bool) -> None:
-    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" warning, expected at
-    every load of the demo's random evaluation stand-ins, and, if ``explain``, say once why."""
-    logging.getLogger().addFilter(
-        lambda record: "No pretrained weights loaded" not in record.getMessage())
-    if explain:
-        logging.getLogger(__name__).info(
-            "demo: the evaluation-only models (CLIP, DINOv2, HPS, PickScore, ImageReward) are tiny stand-ins "
-            "with random weights: their metrics check the plumbing, not image quality (the feedback models "
-            "are trained on the demo's images)")

@@ -1,21 +1,45 @@
 """The exported specialist folder: its layout, metadata and checks.
 
-Layout (``EditSpecialistPipeline.save_pretrained`` writes it, ``from_pretrained`` reads it)::
+An export is the diffusers pipeline folder of ``EditSpecialistPipeline`` (``save_pretrained``
+writes it, ``from_pretrained`` reads it) plus our metadata, model card and hashes::
 
-    <out>/editspecialist.json   metadata (:func:`read_metadata`), written last: a folder without it
-                                is not a complete export
+    <out>/editspecialist.json   metadata (:func:`read_metadata`): the format, the pipeline's ``info``
+                                and the export's form; written last: a folder without it is not a
+                                complete export
     <out>/README.md             model card (written first: even a partial export is marked as one)
     <out>/hashes.json           size and SHA-256 of every other file (checked when loading)
-    <out>/scheduler/            the sampler's config (the family the specialist was trained with)
-    <out>/model_index.json, vae/, text_encoder/, tokenizer/, unet/
-                                the base pipeline's components ("components": "copy"); with
-                                "reference" they are loaded from the base model id and revision
-    adapter export ("unet": "adapter"): unet/ is the base 8-channel UNet (when copied) and
-    <out>/specialist/           weights.safetensors (LoRA, widened conv_in, style module: the
-                                checkpoint's weights), trainer.json, hashes.json: a checkpoint
-                                folder, loaded by the training code's own checks
-    merged export ("unet": "merged"): unet/ is the 12-channel UNet with LoRA merged (always
-                                written) and style_module.safetensors the style module
+    <out>/model_index.json      the pipeline (diffusers): its class, its components' classes and its
+                                config ``info`` (base model, names, training resolution, defaults,
+                                provenance: what the pipeline edits with)
+    <out>/vae/, text_encoder/, tokenizer/
+                                the base pipeline's components
+    <out>/scheduler/            the sampler the specialist was trained with
+    <out>/style_module/         the trained style module (StylePromptAttention, a diffusers model)
+    <out>/unet/                 the 12-channel UNet: with the LoRA fused into its weights ("unet":
+                                "merged"), or without it ("adapter": the base weights and the trained
+                                conv_in), the LoRA then in
+    <out>/pytorch_lora_weights.safetensors
+                                diffusers' LoRA format (peft's state dict under ``unet.``, its
+                                LoraConfig in the file's metadata), as ``save_lora_weights`` writes it
+
+The folder loads in diffusers alone (no hashes checked), once ``editspecialists.specialist.pipeline``
+is imported (it names the pipeline and style module classes to diffusers)::
+
+    from diffusers import DiffusionPipeline
+    import editspecialists.specialist.pipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(folder)  # adapter exports: the LoRA onto pipe.unet
+
+and the adapter onto the UNet alone::
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    unet.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+
+Exports of the first format (:data:`FIRST_FORMAT`) still load: base components copied
+("components": "copy") or loaded from the base model id ("reference"), ``scheduler/``, and
+``specialist/`` (the checkpoint's weights, a checkpoint folder) on the base 8-channel UNet
+("adapter"), or a merged 12-channel ``unet/`` and ``style_module.safetensors`` ("merged").
 
 The folder is written as ``<out>.tmp`` and renamed to ``<out>`` when complete
 (:func:`editspecialists.writing.write_folder`). A folder with any mark of an export
@@ -29,16 +53,19 @@ import json
 from pathlib import Path
 
 from editspecialists.diffusion.policy import VISUAL_PROMPT_CHANNELS
-from editspecialists.training import checkpoint as ckpt
+from editspecialists.formats import checkpoint as ckpt
 
 METADATA = "editspecialist.json"
 MODEL_CARD = "README.md"
-SPECIALIST = "specialist"
-STYLE_MODULE = "style_module.safetensors"
-FORMAT = "editspecialists-export-1"
-COMPONENTS = ("copy", "reference")
+STYLE_MODULE = "style_module"  # the component's folder
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+FORMAT = "editspecialists-export-2"
+FIRST_FORMAT = "editspecialists-export-1"
+FIRST_FORMAT_SPECIALIST = "specialist"  # first format: the adapter export's checkpoint folder
+FIRST_FORMAT_STYLE_MODULE = "style_module.safetensors"  # first format: the merged export's style module
 UNETS = ("adapter", "merged")
-REQUIRED_KEYS = ("base", "components", "unet", "scheduler", "architecture")
+REQUIRED_KEYS = {FORMAT: ("base", "unet", "scheduler"),
+                 FIRST_FORMAT: ("base", "components", "unet", "scheduler", "architecture")}
 MODEL_CARD_TITLE = "# EditSpecialist:"  # the first line of every model card we write
 SPECIALIST_UNET_CHANNELS = 8 + VISUAL_PROMPT_CHANNELS  # InstructPix2Pix's 8 and the visual prompt's
 
@@ -52,10 +79,12 @@ def is_export(path: Path) -> bool:
 
 
 def export_marks(folder: Path) -> list[str]:
-    """What in ``folder`` belongs to an export only: hashes.json, specialist/, style_module.safetensors,
-    our model card, a UNet with the specialist's 12 input channels."""
+    """What in ``folder`` belongs to an export only: hashes.json, style_module/, the LoRA file (or the
+    first format's specialist/ and style_module.safetensors), our model card, a UNet with the
+    specialist's 12 input channels."""
     folder = Path(folder)
-    marks = [name for name in (ckpt.HASHES, SPECIALIST, STYLE_MODULE) if (folder / name).exists()]
+    names = (ckpt.HASHES, STYLE_MODULE, LORA_WEIGHTS, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE)
+    marks = [name for name in names if (folder / name).exists()]
     card = folder / MODEL_CARD
     if card.is_file() and card.read_text(errors="replace").startswith(MODEL_CARD_TITLE):
         marks.append(f"{MODEL_CARD} (its model card)")
@@ -83,17 +112,20 @@ def refuse_incomplete_export(path: str | Path) -> None:
 
 
 def read_metadata(folder: Path) -> dict:
-    """The parsed ``editspecialist.json`` of an exported folder; an error naming it if unusable."""
+    """The parsed ``editspecialist.json`` of an exported folder (this format or the first); an error
+    naming it if unusable."""
     path = Path(folder) / METADATA
     try:
         metadata = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ExportError(f"{path} is unreadable ({error.__class__.__name__}: {error})") from error
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        found = metadata.get("format") if isinstance(metadata, dict) else None
-        raise ExportError(f"{path} is not an export of this version (format {found!r}, expected {FORMAT!r})")
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing or metadata["components"] not in COMPONENTS or metadata["unet"] not in UNETS:
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found not in REQUIRED_KEYS:
+        raise ExportError(f"{path} is not an export of this version (format {found!r}, expected {FORMAT!r} or "
+                          f"{FIRST_FORMAT!r}): export the specialist again from its checkpoint")
+    missing = [key for key in REQUIRED_KEYS[found] if key not in metadata]
+    unknown_components = found == FIRST_FORMAT and metadata.get("components") not in ("copy", "reference")
+    if missing or metadata["unet"] not in UNETS or unknown_components:
         raise ExportError(f"{path} lacks {missing} or has an unknown components/unet value: not a complete export")
     return metadata
 

@@ -1,0 +1,127 @@
+"""The one builder of everything a run edits with: :func:`build_edit_model`.
+
+Training, the model check, the benchmarks, generation and the specialist pipeline all build their
+models here, from an :class:`EditModelSpec` read from a run config (:meth:`EditModelSpec.from_config`)
+or from a checkpoint's or export's recorded architecture (:meth:`EditModelSpec.with_architecture`).
+
+What is specific to a backbone family (loading its pipeline, turning its denoiser into the
+trainable visual-prompt policy) sits behind one seam, :data:`BACKBONES`: a family is a function
+``(spec, device) -> EditModel``; the loop, sampler, feedback and checkpoints stay the same.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Callable
+
+import torch
+
+from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
+from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, place_encoders,
+                                                use_xformers_attention)
+from editspecialists.diffusion.policy import LORA_INITS, VisualPromptPolicy, build_policy, uses_gradient_checkpointing
+from editspecialists.precision import mixed_precision_dtype
+
+INSTRUCT_PIX2PIX = "instruct_pix2pix"
+
+
+@dataclass(frozen=True)
+class EditModelSpec:
+    """What to build: the base model (hub id or folder, revision), the sampler family, the policy's
+    LoRA (or full fine-tuning), activation checkpointing, the dtype of the frozen weights
+    (the run's mixed precision; trainable weights are always fp32) and the guidance scales."""
+
+    model: str
+    revision: str = ""
+    scheduler: str = "euler_ancestral"
+    use_lora: bool = True
+    lora_rank: int = 8
+    lora_alpha: float = 8
+    lora_init: str = "default"
+    gradient_checkpointing: str = "without_lora"
+    frozen_dtype: torch.dtype = torch.float32
+    use_xformers: bool = False
+    scales: GuidanceScales = field(default_factory=GuidanceScales)
+    family: str = INSTRUCT_PIX2PIX
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> "EditModelSpec":
+        """The spec of a training config (``pretrained.*``, the LoRA keys, ``gradient_checkpointing``,
+        ``mixed_precision``, ``use_xformers``, ``sample.*_guidance_scale``); ``overrides`` replace fields."""
+        spec = cls(model=config.pretrained.model, revision=config.pretrained.revision,
+                   scheduler=config.pretrained.scheduler, use_lora=config.use_lora, lora_rank=config.lora_rank,
+                   lora_alpha=config.lora_alpha, lora_init=config.lora_init,
+                   gradient_checkpointing=config.gradient_checkpointing,
+                   frozen_dtype=mixed_precision_dtype(config.mixed_precision), use_xformers=config.use_xformers,
+                   scales=GuidanceScales.from_config(config.sample))
+        return replace(spec, **overrides)
+
+    def with_architecture(self, architecture: dict[str, str]) -> "EditModelSpec":
+        """This spec with the LoRA settings a checkpoint or export records (strings, as
+        :func:`editspecialists.formats.checkpoint.architecture_of` writes them)."""
+        return replace(self, use_lora=architecture["use_lora"] == "True", lora_rank=int(architecture["lora_rank"]),
+                       lora_alpha=json.loads(architecture["lora_alpha"]))
+
+    def architecture(self) -> dict[str, str]:
+        """The LoRA settings as a checkpoint or export records them (inverse of :meth:`with_architecture`)."""
+        return {"use_lora": str(self.use_lora), "lora_rank": str(self.lora_rank), "lora_alpha": str(self.lora_alpha)}
+
+
+@dataclass
+class EditModel:
+    """The trainable policy, the frozen VAE, text encoder and tokenizer, the scheduler and the
+    guidance scales, placed on ``device`` (frozen parts in ``frozen_dtype``)."""
+
+    policy: VisualPromptPolicy
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    scales: GuidanceScales
+    frozen_dtype: torch.dtype
+    device: torch.device
+
+    @cached_property
+    def empty_embeds(self) -> torch.Tensor:
+        """Text-encoder states ``(1, L, D)`` of the empty prompt, fp32 (encoded once)."""
+        return encode_prompts(self.tokenizer, self.text_encoder, [""]).float()
+
+    def conditioning(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str]) -> EditConditioning:
+        """The fp32 conditioning (as the sampler and training take it) of inputs and styles
+        ``(N, 3, H, W)`` in [0, 1], one prompt each."""
+        return EditConditioning(encode_images(self.vae, inputs.to(self.device)).float(),
+                                encode_images(self.vae, styles.to(self.device)).float(),
+                                encode_prompts(self.tokenizer, self.text_encoder, prompts).float(),
+                                self.empty_embeds)
+
+
+def build_instruct_pix2pix(spec: EditModelSpec, device: torch.device) -> EditModel:
+    """InstructPix2Pix: its diffusers pipeline loaded, encoders placed, the UNet turned into the
+    visual-prompt policy (widened conv_in, style module, LoRA) on ``device``."""
+    if spec.lora_init not in LORA_INITS:
+        raise ValueError(f"lora_init must be one of {sorted(LORA_INITS)}, got {spec.lora_init!r}")
+    checkpointing = uses_gradient_checkpointing(spec.gradient_checkpointing, spec.use_lora)
+    pipe = load_pipeline(spec.model, revision=spec.revision, scheduler=spec.scheduler)
+    place_encoders(pipe, device, spec.frozen_dtype)
+    if spec.use_xformers:
+        use_xformers_attention(pipe.unet, pipe.vae)
+    pipe.unet.to(device)
+    policy = build_policy(pipe.unet, use_lora=spec.use_lora, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
+                          lora_init=spec.lora_init, frozen_dtype=spec.frozen_dtype)
+    if checkpointing:
+        policy.unet.enable_gradient_checkpointing()
+    return EditModel(policy, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, spec.scales,
+                     spec.frozen_dtype, torch.device(device))
+
+
+# Backbone family -> its builder. The only seam a second family (a flow-matching editor) plugs into.
+BACKBONES: dict[str, Callable[[EditModelSpec, torch.device], EditModel]] = {INSTRUCT_PIX2PIX: build_instruct_pix2pix}
+
+
+def build_edit_model(spec: EditModelSpec, device: torch.device | str = "cpu") -> EditModel:
+    """Everything a run edits with, built as ``spec`` says, on ``device``."""
+    if spec.family not in BACKBONES:
+        raise ValueError(f"unknown backbone family {spec.family!r}: choose one of {sorted(BACKBONES)}")
+    return BACKBONES[spec.family](spec, torch.device(device))
