@@ -16,14 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from editspecialists.rewards.constants import image_keys  # noqa: E402
 from editspecialists.training.trainer import Trainer  # noqa: E402
-from tests.test_feedback_constants import feedback_config  # noqa: E402
+from tests.helpers import feedback_run_config  # noqa: E402
 
 
 def main():
     model, demo_root, work, label = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     # each process writes its own copy of the (byte-identical) images: no process reads a file
     # another one is writing
-    config = feedback_config(model, demo_root, work / f"{label}_data_{os.environ.get('RANK', '0')}", num_epochs=1)
+    config = feedback_run_config(model, demo_root, work / f"{label}_data_{os.environ.get('RANK', '0')}", num_epochs=1)
     config.logdir, config.run_name = str(work), label
     trainer = Trainer(config).load()
     dataset = trainer.dataset

@@ -1,7 +1,18 @@
-"""Helpers shared by tests: loading config files by path, small training configs."""
+"""Helpers shared by tests (no test module imports another): loading config files by path, small
+training configs, launching scripts, hand-made image files, shared score tensors."""
 
 import importlib.util
+import os
+import shlex
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,3 +83,106 @@ def perturb_style_path(policy, scale=0.1):
         for name, param in policy.unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, scale)
+
+
+# ---- running scripts
+def launch(command: str, cwd: Path, timeout: int = 900, console: bool = False) -> subprocess.CompletedProcess:
+    """Run a shell-style command line (``VAR=value`` prefixes allowed) with this interpreter's
+    scripts first on PATH and the session's build cache. ``console``: stderr merged into stdout,
+    unbuffered and with its carriage returns, as a terminal receives them."""
+    from editspecialists.demo.cache import CACHE_ENV, default_cache_root
+
+    words = shlex.split(command)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env[CACHE_ENV] = str(default_cache_root())
+    while "=" in words[0]:
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    if not console:
+        return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(words, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=timeout)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"), "")
+
+
+TWO_CPU_PROCESSES = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+
+
+def launch_two_processes(args, tmp_path):
+    """``accelerate launch`` of two CPU processes with ``args``, in ``tmp_path``; fails the test on
+    error, returns stdout + stderr."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    result = subprocess.run([accelerate, *TWO_CPU_PROCESSES[1:], *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
+# ---- generation under faults
+EDITS = [f"edit_car_{i:02d}.png" for i in range(8)]
+
+
+def fault_config(tiny_ip2p_path, tmp_path: Path, **overrides):
+    """:func:`tiny_brightness_config` generating 8 edits in batches of 3, 2 steps each, into ``tmp_path / "edits"``."""
+    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", **overrides)
+    config.sample.sample_savedir = str(tmp_path / "edits")
+    config.sample.batch_size = 3
+    config.sample.num_steps = 2
+    return config
+
+
+def assert_complete(folder: Path, edits=EDITS) -> None:
+    """Every edit listed in the manifest (with its model), decoding, and no temporary file left."""
+    from editspecialists.data.images import read_rgb
+    from editspecialists.data.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    assert sorted(manifest) == edits and all(entry["model"] for entry in manifest.values())
+    for name in edits:
+        assert read_rgb(folder / name).size == (32, 32), name
+    assert sorted(p.name for p in folder.iterdir()) == sorted(edits + ["manifest.jsonl"])
+
+
+# ---- image files as the wild makes them
+def oversized_png(path: Path, width: int, height: int) -> Path:
+    """A real, valid black 1-bit PNG of ``width`` x ``height``, streamed row by row: a few kB on disk
+    and little memory to write."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def truncated_jpeg(path: Path) -> Path:
+    """A 64x64 noise JPEG cut in the middle of its data."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+# ---- feedback and ranking
+def feedback_run_config(tiny_ip2p_path, demo_root, work: Path, **overrides):
+    """The tiny brightness run scored by the default reward (structural + semantic, Grounded-SAM2
+    masks) on the tiny feedback stand-ins: 8 inputs and 5 styles, 4 inputs an epoch."""
+    config = tiny_brightness_config(tiny_ip2p_path, work / "data", work / "logs", **overrides)
+    from editspecialists.demo.assets import demo_models_config
+
+    config.models.update(demo_models_config(demo_root))
+    config.reward.weights = {"structural": 1.0, "semantic": 1.0}
+    config.input_name, config.style_name = "car", "lego"
+    return config
+
+
+# Two sampling batches of 2 inputs x 2 edits; score "a" spreads 100 times wider in the second.
+TWO_BATCHES = {
+    "a": torch.tensor([[0.0, 4.0], [2.0, 2.0], [0.0, 400.0], [200.0, 200.0]]),
+    "b": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]),
+}

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from editspecialists.rewards import register_score  # noqa: E402
 from editspecialists.training.trainer import rank_gathered  # noqa: E402
-from tests.test_ranking import TWO_BATCHES  # noqa: E402
+from tests.helpers import TWO_BATCHES  # noqa: E402
 
 
 def main():
@@ -34,6 +34,8 @@ def main():
         _, order, _ = rank_gathered(accelerator, local, [1, 1], reward)
         orders[mode] = order.tolist()
     (work / f"order{process}.json").write_text(json.dumps(orders))
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()  # a process group left to exit may abort ("terminate called")
 
 
 if __name__ == "__main__":

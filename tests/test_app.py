@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
 
 from editspecialists.specialist.app import APP_MAX_SIDE, BASE_LABEL, SPECIALIST_LABEL, edit_pair  # noqa: E402
-from tests.test_images_faults import oversized_png  # noqa: E402
+from tests.helpers import oversized_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)

@@ -18,8 +18,7 @@ from editspecialists.model_check import CheckResult, ModelCheck, POLICY, estimat
 from editspecialists.model_ids import (MEMORY_FIX, ModelIdError, explain_loading, id_problem, model_ids_of,
                                        validate_model_ids)
 from editspecialists.rewards.registry import feedback_model_keys
-from tests.helpers import load_config
-from tests.test_demo_runs import launch
+from tests.helpers import launch, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ROWS = {  # role column -> a class the row must report

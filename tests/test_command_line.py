@@ -15,7 +15,7 @@ import pytest
 import editspecialists
 from editspecialists.config_keys import flat_items
 from editspecialists.launch import CHATTY_LOGGERS, setup_logging
-from tests.test_demo_runs import launch
+from tests.helpers import launch
 
 
 @pytest.mark.parametrize("command, message", [

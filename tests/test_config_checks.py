@@ -10,9 +10,8 @@ from editspecialists.config_checks import POLICY_RULES, SHARED_RULES, problems, 
 from editspecialists.evaluation.config_rules import EVALUATION_RULES, validate_evaluation_config
 from editspecialists.config_keys import flat_items
 from editspecialists.model_ids import ModelIdError, id_problem
-from tests.helpers import load_config
+from tests.helpers import launch, load_config
 from editspecialists.training.config_rules import TRAINING_RULES, validate_training_config
-from tests.test_demo_runs import launch
 
 REPO = Path(__file__).resolve().parents[1]
 # Keys holding model ids: editspecialists.model_ids checks them.

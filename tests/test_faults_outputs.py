@@ -21,8 +21,7 @@ from editspecialists.evaluation import evaluator, report
 from editspecialists.evaluation.evaluator import evaluate
 from editspecialists.generation import generate_edits, read_manifest, write_manifest
 from editspecialists.stopping import Stopped
-from tests.helpers import REPO, load_config
-from tests.test_generation_faults import EDITS, assert_complete, fault_config
+from tests.helpers import EDITS, REPO, assert_complete, fault_config, load_config
 
 needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (ENOSPC on write)")
 

@@ -9,26 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from editspecialists.demo.assets import demo_models_config
 from editspecialists.rewards.constants import PerImageConstants, image_keys
 from editspecialists.rewards.masks import MaskPredictor
 from editspecialists.training.mask_preview import MASKS_FILE, MASKS_FOLDER
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.trainer import Trainer
-from tests.helpers import tiny_brightness_config
+from tests.helpers import feedback_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCORE_KEYS = ("structural_mean", "structural_std", "semantic_mean", "semantic_std")
-
-
-def feedback_config(tiny_ip2p_path, demo_root, work: Path, **overrides):
-    """The tiny brightness run scored by the default reward (structural + semantic, Grounded-SAM2
-    masks) on the tiny feedback stand-ins: 8 inputs and 5 styles, 4 inputs an epoch."""
-    config = tiny_brightness_config(tiny_ip2p_path, work / "data", work / "logs", **overrides)
-    config.models.update(demo_models_config(demo_root))
-    config.reward.weights = {"structural": 1.0, "semantic": 1.0}
-    config.input_name, config.style_name = "car", "lego"
-    return config
 
 
 def test_a_constant_is_computed_once_per_distinct_image_and_kept_in_key_order():
@@ -55,7 +44,7 @@ def test_a_constant_is_computed_once_per_distinct_image_and_kept_in_key_order():
 def test_scores_with_constants_equal_scores_without_over_two_epochs(tiny_ip2p_path, demo_assets_root, tmp_path):
     runs = {}
     for constants, offload in ((True, False), (False, False), (True, True)):
-        config = feedback_config(tiny_ip2p_path, demo_assets_root, tmp_path / f"{constants}{offload}", num_epochs=2,
+        config = feedback_run_config(tiny_ip2p_path, demo_assets_root, tmp_path / f"{constants}{offload}", num_epochs=2,
                                  **{"reward.per_image_constants": constants, "reward.offload": offload})
         runs[constants, offload] = [r for r in read_metrics(Trainer(config).run()) if "structural_mean" in r]
     assert [r["epoch"] for r in runs[True, False]] == [0, 1]
@@ -80,7 +69,7 @@ def test_detector_and_segmenter_see_each_image_once_per_run_and_masks_are_shown(
 
         monkeypatch.setattr(MaskPredictor, method, counting)
     # a threshold no box reaches: every image falls back, as with a name the images do not show
-    config = feedback_config(tiny_ip2p_path, demo_assets_root, tmp_path, num_epochs=3,
+    config = feedback_run_config(tiny_ip2p_path, demo_assets_root, tmp_path, num_epochs=3,
                              **{"reward.box_threshold": 1.0})
     trainer = Trainer(config).load()
     start_line = capsys.readouterr().err

@@ -17,30 +17,8 @@ import pytest
 from PIL import Image
 
 from editspecialists.data import images
-from editspecialists.data.images import read_rgb
 from editspecialists.generation import generate_edits, read_manifest
-from tests.helpers import REPO, tiny_brightness_config
-from tests.test_images_faults import oversized_png, truncated_jpeg
-
-EDITS = [f"edit_car_{i:02d}.png" for i in range(8)]
-
-
-def fault_config(tiny_ip2p_path, tmp_path: Path, **overrides):
-    config = tiny_brightness_config(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", **overrides)
-    config.sample.sample_savedir = str(tmp_path / "edits")
-    config.sample.batch_size = 3
-    config.sample.num_steps = 2
-    return config
-
-
-def assert_complete(folder: Path, edits=EDITS) -> None:
-    """Every edit listed in the manifest (with its model), decoding, and no temporary file left."""
-    manifest = read_manifest(folder)
-    assert sorted(manifest) == edits and all(entry["model"] for entry in manifest.values())
-    for name in edits:
-        assert read_rgb(folder / name).size == (32, 32), name
-    assert sorted(p.name for p in folder.iterdir()) == sorted(edits + ["manifest.jsonl"])
-
+from tests.helpers import EDITS, REPO, assert_complete, fault_config, oversized_png, truncated_jpeg
 
 def redo_lines(caplog) -> dict[str, str]:
     """{edit file name: reason} of the "redoing" warnings."""

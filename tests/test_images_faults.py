@@ -2,9 +2,7 @@
 the pixel limit. Training, generation and evaluation decode them the same way."""
 
 import logging
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from PIL import Image
 from editspecialists.data.images import MAX_IMAGE_PIXELS, UnreadableImageError, load_image_folder, read_rgb
 from editspecialists.evaluation.evaluator import load_images
 from editspecialists.evaluation.pairs import EvalItem
+from tests.helpers import oversized_png, truncated_jpeg
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 ROTATE_90_CLOCKWISE = 6  # EXIF Orientation: the stored pixels are shown turned 90 degrees clockwise
@@ -29,28 +28,6 @@ def sideways_jpeg(path: Path) -> Path:
     exif = image.getexif()
     exif[0x0112] = ROTATE_90_CLOCKWISE
     image.save(path, quality=95, exif=exif)
-    return path
-
-
-def oversized_png(path: Path, width: int, height: int) -> Path:
-    """A real, valid black 1-bit PNG of ``width`` x ``height``, streamed row by row: a few kB on disk
-    and little memory to write."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
-    return path
-
-
-def truncated_jpeg(path: Path) -> Path:
-    """A 64x64 noise JPEG cut in the middle of its data."""
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(path, quality=90)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return path
 
 
@@ -82,7 +59,7 @@ def test_exif_orientation_is_applied_in_training_and_evaluation(tmp_path):
 def test_exif_orientation_is_applied_in_generation(tiny_ip2p_path, tmp_path, monkeypatch):
     """The input tensors generation encodes come out upright (real loading, only recorded)."""
     from editspecialists import generation
-    from tests.test_generation_faults import fault_config
+    from tests.helpers import fault_config
 
     config = fault_config(tiny_ip2p_path, tmp_path)
     sideways_jpeg(Path(config.inputimg_dir) / "car_99.jpg")

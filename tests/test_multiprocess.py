@@ -2,33 +2,21 @@
 overflows fp32 on the other (the original's skip rule), skips the micro-step everywhere."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from editspecialists.training.tracking import read_metrics
+from tests.helpers import launch_two_processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCH = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-
-
-def launch(args, tmp_path):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    result = subprocess.run([accelerate, *LAUNCH[1:], *args], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nan_call", [-1, 2])
 def test_two_processes_keep_identical_weights(tiny_ip2p_path, tmp_path, nan_call):
-    output = launch([os.path.join(REPO, "tests", "train_worker.py"), str(tiny_ip2p_path), str(tmp_path),
+    output = launch_two_processes([os.path.join(REPO, "tests", "train_worker.py"), str(tiny_ip2p_path), str(tmp_path),
                      str(nan_call)], tmp_path)
     assert "num_processes = 2" in output
     # 2 processes x 2 batches of 2 inputs; 1 input x 2 accumulation steps per process and step

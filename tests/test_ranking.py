@@ -20,6 +20,7 @@ from editspecialists.training.ranking import (
     standardize,
     standardize_per_group,
 )
+from tests.helpers import TWO_BATCHES
 
 
 def test_standardize_uses_every_element():
@@ -58,13 +59,6 @@ def test_combine_signs_higher_is_better_scores():
                               {"structural": True, "brightness": False}, torch.zeros(1, dtype=torch.long))
     expected = standardize(structural) - 2.0 * standardize(brightness)
     torch.testing.assert_close(combined, expected)
-
-
-# Two sampling batches of 2 inputs x 2 edits; score "a" spreads 100 times wider in the second.
-TWO_BATCHES = {
-    "a": torch.tensor([[0.0, 4.0], [2.0, 2.0], [0.0, 400.0], [200.0, 200.0]]),
-    "b": torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]),
-}
 
 
 @pytest.mark.parametrize("mode", ["batch", "epoch"])
@@ -274,9 +268,9 @@ def test_two_processes_standardise_each_sampling_batch_across_processes(tmp_path
     import json
     import os
 
-    from tests.test_multiprocess import REPO, launch
+    from tests.helpers import REPO, launch_two_processes
 
-    launch([os.path.join(REPO, "tests", "ranking_worker.py"), str(tmp_path)], tmp_path)
+    launch_two_processes([os.path.join(REPO, "tests", "ranking_worker.py"), str(tmp_path)], tmp_path)
     # gathered rows: process 0's batches 0, 1, then process 1's: rows 0, 2, 1, 3 of TWO_BATCHES
     for process in (0, 1):
         orders = json.loads((tmp_path / f"order{process}.json").read_text())

@@ -20,9 +20,8 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.test_demo_runs import REPO
+from tests.helpers import REPO
 
 README = REPO / "README.md"
 SUBSTITUTION = "SUBSTITUTED"  # stands for a $(...) of the shell

@@ -100,7 +100,7 @@ def test_export_gives_generate_pys_pixels_without_the_run(trained_run, exported,
     assert model_index["style_module"] == ["editspecialists.diffusion.policy", "StylePromptAttention"]
     card = (exported / "README.md").read_text()
     assert "turn the car into lego" in card and "EditSpecialistPipeline.from_pretrained" in card
-    assert f'pipe.load_lora_weights("<this folder>")' in card
+    assert 'pipe.load_lora_weights("<this folder>")' in card
     assert pipe.default_prompt() == "turn the car into lego"
 
 

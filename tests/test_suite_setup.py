@@ -1,6 +1,7 @@
 """The suite's own settings: where it builds, how long a test may run."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,10 @@ def test_every_test_has_a_timeout_and_slow_ones_more(tmp_path, markers, expected
                              "-c", str(REPO / "pytest.ini"), "--rootdir", str(tmp_path), str(probe / "test_probe.py")],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert f"TIMEOUT {expected}" in result.stdout, result.stdout + result.stderr
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in tests/helpers.py (and conftest.py), never in a test module."""
+    pattern = re.compile(r"^\s*(from tests\.test_\w+ import|import tests\.test_)", re.M)
+    importing = [path.name for path in sorted((REPO / "tests").glob("*.py")) if pattern.search(path.read_text())]
+    assert importing == []

@@ -318,7 +318,7 @@ def train_epochs_skipped(monkeypatch) -> list:
 ])
 def test_scores_are_standardised_per_sampling_batch_or_over_the_epoch(tiny_ip2p_path, tmp_path, monkeypatch,
                                                                       mode, first_input_order, preferences):
-    from tests.test_ranking import TWO_BATCHES
+    from tests.helpers import TWO_BATCHES
 
     for name, table in TWO_BATCHES.items():  # batch k of the epoch gets rows 2k, 2k + 1 of the table
         calls = iter(table.split(2))
