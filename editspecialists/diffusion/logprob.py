@@ -35,8 +35,8 @@ def _per_element(values: torch.Tensor, batch: int, ndim: int) -> torch.Tensor:
     return values.reshape(-1).expand(batch).reshape(batch, *([1] * (ndim - 1)))
 
 
-def step_indices(scheduler, timestep: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Index of each timestep in ``scheduler.timesteps``: (batch,) or 0-d -> same shape, long.
+def timestep_matches(scheduler, timestep: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Bool ``(..., T)``: which of ``scheduler.timesteps`` each timestep (0-d or (batch,)) equals.
 
     Raises ValueError naming the timesteps that are not in the table.
     """
@@ -48,7 +48,13 @@ def step_indices(scheduler, timestep: torch.Tensor, device: torch.device) -> tor
         unknown = sorted(set(timestep[~known].tolist()))
         raise ValueError(f"timesteps {unknown} are not among the scheduler's timesteps {table.tolist()}: "
                          f"the log-prob steps take only timesteps of the schedule set by set_timesteps")
-    return matches.int().argmax(dim=-1)
+    return matches
+
+
+def step_indices(scheduler, timestep: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Index of each timestep in ``scheduler.timesteps``: (batch,) or 0-d -> same shape, long
+    (:func:`timestep_matches` refuses one not in the table)."""
+    return timestep_matches(scheduler, timestep, device).int().argmax(dim=-1)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -126,7 +132,7 @@ def euler_ancestral_step_with_logprob(
 
 def ddim_std(scheduler, timestep, device, eta: float = 1.0):
     """(alpha_prod_t, alpha_prod_prev, sigma) of the DDIM step at ``timestep``, fp32."""
-    step_indices(scheduler, timestep, device)  # refuses a timestep not in the schedule
+    timestep_matches(scheduler, timestep, device)  # refuses a timestep not in the schedule
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     timestep = torch.as_tensor(timestep, device=device).long()
     prev = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
