@@ -5,7 +5,8 @@
 #   OUT=/path/to/results bash scripts/gpu_check.sh
 #
 # Writes under $OUT: gpu_check.log (environment + every table), bench_tiny_cuda.json,
-# bench_sd15.json (bf16), bench_sd15_realsize_feedback.json and bench_sd15_channels_last.json.
+# bench_sd15.json (bf16), bench_sd15_realsize_feedback.json and bench_sd15_channels_last.json, and
+# runs the tests that need CUDA (pytest -m gpu).
 # Expected to take 6-8 minutes on one H100, much of it building the random-weight SD-1.5 model
 # (3.3 GB) and the real-size feedback models (3.3 GB) once into $BENCH_CACHE. Each run has
 # its own time limit, so a failure still leaves the other results.
@@ -42,3 +43,7 @@ run 300 sd15_realsize_feedback --model=sd15 --dtype=bf16 --repeats=3 --feedback=
   --out="$OUT/bench_sd15_realsize_feedback.json"
 run 150 sd15_channels_last --model=sd15 --dtype=bf16 --repeats=5 --channels_last --feedback=none \
   --out="$OUT/bench_sd15_channels_last.json"
+# The tests that need CUDA (pytest -m gpu: the specialist pipeline under enable_model_cpu_offload).
+echo "== gpu tests: python -m pytest -m gpu" | tee -a "$LOG"
+timeout 300 python -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tail -n 30 | tee -a "$LOG"
+echo "== gpu tests: exit status ${PIPESTATUS[0]}" | tee -a "$LOG"

@@ -93,6 +93,20 @@ def test_reference_is_frozen_initial_model_after_lora_update(pipe):
     assert policy.unet.conv_in.weight[:, 8:].abs().sum() > 0, "the trained conv_in is restored"
 
 
+def test_the_reference_computes_on_the_device_it_is_given_and_goes_back(pipe, monkeypatch):
+    """policy.reference(device=...) (what a pipeline under model offload passes: its hooks move only
+    its registered components) moves the frozen initial modules there for the block only."""
+    policy = build_policy(pipe.unet, use_lora=True)
+    parts, moves = policy._reference_parts, []
+    monkeypatch.setattr(parts, "to", lambda device: moves.append(str(device)) or parts)
+    with policy.reference(device="cuda:1"):
+        assert moves == ["cuda:1"] and policy.active_style_module is parts.style_module
+    assert moves == ["cuda:1", "cpu"] and policy.active_style_module is policy.style_module
+    with policy.reference():
+        assert moves == ["cuda:1", "cpu"]
+    assert moves == ["cuda:1", "cpu"]
+
+
 def count_parameters(module):
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 

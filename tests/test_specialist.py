@@ -28,7 +28,7 @@ from editspecialists import EditSpecialistPipeline, writing
 from editspecialists.diffusion.bundle import EditModelSpec
 from editspecialists.specialist.app import edit_pair, load_models
 from editspecialists.generation import generate_edits, read_manifest
-from editspecialists.formats.export import (FIRST_FORMAT, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE,
+from editspecialists.formats.export import (CONV_IN, FIRST_FORMAT, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE,
                                             LORA_WEIGHTS, METADATA, ExportError)
 from editspecialists.specialist.pipeline import working_size
 from editspecialists.formats import checkpoint as ckpt
@@ -128,7 +128,7 @@ def test_a_merged_export_is_within_1e4_of_the_adapter_and_the_app_loads_its_base
     assert reference.prompt == "turn the car into lego" and reference.images.equal(base_edit)
 
     loaded, loaded_base = load_models(str(merged), device="cpu")  # an export holds no base model: loaded beside
-    with pytest.raises(ValueError, match="an export holds no base model"):
+    with pytest.raises(ValueError, match="this pipeline holds no base model"):
         with loaded.base_model():
             pass
     assert loaded.policy is None and loaded_base.policy is not None
@@ -242,15 +242,48 @@ def test_export_refuses_a_non_empty_folder(trained_run, tmp_path):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {out} is not empty")
-    reference = subprocess.run([sys.executable, "scripts/export.py", f"--config.load_checkpoint={run}",
-                                f"--out={tmp_path / 'new'}", "--components=reference"],
-                               capture_output=True, text=True, cwd=REPO)
-    assert reference.returncode == 1 and not (tmp_path / "new").exists()
-    assert reference.stderr.strip().splitlines()[-1].startswith("error: --components=reference is no longer offered")
     pipe = EditSpecialistPipeline.from_pretrained(run, device="cpu")
     with pytest.raises(ExportError, match=f"{out} is not empty"):
         pipe.save_pretrained(out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_the_compact_export_stores_only_what_training_changed_and_edits_as_the_full_one(trained_run, exported,
+                                                                                       tiny_ip2p_path, tmp_path):
+    """scripts/export.py --components=reference: style module, conv_in, LoRA and scheduler, the base
+    components loaded from the base model's id: the same pixels as the full export, and the base model
+    (the policy's frozen reference) at hand."""
+    run, _ = trained_run
+    out = tmp_path / "compact"
+    result = subprocess.run([sys.executable, "scripts/export.py", f"--config.load_checkpoint={run}", f"--out={out}",
+                             "--components=reference"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", METADATA, "hashes.json", "scheduler",
+                                                            "style_module", LORA_WEIGHTS, CONV_IN])
+    full_size, compact_size = (sum(p.stat().st_size for p in folder.rglob("*")) for folder in (exported, out))
+    assert compact_size < full_size / 4
+    assert "loaded from that id (not stored here)" in (out / "README.md").read_text()
+    compact = loaded(out)
+    assert edit(compact).equal(edit(loaded(exported)))
+    with compact.base_model():
+        assert edit(compact).equal(edit(EditSpecialistPipeline.from_base(str(tiny_ip2p_path), warn=False)))
+
+
+def test_compact_exports_round_trip_and_name_the_file_that_does_not_fit(lora_pipeline, tmp_path):
+    expected = edit(lora_pipeline)
+    adapter = lora_pipeline.save_pretrained(tmp_path / "adapter", components="reference")
+    assert edit(loaded(adapter)).equal(expected)
+    merged = lora_pipeline.save_pretrained(tmp_path / "merged", components="reference", merge_lora=True)
+    assert not (merged / CONV_IN).exists() and (merged / "unet").is_dir()
+    full_merged = lora_pipeline.save_pretrained(tmp_path / "full_merged", merge_lora=True)
+    assert edit(loaded(merged)).equal(edit(loaded(full_merged)))
+    metadata = json.loads((adapter / METADATA).read_text())
+    metadata["architecture"]["lora_rank"] = "8"  # the LoRA file holds rank 4
+    (adapter / METADATA).write_text(json.dumps(metadata))
+    with pytest.raises(ExportError, match=f"{adapter / LORA_WEIGHTS} does not hold the LoRA .*size mismatch"):
+        loaded(adapter)
+    with pytest.raises(ValueError, match=r"components must be one of \['copy', 'reference'\], got 'link'"):
+        lora_pipeline.save_pretrained(tmp_path / "link", components="link")
 
 
 # ------------------------------------------------------------------------------ a diffusers pipeline
@@ -310,6 +343,30 @@ def test_the_pipeline_has_diffusers_components_progress_bar_offload_and_dtypes(t
     pipe = EditSpecialistPipeline.from_pretrained(str(tiny_ip2p_path), torch_dtype=torch.float64, device="cpu")
     modules = [module for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
     assert {param.dtype for module in [*modules, pipe.policy] for param in module.parameters()} == {torch.float64}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_cpu_offload_on_a_gpu_edits_as_the_pipeline_placed_on_it(tiny_ip2p_path):
+    """enable_model_cpu_offload: the specialist's edits and its base model's (the policy's frozen
+    reference, moved to the GPU by base_model) as when the whole pipeline sits on the GPU."""
+    def specialist():
+        pipe = EditSpecialistPipeline.untrained(EditModelSpec(str(tiny_ip2p_path), lora_rank=4, lora_alpha=2),
+                                                warn=False)
+        torch.manual_seed(0)
+        perturb_style_path(pipe.policy)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    placed = specialist().to("cuda")
+    with placed.base_model():
+        expected_base = edit(placed)
+    offloaded = specialist()
+    offloaded.enable_model_cpu_offload()
+    torch.testing.assert_close(edit(offloaded), edit(placed), rtol=0, atol=1e-5)
+    with offloaded.base_model():
+        torch.testing.assert_close(edit(offloaded), expected_base, rtol=0, atol=1e-5)
+    assert offloaded.unet.device.type == "cpu" and offloaded._execution_device.type == "cuda"
 
 
 def test_save_pretrained_then_from_pretrained_gives_bit_identical_edits(lora_pipeline, tmp_path):

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.pipeline import (encode_images, encode_prompts, load_pipeline, place_encoders,
+from editspecialists.diffusion.pipeline import (encode_conditioning, encode_prompts, load_pipeline, place_encoders,
                                                 use_xformers_attention)
 from editspecialists.diffusion.policy import LORA_INITS, VisualPromptPolicy, build_policy, uses_gradient_checkpointing
 from editspecialists.precision import mixed_precision_dtype
@@ -91,10 +91,8 @@ class EditModel:
     def conditioning(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str]) -> EditConditioning:
         """The fp32 conditioning (as the sampler and training take it) of inputs and styles
         ``(N, 3, H, W)`` in [0, 1], one prompt each."""
-        return EditConditioning(encode_images(self.vae, inputs.to(self.device)).float(),
-                                encode_images(self.vae, styles.to(self.device)).float(),
-                                encode_prompts(self.tokenizer, self.text_encoder, prompts).float(),
-                                self.empty_embeds)
+        return encode_conditioning(self.vae, self.tokenizer, self.text_encoder, inputs, styles, prompts,
+                                   self.empty_embeds, torch.float32)
 
 
 def build_instruct_pix2pix(spec: EditModelSpec, device: torch.device) -> EditModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from editspecialists.diffusion.guidance import EditConditioning
 from editspecialists.model_ids import explain_loading
 
 
@@ -105,3 +106,16 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
                        truncation=True, return_tensors="pt")
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
+def encode_conditioning(vae, tokenizer, text_encoder, inputs: torch.Tensor, styles: torch.Tensor,
+                        prompts: list[str], empty_embeds: torch.Tensor | None = None,
+                        dtype: torch.dtype | None = None) -> EditConditioning:
+    """The conditioning of inputs and styles ``(N, 3, H, W)`` in [0, 1], one prompt each: their
+    latents and the prompts' text states, with ``empty_embeds`` ``(1, L, D)`` (encoded here when
+    None), in ``dtype`` (None: the encoders' own)."""
+    if empty_embeds is None:
+        empty_embeds = encode_prompts(tokenizer, text_encoder, [""])
+    parts = (encode_images(vae, inputs), encode_images(vae, styles), encode_prompts(tokenizer, text_encoder, prompts),
+             empty_embeds)
+    return EditConditioning(*(part if dtype is None else part.to(dtype) for part in parts))

@@ -118,28 +118,22 @@ def widen_conv_in(unet, extra_channels: int = VISUAL_PROMPT_CHANNELS) -> None:
     unet.register_to_config(in_channels=new.in_channels)
 
 
-class VisualPromptPolicy(nn.Module):
-    """UNet + style module whose forward is the 4-branch guided noise prediction.
+class Denoiser(nn.Module):
+    """The guided noise prediction of a 12-channel UNet and a style module: what the sampler and
+    training call. A pipeline loaded from an export samples with this; the trainer's
+    :class:`VisualPromptPolicy` adds the frozen reference and the training parts."""
 
-    Under DDP wrap this module; its forward is the only training entry point. Use
-    ``with policy.reference():`` (on the unwrapped module) to run the frozen initial model.
-    """
-
-    def __init__(self, unet, style_module: StylePromptAttention, use_lora: bool):
+    def __init__(self, unet, style_module: StylePromptAttention):
         super().__init__()
         self.unet = unet
         self.style_module = style_module
-        self.use_lora = use_lora
-        self._reference_parts = _FrozenReference(unet, style_module, keep_unet=not use_lora)
-        self._adapter_layers = _adapter_layers(unet) if use_lora else []
-        self._use_reference = False
 
     def forward(self, scaled_latents, timesteps, cond: EditConditioning | BranchInputs,
                 scales: GuidanceScales):
         """Guided ε for (N, 4, h, w) scaled noisy latents at 0-d or (N,) timesteps.
 
         ``cond`` may be the :class:`BranchInputs` of :meth:`branch_inputs`, computed once for
-        many steps in the same mode (policy or reference).
+        many steps with the same modules.
         """
         if isinstance(cond, EditConditioning):
             cond = self.branch_inputs(cond)
@@ -147,21 +141,59 @@ class VisualPromptPolicy(nn.Module):
 
     @property
     def active_unet(self):
-        """The UNet forward runs: inside :meth:`reference` with full fine-tuning, the frozen
-        initial copy; otherwise the trained UNet (with LoRA, its adapters are off inside
-        :meth:`reference`)."""
+        """The UNet forward runs."""
+        return self.unet
+
+    @property
+    def active_style_module(self) -> StylePromptAttention:
+        """The style module :meth:`branch_inputs` runs."""
+        return self.style_module
+
+    def branch_inputs(self, cond: EditConditioning) -> BranchInputs:
+        """The step-invariant UNet inputs of ``cond`` (style channels of the active style module)."""
+        return branch_inputs(self.active_style_module, cond)
+
+
+class VisualPromptPolicy(Denoiser):
+    """UNet + style module whose forward is the 4-branch guided noise prediction, with its frozen
+    initial model.
+
+    Under DDP wrap this module; its forward is the only training entry point. Use
+    ``with policy.reference():`` (on the unwrapped module) to run the frozen initial model.
+    """
+
+    def __init__(self, unet, style_module: StylePromptAttention, use_lora: bool):
+        super().__init__(unet, style_module)
+        self.use_lora = use_lora
+        self._reference_parts = _FrozenReference(unet, style_module, keep_unet=not use_lora)
+        self._adapter_layers = _adapter_layers(unet) if use_lora else []
+        self._use_reference = False
+
+    @property
+    def active_unet(self):
+        """Inside :meth:`reference` with full fine-tuning, the frozen initial copy; otherwise the
+        trained UNet (with LoRA, its adapters are off inside :meth:`reference`)."""
         if self._use_reference and self._reference_parts.unet is not None:
             return self._reference_parts.unet
         return self.unet
 
-    def branch_inputs(self, cond: EditConditioning) -> BranchInputs:
-        """The step-invariant UNet inputs of ``cond`` (style channels of the active style module)."""
-        style = self._reference_parts.style_module if self._use_reference else self.style_module
-        return branch_inputs(style, cond)
+    @property
+    def active_style_module(self) -> StylePromptAttention:
+        """Inside :meth:`reference` the frozen initial style module, otherwise the trained one."""
+        return self._reference_parts.style_module if self._use_reference else self.style_module
 
     @contextmanager
-    def reference(self):
-        """Within the block, forward runs the frozen initial model (LoRA off, initial modules)."""
+    def reference(self, device: torch.device | str | None = None):
+        """Within the block, forward runs the frozen initial model (LoRA off, initial modules).
+
+        device: where the frozen initial modules compute within the block (a pipeline under
+        ``enable_model_cpu_offload``, whose hooks move only its registered components: its
+        execution device); they go back to their device after it. None: they stay where they are.
+        """
+        parts = self._reference_parts
+        home = next(parts.parameters()).device
+        if device is not None:
+            parts.to(device)
         swapped_conv = self.use_lora
         if swapped_conv:
             trained_conv = self.unet.conv_in
@@ -175,6 +207,8 @@ class VisualPromptPolicy(nn.Module):
             if swapped_conv:
                 self._enable_adapters(True)
                 self.unet.conv_in = trained_conv
+            if device is not None:
+                parts.to(home)
 
     def _enable_adapters(self, enabled: bool) -> None:
         """Switch the LoRA adapters on or off, as ``unet.enable_adapters``/``disable_adapters`` do,

@@ -36,6 +36,18 @@ and the adapter onto the UNet alone::
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     unet.load_lora_adapter(folder, weight_name="pytorch_lora_weights.safetensors", prefix="unet")
 
+The compact export ("components": "reference", ``--components=reference``) holds only what
+training changed: no ``model_index.json``, ``vae/``, ``text_encoder/`` or ``tokenizer/`` (the loader
+builds the base model from the id and revision in the metadata with
+:func:`~editspecialists.diffusion.bundle.build_edit_model`, so it needs that model downloaded or
+reachable), ``scheduler/`` and ``style_module/`` as above, and either the merged ``unet/`` or, for
+an adapter export, the LoRA file above and the trained conv_in in
+
+    <out>/unet_conv_in.safetensors
+                                ``conv_in.weight`` and ``conv_in.bias`` of the 12-channel UNet
+
+It loads only through ``EditSpecialistPipeline.from_pretrained``.
+
 Exports of the first format (:data:`FIRST_FORMAT`) still load: base components copied
 ("components": "copy") or loaded from the base model id ("reference"), ``scheduler/``, and
 ``specialist/`` (the checkpoint's weights, a checkpoint folder) on the base 8-channel UNet
@@ -59,6 +71,8 @@ METADATA = "editspecialist.json"
 MODEL_CARD = "README.md"
 STYLE_MODULE = "style_module"  # the component's folder
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
+CONV_IN = "unet_conv_in.safetensors"  # a compact adapter export's trained conv_in
+COMPONENTS = ("copy", "reference")
 FORMAT = "editspecialists-export-2"
 FIRST_FORMAT = "editspecialists-export-1"
 FIRST_FORMAT_SPECIALIST = "specialist"  # first format: the adapter export's checkpoint folder
@@ -83,7 +97,7 @@ def export_marks(folder: Path) -> list[str]:
     first format's specialist/ and style_module.safetensors), our model card, a UNet with the
     specialist's 12 input channels."""
     folder = Path(folder)
-    names = (ckpt.HASHES, STYLE_MODULE, LORA_WEIGHTS, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE)
+    names = (ckpt.HASHES, STYLE_MODULE, LORA_WEIGHTS, CONV_IN, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE)
     marks = [name for name in names if (folder / name).exists()]
     card = folder / MODEL_CARD
     if card.is_file() and card.read_text(errors="replace").startswith(MODEL_CARD_TITLE):
@@ -124,7 +138,7 @@ def read_metadata(folder: Path) -> dict:
         raise ExportError(f"{path} is not an export of this version (format {found!r}, expected {FORMAT!r} or "
                           f"{FIRST_FORMAT!r}): export the specialist again from its checkpoint")
     missing = [key for key in REQUIRED_KEYS[found] if key not in metadata]
-    unknown_components = found == FIRST_FORMAT and metadata.get("components") not in ("copy", "reference")
+    unknown_components = metadata.get("components", "copy") not in COMPONENTS
     if missing or metadata["unet"] not in UNETS or unknown_components:
         raise ExportError(f"{path} lacks {missing} or has an unknown components/unet value: not a complete export")
     return metadata

@@ -8,6 +8,7 @@ import json
 def model_card(info: dict) -> str:
     """Markdown: what the specialist does, how it was trained, how to load and use it."""
     base = info["base"]
+    compact = info.get("components") == "reference"
     what = (f'Turns the **{info["input_name"]}** of a photo into **{info["style_name"]}**, guided by a photo of '
             f'{info["style_name"]} (the visual prompt) and the instruction '
             f'"turn the {info["input_name"]} into {info["style_name"]}".'
@@ -24,10 +25,10 @@ def model_card(info: dict) -> str:
         "",
         "## Model",
         "",
-        f"- base model: `{base['model']}` (revision `{base['revision']}`), its components copied into this folder",
-        "- UNet (`unet/`): " + ("LoRA fused into the weights" if info["unet"] == "merged"
-                                else "the base weights and the trained conv_in; the LoRA in diffusers' format "
-                                     "(`pytorch_lora_weights.safetensors`)"),
+        f"- base model: `{base['model']}` (revision `{base['revision']}`), "
+        + ("its VAE, text encoder and tokenizer loaded from that id (not stored here)" if compact
+           else "its components copied into this folder"),
+        "- UNet: " + unet_line(info["unet"], compact),
         f"- sampler: `{info['scheduler']}`; trained at {info.get('resolution') or 'an unknown'} px",
         f"- exported with editspecialists {info['method_version']}",
     ]
@@ -51,6 +52,28 @@ def model_card(info: dict) -> str:
         f'num_inference_steps={steps}, generator=0).images[0]',
         "```",
         "",
+        *([] if compact else in_diffusers(info["unet"])),
+        "The edit has the input's size (the model works at most at the training resolution on the longer "
+        "side, `max_side`, then resizes back). Compare with the base model in the app: "
+        "`python scripts/app.py --model <this folder>`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def unet_line(unet: str, compact: bool) -> str:
+    """What the export holds of the UNet."""
+    if unet == "merged":
+        return "`unet/`, the LoRA fused into the weights"
+    lora = "the LoRA in diffusers' format (`pytorch_lora_weights.safetensors`)"
+    if compact:
+        return f"the base model's, with the trained conv_in (`unet_conv_in.safetensors`) and {lora}"
+    return f"`unet/`, the base weights and the trained conv_in; {lora}"
+
+
+def in_diffusers(unet: str) -> list[str]:
+    """The model card's lines on loading a (copy) export in diffusers alone."""
+    return [
         "In diffusers alone (a `DiffusionPipeline` folder; the hashes are then not checked):",
         "",
         "```python",
@@ -58,12 +81,7 @@ def model_card(info: dict) -> str:
         "from diffusers import DiffusionPipeline",
         "",
         'pipe = DiffusionPipeline.from_pretrained("<this folder>")',
-        *(['pipe.load_lora_weights("<this folder>")  # the LoRA onto pipe.unet'] if info["unet"] == "adapter" else []),
+        *(['pipe.load_lora_weights("<this folder>")  # the LoRA onto pipe.unet'] if unet == "adapter" else []),
         "```",
         "",
-        "The edit has the input's size (the model works at most at the training resolution on the longer "
-        "side, `max_side`, then resizes back). Compare with the base model in the app: "
-        "`python scripts/app.py --model <this folder>`.",
-        "",
     ]
-    return "\n".join(lines)

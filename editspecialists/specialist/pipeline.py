@@ -24,7 +24,8 @@ checkpoint's weights loaded through the checkpoint checks) it also holds ``polic
 :class:`~editspecialists.diffusion.policy.VisualPromptPolicy` whose UNet and style module are the
 registered ones: it samples as training does and runs its frozen reference (:meth:`base_model`).
 Loaded from an export it samples with the registered UNet (its LoRA loaded by diffusers) and style
-module through the same guidance. Both sample with the training sampler (:func:`sample_edits`), and
+module through the same guidance (:class:`~editspecialists.diffusion.policy.Denoiser`); a compact
+adapter export is rebuilt with its policy. Both sample with the training sampler (:func:`sample_edits`), and
 generate.py edits its batches with :meth:`edit_tensors` too, so both give the same pixels for the
 same seed, prompt and image at batch size 1.
 
@@ -56,6 +57,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
 from PIL import Image, ImageOps
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -65,11 +67,9 @@ from editspecialists.config_keys import value_at
 from editspecialists.data.dataset import PROMPT_TEMPLATES
 from editspecialists.data.images import DEFAULT_RESIZE_FILTER, read_rgb, resize_cover, to_rgb
 from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
-from editspecialists.diffusion.guidance import (BranchInputs, EditConditioning, GuidanceScales, branch_epsilon,
-                                                branch_inputs)
-from editspecialists.diffusion.pipeline import (cast_model, encode_images, encode_prompts, load_pipeline,
-                                                load_scheduler)
-from editspecialists.diffusion.policy import StylePromptAttention
+from editspecialists.diffusion.guidance import GuidanceScales
+from editspecialists.diffusion.pipeline import cast_model, encode_conditioning, load_pipeline, load_scheduler
+from editspecialists.diffusion.policy import Denoiser, StylePromptAttention
 from editspecialists.diffusion.sampler import sample_edits
 from editspecialists.formats import checkpoint as ckpt
 from editspecialists.formats import export
@@ -92,24 +92,6 @@ class EditSpecialistOutput(BaseOutput):
 
     images: list[Image.Image] | torch.Tensor
     prompt: str
-
-
-class Denoiser(torch.nn.Module):
-    """The guided noise prediction of a 12-channel UNet and a style module (what
-    :class:`~editspecialists.diffusion.policy.VisualPromptPolicy` computes, without its training
-    parts): what the sampler calls for a pipeline loaded from an export."""
-
-    def __init__(self, unet, style_module: StylePromptAttention):
-        super().__init__()
-        self.unet, self.style_module = unet, style_module
-
-    def branch_inputs(self, cond: EditConditioning) -> BranchInputs:
-        return branch_inputs(self.style_module, cond)
-
-    def forward(self, scaled_latents, timesteps, cond, scales: GuidanceScales):
-        if isinstance(cond, EditConditioning):
-            cond = self.branch_inputs(cond)
-        return branch_epsilon(self.unet, cond, scaled_latents, timesteps, scales)
 
 
 class EditSpecialistPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -225,9 +207,30 @@ class EditSpecialistPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         export.verify_export(folder)
         if metadata["format"] == export.FIRST_FORMAT:
             return cls.from_first_format_export(folder, metadata)
+        if metadata.get("components") == "reference":
+            return cls.from_compact_export(folder, {key: value for key, value in metadata.items() if key != "format"})
         specialist = super().from_pretrained(str(folder))
         if metadata["unet"] == "adapter":
             specialist.unet.load_lora_adapter(str(folder), weight_name=export.LORA_WEIGHTS, prefix="unet")
+        return specialist
+
+    @classmethod
+    def from_compact_export(cls, folder: Path, info: dict) -> "EditSpecialistPipeline":
+        """A compact export ("components": "reference"): the base model built from its id and
+        revision by :func:`build_edit_model`, with the export's trained parts. An adapter export
+        gives a pipeline with its ``policy`` (so :meth:`base_model` works); a merged one the
+        export's UNet."""
+        spec = EditModelSpec(info["base"]["model"], info["base"]["revision"], info["scheduler"])
+        if info["unet"] == "adapter":
+            specialist = cls.from_spec(spec.with_architecture(info["architecture"]), info)
+            load_compact_adapter(folder, specialist.unet)
+        else:
+            base = load_pipeline(spec.model, revision=spec.revision, scheduler=spec.scheduler)
+            specialist = cls(base.vae, base.text_encoder, base.tokenizer,
+                             UNet2DConditionModel.from_pretrained(folder / "unet"), StylePromptAttention.from_unet(
+                                 base.unet), base.scheduler, info=info)
+        load_module_weights(specialist.style_module, folder / export.STYLE_MODULE / STYLE_MODULE_WEIGHTS)
+        specialist.scheduler = load_scheduler(str(folder), scheduler=info["scheduler"])
         return specialist
 
     @classmethod
@@ -307,9 +310,7 @@ class EditSpecialistPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         batch."""
         denoiser, device = self.denoiser, self._execution_device
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        cond = EditConditioning(encode_images(self.vae, inputs.to(device)), encode_images(self.vae, styles.to(device)),
-                                encode_prompts(self.tokenizer, self.text_encoder, prompts),
-                                encode_prompts(self.tokenizer, self.text_encoder, [""]))
+        cond = encode_conditioning(self.vae, self.tokenizer, self.text_encoder, inputs, styles, prompts)
         with self.progress_bar(total=len(self.scheduler.timesteps)) as bar:
             edits = sample_edits(denoiser, self.scheduler, self.vae, cond, nb_gen=nb_gen, scales=scales, eta=eta,
                                  generator=generators, research_code_compat=research_code_compat,
@@ -361,46 +362,69 @@ class EditSpecialistPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @contextmanager
     def base_model(self):
         """Within the block the pipeline edits with the base InstructPix2Pix it was trained from
-        (the policy's frozen reference: LoRA off, initial visual-prompt modules)."""
+        (the policy's frozen reference: LoRA off, initial visual-prompt modules), on the execution
+        device (under ``enable_model_cpu_offload`` too)."""
         if self.policy is None:
-            raise ValueError("an export holds no base model: load the base model with from_pretrained")
-        with self.policy.reference():
+            raise ValueError("this pipeline holds no base model (loaded from an export other than a compact adapter "
+                             "export): load the base model with from_pretrained")
+        with self.policy.reference(device=self._execution_device):
             yield self
 
     # ---- export ----
 
-    def save_pretrained(self, save_directory: str | Path, *, merge_lora: bool = False,
+    def save_pretrained(self, save_directory: str | Path, *, merge_lora: bool = False, components: str = "copy",
                         overwrite: bool = False) -> Path:
         """Write an export that :meth:`from_pretrained` loads offline (layout in
         :mod:`editspecialists.formats.export`); nothing is written outside ``save_directory``.
 
         merge_lora: the UNet with its LoRA fused (``fuse_lora``, then ``unload_lora``), else the
         UNet without it and the LoRA in diffusers' format (``save_lora_weights``); a UNet without
-        LoRA (full fine-tuning, or an export's fused LoRA) is written whole. A non-empty folder is
-        refused unless ``overwrite``.
+        LoRA (full fine-tuning, or an export's fused LoRA) is written whole. components: "copy"
+        (a diffusers pipeline folder holding every component) or "reference" (the compact export:
+        only what training changed; the base components are loaded from the base model's id and
+        revision). A non-empty folder is refused unless ``overwrite``.
         """
+        if components not in export.COMPONENTS:
+            raise ValueError(f"components must be one of {list(export.COMPONENTS)}, got {components!r}")
         folder = Path(save_directory)
         export.check_output_folder(folder, overwrite)
         adapter = lora_adapter(self.unet)
         form = "merged" if merge_lora or adapter is None else "adapter"
-        info = {key: value for key, value in self.info.items() if key not in ("format", "components")}
-        info.update(method_version=package_metadata.version("editspecialists"), unet=form)
-        written = self.export_pipeline(form, adapter, info)
+        info = {key: value for key, value in self.info.items() if key != "format"}
+        info.update(method_version=package_metadata.version("editspecialists"), unet=form, components=components)
         lora = {} if form == "merged" else get_peft_model_state_dict(self.unet, adapter_name=adapter)
+        compact_adapter = components == "reference" and form == "adapter"
+        written = None if compact_adapter else self.export_pipeline(form, adapter, info)
 
         def write(tmp: Path) -> None:
             (tmp / export.MODEL_CARD).write_text(model_card(info))
-            DiffusionPipeline.save_pretrained(written, tmp)
+            if components == "copy":
+                DiffusionPipeline.save_pretrained(written, tmp)
+            else:
+                self.save_trained_parts(tmp, written)
             if lora:
                 self.save_lora_weights(tmp, unet_lora_layers=lora,
                                        unet_lora_adapter_metadata=self.unet.peft_config[adapter].to_dict())
             export.write_metadata(tmp, info)
 
-        models = (written.vae, written.text_encoder, written.unet, written.style_module)
-        needed = sum(tensor_bytes(model.state_dict().values()) for model in models) + tensor_bytes(lora.values())
+        stored = [self.style_module] + ([] if compact_adapter else [written.unet])
+        if components == "copy":
+            stored += [written.vae, written.text_encoder]
+        needed = sum(tensor_bytes(model.state_dict().values()) for model in stored) + tensor_bytes(lora.values())
         return writing.write_folder(folder, write, "export", needed,
                                     f"Nothing was written to {folder}. Free some space, then run again: "
                                     f"{command_with({})}")
+
+    def save_trained_parts(self, folder: Path, written: "EditSpecialistPipeline | None") -> None:
+        """The compact export's components: the scheduler, the style module, and the merged UNet of
+        ``written`` or (``written`` None: an adapter export) only the UNet's trained conv_in."""
+        self.scheduler.save_pretrained(folder / "scheduler")
+        self.style_module.save_pretrained(folder / export.STYLE_MODULE)
+        if written is not None:
+            written.unet.save_pretrained(folder / "unet")
+        else:
+            save_file({f"conv_in.{name}": tensor.contiguous() for name, tensor in self.unet.conv_in.state_dict().items()},
+                      str(folder / export.CONV_IN))
 
     def export_pipeline(self, form: str, adapter: str | None, info: dict) -> "EditSpecialistPipeline":
         """The pipeline an export of ``form`` writes: these components, ``info``, and the UNet
@@ -482,6 +506,51 @@ def lora_adapter(unet) -> str | None:
         raise ValueError(f"the UNet holds {len(names)} LoRA adapters {names}: delete all but one "
                          f"(unet.delete_adapters) before exporting")
     return names[0] if names else None
+
+
+STYLE_MODULE_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' SAFETENSORS_WEIGHTS_NAME
+
+
+def load_module_weights(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    """Load the tensors of the safetensors file ``path`` whose names start with ``prefix`` (stripped)
+    into ``module`` (every weight, shapes equal); an :class:`~editspecialists.formats.export.ExportError`
+    naming the file otherwise."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        module.load_state_dict({name[len(prefix):]: tensor for name, tensor in tensors.items()
+                                if name.startswith(prefix)}, strict=True)
+    except (OSError, RuntimeError) as error:
+        raise export.ExportError(f"{path} does not hold the weights this base model's specialist needs "
+                                 f"({short_reason(error)})") from error
+
+
+def load_compact_adapter(folder: Path, unet) -> None:
+    """A compact adapter export's trained conv_in and LoRA (diffusers' format) into the policy's
+    UNet, whose adapter the export's architecture shaped; every LoRA weight must be in the file."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    load_module_weights(unet.conv_in, folder / export.CONV_IN, prefix="conv_in.")
+    path = folder / export.LORA_WEIGHTS
+    adapter = lora_adapter(unet)
+    try:
+        lora = {name.removeprefix("unet."): tensor for name, tensor in load_file(str(path)).items()}
+        expected = set(get_peft_model_state_dict(unet, adapter_name=adapter))
+        if set(lora) != expected:
+            raise RuntimeError(f"{len(expected - set(lora))} LoRA weights missing, {len(set(lora) - expected)} "
+                               f"unexpected")
+        set_peft_model_state_dict(unet, lora, adapter_name=adapter)
+    except (OSError, RuntimeError) as error:
+        raise export.ExportError(f"{path} does not hold the LoRA of this base model's specialist "
+                                 f"({short_reason(error)})") from error
+
+
+def short_reason(error: Exception) -> str:
+    """The first two non-empty lines of an error's message (a state-dict error's header and its
+    first mismatch), joined."""
+    return " ".join([line.strip() for line in str(error).splitlines() if line.strip()][:2])
 
 
 def first_format_style_module(folder: Path, unet) -> StylePromptAttention:
