@@ -1,17 +1,22 @@
 """The log-prob step functions against diffusers' own schedulers and the Gaussian formula."""
 
 import math
+import re
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
+from editspecialists.diffusion import logprob
 from editspecialists.diffusion.logprob import (
+    StepTable,
     ddim_step_with_logprob,
     euler_ancestral_step_with_logprob,
+    flow_sde_step_with_logprob,
     scale_model_input,
     step_is_stochastic,
     step_with_logprob,
+    windowed_eta,
 )
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -180,3 +185,104 @@ def test_low_precision_model_output_gives_the_fp32_step_of_its_value(family):
                              prev_sample=prev.to(torch.bfloat16).float())
     assert torch.equal(in_bf16, bf16_reference)
     assert (in_bf16 - scored_fp32).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------------------ flow matching (docs/method.md §13)
+# FLUX.1 Kontext [dev]'s scheduler config (tests/fixtures/hub: shift, dynamic shifting and its bounds).
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def flow_scheduler(mu: float = 0.8) -> FlowMatchEulerDiscreteScheduler:
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    scheduler.set_timesteps(STEPS, mu=mu)
+    return scheduler
+
+
+@pytest.mark.parametrize("index", range(STEPS))
+def test_flow_sde_with_noise_level_zero_is_diffusers_euler_step(index):
+    scheduler = flow_scheduler()
+    assert scheduler.sigmas[0] == 1, "the schedule starts at pure noise (the step capped there)"
+    sample, velocity = torch.randn(2, 16, 4), torch.randn(2, 16, 4)  # packed latents (B, L, C)
+    timestep = scheduler.timesteps[index]
+    scheduler._step_index = index
+    expected = scheduler.step(velocity, timestep, sample).prev_sample
+    prev, log_prob = flow_sde_step_with_logprob(scheduler, velocity, timestep, sample, eta=0.0)
+    assert torch.equal(prev, expected) and torch.equal(log_prob, torch.zeros(2))
+    prev, _ = flow_sde_step_with_logprob(scheduler, velocity, timestep, sample, eta=0.7,
+                                         generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(prev, expected), "a noise level above 0 draws a different step"
+
+
+def test_flow_sde_log_prob_is_the_gaussian_of_the_sde_step():
+    """Mean, std and density written out from docs/method.md §13 (float64), including the first
+    step, at t = 1, whose σ_t uses the schedule's second time."""
+    scheduler, a = flow_scheduler(), 0.7
+    sigmas = scheduler.sigmas.double()
+    sample, velocity = torch.randn(STEPS, 8, 6), torch.randn(STEPS, 8, 6)
+    prev = sample + 0.3 * torch.randn(STEPS, 8, 6)
+    _, log_prob = flow_sde_step_with_logprob(scheduler, velocity, scheduler.timesteps, sample, eta=a,
+                                             prev_sample=prev)
+    for i in range(STEPS):
+        t, dt = sigmas[i], sigmas[i + 1] - sigmas[i]
+        sigma_t = a * math.sqrt(t / (1 - (sigmas[1] if t == 1 else t)))
+        x, v = sample[i].double(), velocity[i].double()
+        mean = x + (v + sigma_t**2 / (2 * t) * (x + (1 - t) * v)) * dt
+        expected = gaussian_reference(prev[i:i + 1].double(), mean[None], sigma_t * math.sqrt(-dt))
+        torch.testing.assert_close(log_prob[i:i + 1].double(), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_flow_sde_steps_recompute_what_sampling_drew_in_any_order():
+    """The sampler's StepTable draws a step; the per-timestep function (training) scores it to the
+    same log-prob, batched over shuffled timesteps as element by element."""
+    scheduler = flow_scheduler()
+    table = StepTable.of(scheduler, torch.device("cpu"), eta=0.7)
+    order = torch.randperm(STEPS)
+    sample, velocity = torch.randn(STEPS, 16, 4), torch.randn(STEPS, 16, 4)
+    drawn, sampled = zip(*(table.step(int(i), velocity[k:k + 1], sample[k:k + 1],
+                                      generator=torch.Generator().manual_seed(k)) for k, i in enumerate(order)))
+    drawn, sampled = torch.cat(drawn), torch.cat(sampled)
+    _, batched = step_with_logprob(scheduler, velocity, scheduler.timesteps[order], sample, eta=0.7, prev_sample=drawn)
+    assert torch.equal(batched, sampled)
+    assert torch.equal(scale_model_input(scheduler, sample, scheduler.timesteps[order]), sample)
+
+
+def test_the_sde_window_makes_only_its_steps_stochastic_and_trainable():
+    scheduler = flow_scheduler()
+    eta = windowed_eta(STEPS, 0.7, (2, 5))
+    assert step_is_stochastic(scheduler, eta=eta).tolist() == [i in (2, 3, 4) for i in range(STEPS)]
+    assert step_is_stochastic(scheduler, eta=0.7).all(), "without a window every step (the last too: t > 0)"
+    assert step_is_stochastic(make(DDIMScheduler), eta=windowed_eta(STEPS, 1.0, (0, 3))).tolist() == \
+        [i < 3 for i in range(STEPS)], "DDIM takes a window too"
+    sample, velocity = torch.randn(3, 16, 4), torch.randn(3, 16, 4)
+    timesteps = scheduler.timesteps[torch.tensor([1, 3, 6])]
+    prev, log_prob = step_with_logprob(scheduler, velocity, timesteps, sample, eta=eta,
+                                       generator=torch.Generator().manual_seed(0))
+    euler = sample + (scheduler.sigmas[[2, 4, 7]] - scheduler.sigmas[[1, 3, 6]])[:, None, None] * velocity
+    assert torch.equal(prev[[0, 2]], euler[[0, 2]]) and (log_prob[[0, 2]] == 0).all()
+    assert not torch.allclose(prev[1], euler[1]) and log_prob[1] != 0
+    for window in ((3, 3), (-1, 2), (0, STEPS + 1)):
+        with pytest.raises(ValueError, match=re.escape(f"the SDE window {window} must satisfy 0 <= start < stop")):
+            windowed_eta(STEPS, 0.7, window)
+
+
+@pytest.mark.parametrize("family", ["euler_ancestral", "ddim", "flow_sde"])
+def test_the_step_table_read_by_step_index_tensors_is_the_per_timestep_step_without_a_lookup(family, monkeypatch):
+    """Training reads StepTable with a (B,) tensor of step indices: the per-timestep functions'
+    values exactly, built and read without looking a timestep up (no host synchronisation)."""
+    scheduler = {"euler_ancestral": lambda: make(EulerAncestralDiscreteScheduler),
+                 "ddim": lambda: make(DDIMScheduler, clip_sample=False), "flow_sde": flow_scheduler}[family]()
+    eta = windowed_eta(STEPS, 0.7, (1, 6)) if family != "euler_ancestral" else 1.0
+    index = torch.tensor([5, 0, 3, 3, 1])
+    sample, output, prev = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8)
+    timesteps = scheduler.timesteps[index]
+    _, expected = step_with_logprob(scheduler, output, timesteps, sample, eta=eta, prev_sample=prev)
+    expected_input = scale_model_input(scheduler, sample, timesteps)
+
+    def refuse_lookup(*args):
+        raise AssertionError("a timestep lookup")
+
+    monkeypatch.setattr(logprob, "timestep_matches", refuse_lookup)
+    table = StepTable.of(scheduler, torch.device("cpu"), eta=eta)
+    assert torch.equal(table.step(index, output, sample, prev_sample=prev)[1], expected)
+    assert torch.equal(table.scale_input(sample, index), expected_input)

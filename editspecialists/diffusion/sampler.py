@@ -17,12 +17,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.logprob import (
-    StepTable,
-    scale_model_input,
-    step_is_stochastic,
-    step_with_logprob,
-)
+from editspecialists.diffusion.logprob import StepTable, step_is_stochastic
 from editspecialists.diffusion.pipeline import decode_latents
 
 
@@ -100,7 +95,7 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
 
     Args:
         policy: the (possibly DDP-wrapped) :class:`VisualPromptPolicy`.
-        scheduler: Euler-ancestral or DDIM scheduler after ``set_timesteps``.
+        scheduler: Euler-ancestral, DDIM or flow-matching scheduler after ``set_timesteps``.
         vae: decodes the final latents.
         cond: conditioning of the B inputs (image/style latents, prompt embeds).
         generator: drives the initial noise and every step's noise; a list of B generators makes
@@ -166,7 +161,8 @@ def transition_log_probs(policy, scheduler, trajectories: Trajectories, step_ind
     unwrapped = getattr(policy, "module", policy)
     context = unwrapped.reference() if reference else nullcontext()
     grad = torch.no_grad() if reference else nullcontext()
+    table, steps = StepTable.of(scheduler, before.device, eta=eta), step_index.repeat_interleave(nb_gen)
     with context, grad, autocast():
-        eps = policy(scale_model_input(scheduler, before, timesteps), timesteps, cond, scales)
-    _, log_prob = step_with_logprob(scheduler, eps, timesteps, before, eta=eta, prev_sample=after)
+        eps = policy(table.scale_input(before, steps), timesteps, cond, scales)
+    _, log_prob = table.step(steps, eps, before, prev_sample=after)
     return log_prob.view(batch, nb_gen)
