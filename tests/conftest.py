@@ -52,6 +52,14 @@ def tiny_ip2p_path(tiny_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_kontext_path(tiny_root) -> Path:
+    """The tiny FLUX.1 Kontext [dev] stand-in (editspecialists.demo.kontext_standin)."""
+    from editspecialists.demo.kontext_standin import tiny_kontext
+
+    return tiny_kontext(tiny_root)
+
+
+@pytest.fixture(scope="session")
 def demo_assets_root(tiny_root) -> Path:
     """The demo presets' assets (images, pretrained demo editor, tiny feedback and evaluation
     models) in the cache, built unless the demo or an earlier test run built them."""

@@ -65,5 +65,6 @@ def test_the_spec_of_a_config_and_of_a_recorded_architecture(config):
 
 
 def test_an_unknown_backbone_family_is_refused_naming_the_known_ones(tiny_ip2p_path):
-    with pytest.raises(ValueError, match=r"unknown backbone family 'flux'.*\['instruct_pix2pix'\]"):
+    known = r"\['flux_kontext', 'instruct_pix2pix'\]"
+    with pytest.raises(ValueError, match=f"unknown backbone family 'flux': choose one of {known}"):
         build_edit_model(EditModelSpec(str(tiny_ip2p_path), family="flux"))

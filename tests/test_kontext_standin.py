@@ -46,8 +46,8 @@ def facts(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def kontext_path(tiny_root) -> Path:
-    return tiny_kontext(tiny_root)
+def kontext_path(tiny_kontext_path) -> Path:
+    return tiny_kontext_path
 
 
 @pytest.fixture(scope="module")

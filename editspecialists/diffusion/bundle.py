@@ -19,12 +19,16 @@ from typing import Callable
 import torch
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.pipeline import (encode_conditioning, encode_prompts, load_pipeline, place_encoders,
-                                                use_xformers_attention)
+from editspecialists.diffusion.kontext import (KONTEXT_LORA_TARGETS, MAX_SEQUENCE_LENGTH, build_kontext_policy,
+                                               encode_kontext_images, kontext_schedule, load_kontext_pipeline)
+from editspecialists.diffusion.pipeline import (cast_model, encode_conditioning, encode_prompts, load_pipeline,
+                                                place_encoders, use_xformers_attention)
 from editspecialists.diffusion.policy import LORA_INITS, VisualPromptPolicy, build_policy, uses_gradient_checkpointing
 from editspecialists.precision import mixed_precision_dtype
 
 INSTRUCT_PIX2PIX = "instruct_pix2pix"
+FLUX_KONTEXT = "flux_kontext"
+FLOW_SDE = "flow_sde"  # the sampler family of flow-matching editors (diffusion/logprob.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class EditModelSpec:
     use_xformers: bool = False
     scales: GuidanceScales = field(default_factory=GuidanceScales)
     family: str = INSTRUCT_PIX2PIX
+    lora_targets: tuple[str, ...] | None = None  # None: the family's default
 
     @classmethod
     def from_config(cls, config, **overrides) -> "EditModelSpec":
@@ -83,6 +88,11 @@ class EditModel:
     frozen_dtype: torch.dtype
     device: torch.device
 
+    def set_timesteps(self, num_steps: int, resolution: int) -> None:
+        """Set the scheduler's ``num_steps`` sampling steps for square images of ``resolution`` px
+        (InstructPix2Pix's schedule does not depend on the size) on the model's device."""
+        self.scheduler.set_timesteps(num_steps, device=self.device)
+
     @cached_property
     def empty_embeds(self) -> torch.Tensor:
         """Text-encoder states ``(1, L, D)`` of the empty prompt, fp32 (encoded once)."""
@@ -114,8 +124,58 @@ def build_instruct_pix2pix(spec: EditModelSpec, device: torch.device) -> EditMod
                      spec.frozen_dtype, torch.device(device))
 
 
-# Backbone family -> its builder. The only seam a second family (a flow-matching editor) plugs into.
-BACKBONES: dict[str, Callable[[EditModelSpec, torch.device], EditModel]] = {INSTRUCT_PIX2PIX: build_instruct_pix2pix}
+@dataclass
+class KontextEditModel(EditModel):
+    """FLUX.1 Kontext's edit model: ``text_encoder``/``tokenizer`` are CLIP's, ``pipe`` the loaded
+    ``FluxKontextPipeline`` (its T5 encoder and its own prompt encoding)."""
+
+    pipe: object = None
+
+    @property
+    def empty_embeds(self) -> None:
+        """None: Kontext [dev] has no classifier-free branches."""
+        return None
+
+    def set_timesteps(self, num_steps: int, resolution: int) -> None:
+        """The Kontext pipeline's schedule (shifted for the latents' sequence length) at ``resolution``."""
+        latent_side = resolution // self.pipe.vae_scale_factor
+        kontext_schedule(self.scheduler, num_steps, latent_side, latent_side, self.device)
+
+    def conditioning(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str]) -> EditConditioning:
+        """The fp32 conditioning of inputs and styles ``(N, 3, H, W)`` in [0, 1] as the Kontext
+        pipeline encodes them (latents shifted and scaled; T5 states and CLIP's pooled projection)."""
+        with torch.no_grad():
+            prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,
+                                                               max_sequence_length=MAX_SEQUENCE_LENGTH)
+        return EditConditioning(encode_kontext_images(self.vae, inputs).float(),
+                                encode_kontext_images(self.vae, styles).float(), prompt_embeds.float(), None,
+                                pooled_embeds=pooled.float())
+
+
+def build_flux_kontext(spec: EditModelSpec, device: torch.device) -> KontextEditModel:
+    """FLUX.1 Kontext: its diffusers pipeline loaded, encoders placed, the transformer turned into
+    the visual-prompt policy (widened x_embedder, style module, LoRA) on ``device``; its scheduler
+    the pipeline's flow-matching one (``spec.scheduler`` must be "flow_sde")."""
+    if spec.scheduler != FLOW_SDE:
+        raise ValueError(f"pretrained.scheduler={spec.scheduler!r}: a FLUX Kontext model samples with the flow "
+                         f"SDE ({FLOW_SDE!r})")
+    checkpointing = uses_gradient_checkpointing(spec.gradient_checkpointing, spec.use_lora)
+    pipe = load_kontext_pipeline(spec.model, revision=spec.revision)
+    for encoder in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        cast_model(encoder, device, spec.frozen_dtype)
+    pipe.transformer.to(device)
+    policy = build_kontext_policy(pipe.transformer, pipe.vae.config.latent_channels, use_lora=spec.use_lora,
+                                  lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_init=spec.lora_init,
+                                  targets=spec.lora_targets or KONTEXT_LORA_TARGETS, frozen_dtype=spec.frozen_dtype)
+    if checkpointing:
+        policy.transformer.enable_gradient_checkpointing()
+    return KontextEditModel(policy, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, spec.scales,
+                            spec.frozen_dtype, torch.device(device), pipe=pipe)
+
+
+# Backbone family -> its builder. The only seam a second family plugs into.
+BACKBONES: dict[str, Callable[[EditModelSpec, torch.device], EditModel]] = {
+    INSTRUCT_PIX2PIX: build_instruct_pix2pix, FLUX_KONTEXT: build_flux_kontext}
 
 
 def build_edit_model(spec: EditModelSpec, device: torch.device | str = "cpu") -> EditModel:

@@ -30,30 +30,32 @@ class GuidanceScales:
 class EditConditioning:
     """Per-element conditioning of one UNet batch of N elements.
 
-    image_latents, style_latents: (N, 4, h, w), unscaled VAE posterior modes of 2x - 1.
-    prompt_embeds: (N, L, D) text-encoder states of the edit instruction.
-    empty_embeds: (1, L, D) text-encoder states of the empty prompt.
+    image_latents, style_latents: (N, C, h, w) VAE posterior modes of 2x - 1: unscaled for
+        InstructPix2Pix (C = 4), shifted and scaled as the Kontext pipeline encodes (C = 16).
+    prompt_embeds: (N, L, D) text-encoder states of the edit instruction (Kontext: T5's).
+    empty_embeds: (1, L, D) text-encoder states of the empty prompt (None for Kontext: no
+        classifier-free branches).
     style_query_latents: (N, 4, h, w) latents the style module attends from in place of
         ``image_latents``, or None (``image_latents``). Only the research code's training forward
         (``research_code_compat``) sets them: to the unscaled noisy latents.
+    pooled_embeds: (N, P) pooled prompt projection (Kontext: CLIP's), None for InstructPix2Pix.
     """
 
     image_latents: torch.Tensor
     style_latents: torch.Tensor
     prompt_embeds: torch.Tensor
-    empty_embeds: torch.Tensor
+    empty_embeds: torch.Tensor | None
     style_query_latents: torch.Tensor | None = None
+    pooled_embeds: torch.Tensor | None = None
 
     def repeat_interleave(self, repeats: int) -> "EditConditioning":
         """Each element repeated ``repeats`` times in place: N -> N·repeats (edits of an input)."""
-        query = self.style_query_latents
-        return EditConditioning(
-            self.image_latents.repeat_interleave(repeats, dim=0),
-            self.style_latents.repeat_interleave(repeats, dim=0),
-            self.prompt_embeds.repeat_interleave(repeats, dim=0),
-            self.empty_embeds,
-            None if query is None else query.repeat_interleave(repeats, dim=0),
-        )
+        def repeated(tensor):
+            return None if tensor is None else tensor.repeat_interleave(repeats, dim=0)
+
+        return EditConditioning(repeated(self.image_latents), repeated(self.style_latents),
+                                repeated(self.prompt_embeds), self.empty_embeds, repeated(self.style_query_latents),
+                                repeated(self.pooled_embeds))
 
 
 def combine_branches(eps_text, eps_image, eps_uncond, eps_image_style, scales: GuidanceScales):

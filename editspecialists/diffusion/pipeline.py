@@ -94,8 +94,12 @@ def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents (N, 4, h, w) -> images (N, 3, h·f, w·f) in [0, 1], fp32."""
-    latents = (latents / vae.config.scaling_factor).to(device=execution_device(vae), dtype=vae.dtype)
+    """Scaled latents (N, C, h, w) -> images (N, 3, h·f, w·f) in [0, 1], fp32 (a VAE with a
+    ``shift_factor``, FLUX's, has it added back after unscaling)."""
+    latents = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None) is not None:
+        latents = latents + vae.config.shift_factor
+    latents = latents.to(device=execution_device(vae), dtype=vae.dtype)
     images = vae.decode(latents).sample
     return ((images.float() + 1) / 2).clamp(0, 1)
 

@@ -1,4 +1,5 @@
-"""The visual-prompt InstructPix2Pix policy (docs/method.md §2) and its frozen reference.
+"""The visual-prompt InstructPix2Pix policy (docs/method.md §2) and its frozen reference
+(:class:`WithFrozenReference`, shared with the other backbone families).
 
 Construction from a loaded ``StableDiffusionInstructPix2PixPipeline``:
 - conv_in widened 8 -> 12 input channels (new channels zero, so the policy starts as IP2P);
@@ -123,10 +124,17 @@ class Denoiser(nn.Module):
     training call. A pipeline loaded from an export samples with this; the trainer's
     :class:`VisualPromptPolicy` adds the frozen reference and the training parts."""
 
+    input_layer = "conv_in"  # the backbone's layer the visual prompt widens
+
     def __init__(self, unet, style_module: StylePromptAttention):
         super().__init__()
         self.unet = unet
         self.style_module = style_module
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The denoising network (here the UNet)."""
+        return self.unet
 
     def forward(self, scaled_latents, timesteps, cond: EditConditioning | BranchInputs,
                 scales: GuidanceScales):
@@ -137,15 +145,15 @@ class Denoiser(nn.Module):
         """
         if isinstance(cond, EditConditioning):
             cond = self.branch_inputs(cond)
-        return branch_epsilon(self.active_unet, cond, scaled_latents, timesteps, scales)
+        return branch_epsilon(self.active_backbone, cond, scaled_latents, timesteps, scales)
 
     @property
-    def active_unet(self):
-        """The UNet forward runs."""
-        return self.unet
+    def active_backbone(self) -> nn.Module:
+        """The network forward runs."""
+        return self.backbone
 
     @property
-    def active_style_module(self) -> StylePromptAttention:
+    def active_style_module(self) -> nn.Module:
         """The style module :meth:`branch_inputs` runs."""
         return self.style_module
 
@@ -154,31 +162,34 @@ class Denoiser(nn.Module):
         return branch_inputs(self.active_style_module, cond)
 
 
-class VisualPromptPolicy(Denoiser):
-    """UNet + style module whose forward is the 4-branch guided noise prediction, with its frozen
-    initial model.
+class WithFrozenReference:
+    """The training side of a visual-prompt policy, mixed into a denoiser (a class with
+    ``backbone``, ``input_layer`` and ``style_module``): its frozen initial model, switched in by
+    :meth:`reference`, and its trainable weights.
 
-    Under DDP wrap this module; its forward is the only training entry point. Use
-    ``with policy.reference():`` (on the unwrapped module) to run the frozen initial model.
+    With LoRA the reference is the same backbone with its adapters off, plus frozen copies of the
+    initial input layer and style module (no second backbone held); with full fine-tuning a frozen
+    copy of the initial backbone.
     """
 
-    def __init__(self, unet, style_module: StylePromptAttention, use_lora: bool):
-        super().__init__(unet, style_module)
+    def init_reference(self, use_lora: bool) -> None:
+        """Take the frozen copies of the current (initial) modules; call at the end of ``__init__``."""
         self.use_lora = use_lora
-        self._reference_parts = _FrozenReference(unet, style_module, keep_unet=not use_lora)
-        self._adapter_layers = _adapter_layers(unet) if use_lora else []
+        self._reference_parts = _FrozenReference(self.backbone, self.input_layer, self.style_module,
+                                                 keep_backbone=not use_lora)
+        self._adapter_layers = _adapter_layers(self.backbone) if use_lora else []
         self._use_reference = False
 
     @property
-    def active_unet(self):
+    def active_backbone(self) -> nn.Module:
         """Inside :meth:`reference` with full fine-tuning, the frozen initial copy; otherwise the
-        trained UNet (with LoRA, its adapters are off inside :meth:`reference`)."""
-        if self._use_reference and self._reference_parts.unet is not None:
-            return self._reference_parts.unet
-        return self.unet
+        trained backbone (with LoRA, its adapters are off inside :meth:`reference`)."""
+        if self._use_reference and self._reference_parts.backbone is not None:
+            return self._reference_parts.backbone
+        return self.backbone
 
     @property
-    def active_style_module(self) -> StylePromptAttention:
+    def active_style_module(self) -> nn.Module:
         """Inside :meth:`reference` the frozen initial style module, otherwise the trained one."""
         return self._reference_parts.style_module if self._use_reference else self.style_module
 
@@ -194,25 +205,25 @@ class VisualPromptPolicy(Denoiser):
         home = next(parts.parameters()).device
         if device is not None:
             parts.to(device)
-        swapped_conv = self.use_lora
-        if swapped_conv:
-            trained_conv = self.unet.conv_in
-            self.unet.conv_in = self._reference_parts.conv_in
+        swapped_input = self.use_lora
+        if swapped_input:
+            trained_input = getattr(self.backbone, self.input_layer)
+            setattr(self.backbone, self.input_layer, parts.input_layer)
             self._enable_adapters(False)
         self._use_reference = True
         try:
             yield self
         finally:
             self._use_reference = False
-            if swapped_conv:
+            if swapped_input:
                 self._enable_adapters(True)
-                self.unet.conv_in = trained_conv
+                setattr(self.backbone, self.input_layer, trained_input)
             if device is not None:
                 parts.to(home)
 
     def _enable_adapters(self, enabled: bool) -> None:
-        """Switch the LoRA adapters on or off, as ``unet.enable_adapters``/``disable_adapters`` do,
-        without their walk over every module of the UNet."""
+        """Switch the LoRA adapters on or off, as ``enable_adapters``/``disable_adapters`` do,
+        without their walk over every module of the backbone."""
         for layer in self._adapter_layers:
             layer.enable_adapters(enabled)
 
@@ -220,30 +231,44 @@ class VisualPromptPolicy(Denoiser):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights that define the fine-tuned model: LoRA (or the UNet), conv_in, style module."""
+        """Weights that define the fine-tuned model: LoRA (or the backbone), input layer, style module."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
 
 
-class _FrozenReference(nn.Module):
-    """Frozen copies of the initial small modules (and of the UNet for full fine-tuning).
+class VisualPromptPolicy(WithFrozenReference, Denoiser):
+    """UNet + style module whose forward is the 4-branch guided noise prediction, with its frozen
+    initial model.
 
-    Their parameters have ``requires_grad=False``, so they never reach the optimizer, DDP's
-    gradient reduction or the checkpoint (:meth:`VisualPromptPolicy.trainable_state_dict`).
+    Under DDP wrap this module; its forward is the only training entry point. Use
+    ``with policy.reference():`` (on the unwrapped module) to run the frozen initial model.
     """
 
-    def __init__(self, unet, style_module, keep_unet: bool):
+    def __init__(self, unet, style_module: StylePromptAttention, use_lora: bool):
+        super().__init__(unet, style_module)
+        self.init_reference(use_lora)
+
+
+class _FrozenReference(nn.Module):
+    """Frozen copies of the initial input layer and style module (and of the backbone for full
+    fine-tuning).
+
+    Their parameters have ``requires_grad=False``, so they never reach the optimizer, DDP's
+    gradient reduction or the checkpoint (:meth:`WithFrozenReference.trainable_state_dict`).
+    """
+
+    def __init__(self, backbone, input_layer: str, style_module, keep_backbone: bool):
         super().__init__()
-        self.conv_in = _frozen_copy(unet.conv_in)
+        self.input_layer = _frozen_copy(getattr(backbone, input_layer))
         self.style_module = _frozen_copy(style_module)
-        self.unet = _frozen_copy(unet) if keep_unet else None
+        self.backbone = _frozen_copy(backbone) if keep_backbone else None
 
 
-def _adapter_layers(unet) -> list[nn.Module]:
-    """The UNet's PEFT adapter layers (plain list: they stay registered under the UNet only)."""
+def _adapter_layers(backbone) -> list[nn.Module]:
+    """The backbone's PEFT adapter layers (plain list: they stay registered under the backbone only)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [module for module in unet.modules() if isinstance(module, BaseTunerLayer)]
+    return [module for module in backbone.modules() if isinstance(module, BaseTunerLayer)]
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -266,6 +291,27 @@ def uses_gradient_checkpointing(setting: str, use_lora: bool) -> bool:
     return setting == "always" or (setting == "without_lora" and not use_lora)
 
 
+def make_trainable(backbone, *, use_lora: bool, lora_rank: int, lora_alpha: float, lora_init: str,
+                   targets: list[str], frozen_dtype: torch.dtype) -> None:
+    """LoRA adapters (peft, on the modules named ``targets``) trainable in fp32 over the frozen
+    backbone cast to ``frozen_dtype``; or, without LoRA, every weight trainable in fp32 (in place)."""
+    if lora_init not in LORA_INITS:
+        raise ValueError(f"lora_init must be one of {sorted(LORA_INITS)}, got {lora_init!r}")
+    if not use_lora:
+        backbone.float().requires_grad_(True)
+        return
+    from peft import LoraConfig
+
+    backbone.requires_grad_(False)
+    if frozen_dtype != backbone.dtype:
+        cast_model(backbone, dtype=frozen_dtype)
+    backbone.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights=LORA_INITS[lora_init],
+                                    target_modules=list(targets)))
+    for param in backbone.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+
+
 def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 8, lora_init: str = "default",
                  num_heads: int = 8, frozen_dtype: torch.dtype = torch.float32) -> VisualPromptPolicy:
     """Turn a pretrained 8-channel IP2P UNet into the visual-prompt policy (in place).
@@ -274,26 +320,13 @@ def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 
     widened conv_in and the style module. With LoRA the frozen base weights are cast to
     ``frozen_dtype`` to save memory; ``lora_init`` is a key of :data:`LORA_INITS`.
     """
-    if lora_init not in LORA_INITS:
-        raise ValueError(f"lora_init must be one of {sorted(LORA_INITS)}, got {lora_init!r}")
     if unet.config.in_channels != 8:
         raise ValueError(
             f"expected an InstructPix2Pix UNet with 8 input channels, got {unet.config.in_channels}"
         )
     style_module = StylePromptAttention.from_unet(unet, num_heads=num_heads)
-    if use_lora:
-        from peft import LoraConfig
-
-        unet.requires_grad_(False)
-        if frozen_dtype != unet.dtype:
-            cast_model(unet, dtype=frozen_dtype)
-        unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha,
-                                    init_lora_weights=LORA_INITS[lora_init], target_modules=LORA_TARGETS))
-        for param in unet.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-    else:
-        unet.float().requires_grad_(True)
+    make_trainable(unet, use_lora=use_lora, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_init=lora_init,
+                   targets=LORA_TARGETS, frozen_dtype=frozen_dtype)
     widen_conv_in(unet)
     style_module.to(unet.device)
     return VisualPromptPolicy(unet, style_module, use_lora)

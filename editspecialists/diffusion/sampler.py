@@ -30,7 +30,8 @@ class Trajectories:
     log_probs: (B, G, T) fp32 log p(x_{t+1} | x_t) under the sampling policy.
     timesteps: (T,) the scheduler's timesteps.
     trainable: (T,) bool, False for deterministic steps (zero noise).
-    image_latents, style_latents: (B, 4, h, w); prompt_embeds: (B, L, D).
+    image_latents, style_latents: (B, C, h, w); prompt_embeds: (B, L, D); pooled_embeds: (B, P)
+    or None (the :class:`EditConditioning` they come from).
     """
 
     images: torch.Tensor
@@ -41,13 +42,15 @@ class Trajectories:
     image_latents: torch.Tensor
     style_latents: torch.Tensor
     prompt_embeds: torch.Tensor
+    pooled_embeds: torch.Tensor | None = None
 
-    PER_INPUT = ("images", "latents", "log_probs", "image_latents", "style_latents", "prompt_embeds")
+    PER_INPUT = ("images", "latents", "log_probs", "image_latents", "style_latents", "prompt_embeds",
+                 "pooled_embeds")
 
     def select(self, index: torch.Tensor) -> "Trajectories":
         """The trajectories of the inputs at ``index`` (a (b,) long tensor), shared fields kept."""
         return Trajectories(**{
-            f.name: getattr(self, f.name)[index] if f.name in self.PER_INPUT else getattr(self, f.name)
+            f.name: getattr(self, f.name)[index] if self.is_per_input(f.name) else getattr(self, f.name)
             for f in fields(self)
         })
 
@@ -56,13 +59,18 @@ class Trajectories:
         """Concatenate along the input dimension (shared fields taken from the first part)."""
         first = parts[0]
         return Trajectories(**{
-            f.name: torch.cat([getattr(p, f.name) for p in parts])
-            if f.name in Trajectories.PER_INPUT else getattr(first, f.name)
+            f.name: torch.cat([getattr(p, f.name) for p in parts]) if first.is_per_input(f.name)
+            else getattr(first, f.name)
             for f in fields(first)
         })
 
-    def conditioning(self, empty_embeds: torch.Tensor) -> EditConditioning:
-        return EditConditioning(self.image_latents, self.style_latents, self.prompt_embeds, empty_embeds)
+    def is_per_input(self, name: str) -> bool:
+        """Whether field ``name`` holds one entry per input (not None, not shared)."""
+        return name in self.PER_INPUT and getattr(self, name) is not None
+
+    def conditioning(self, empty_embeds: torch.Tensor | None) -> EditConditioning:
+        return EditConditioning(self.image_latents, self.style_latents, self.prompt_embeds, empty_embeds,
+                                pooled_embeds=self.pooled_embeds)
 
 
 def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, device) -> torch.Tensor:
@@ -72,7 +80,7 @@ def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, d
     """
     noise = randn_tensor((batch, 1, *latent_shape), generator=generator, device=device,
                          dtype=torch.float32)
-    noise = noise * scheduler.init_noise_sigma
+    noise = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at pure noise: none
     return noise.expand(-1, nb_gen, *latent_shape).reshape(batch * nb_gen, *latent_shape)
 
 
@@ -135,6 +143,7 @@ def sample_edits(policy, scheduler, vae, cond: EditConditioning, *, nb_gen: int,
         image_latents=cond.image_latents,
         style_latents=cond.style_latents,
         prompt_embeds=cond.prompt_embeds,
+        pooled_embeds=cond.pooled_embeds,
     )
 
 

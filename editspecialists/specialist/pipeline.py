@@ -423,7 +423,8 @@ class EditSpecialistPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if written is not None:
             written.unet.save_pretrained(folder / "unet")
         else:
-            save_file({f"conv_in.{name}": tensor.contiguous() for name, tensor in self.unet.conv_in.state_dict().items()},
+            conv_in = self.unet.conv_in.state_dict()
+            save_file({f"conv_in.{name}": tensor.contiguous() for name, tensor in conv_in.items()},
                       str(folder / export.CONV_IN))
 
     def export_pipeline(self, form: str, adapter: str | None, info: dict) -> "EditSpecialistPipeline":

@@ -340,6 +340,10 @@ class Trainer:
         self.check_replicas_in_sync()
         self.scoring.close()
         self.run_logger.close()
+        # The process group torn down here, not by the interpreter's exit (where gloo may abort a
+        # process whose peer is still printing).
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
         return self.run_dir
 
     def validate(self, after_epochs: int) -> None:

@@ -42,8 +42,10 @@ class EpochSamples:
     start: int = 0
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor, on the CPU, by name (the trajectories' fields, ``order``, ``has_preference``)."""
-        named = {f"trajectories.{f.name}": getattr(self.trajectories, f.name) for f in fields(self.trajectories)}
+        """Every tensor, on the CPU, by name (the trajectories' fields that are set, ``order``,
+        ``has_preference``)."""
+        named = {f"trajectories.{f.name}": getattr(self.trajectories, f.name) for f in fields(self.trajectories)
+                 if getattr(self.trajectories, f.name) is not None}
         named.update(order=self.order, has_preference=self.has_preference)
         return {name: value.detach().to("cpu").contiguous() for name, value in named.items()}
 
