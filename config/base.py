@@ -30,6 +30,9 @@ def get_config():
     # "default": peft's (A Kaiming-uniform, B zero); "gaussian": A ~ N(0, std 1/lora_rank), several
     # times larger updates at the same learning rate
     config.lora_init = "default"
+    # Comma-separated names of the modules LoRA adapts; "" = the family's (InstructPix2Pix:
+    # to_q,to_k,to_v,to_out.0; Kontext: those and the text stream's add_q/k/v_proj,to_add_out)
+    config.lora_targets = ""
     # wandb project of the run, as the original (which always logged to "EditSpecialists"); empty:
     # no wandb. Not installed or not logged in: metrics.jsonl only, with one line saying so (never a
     # prompt); WANDB_MODE=offline/disabled is obeyed.
@@ -60,12 +63,18 @@ def get_config():
     config.pretrained = pretrained = ml_collections.ConfigDict()
     pretrained.model = "timbrooks/instruct-pix2pix"  # InstructPix2Pix hub id or local folder
     pretrained.revision = "main"  # hub branch, tag or commit of pretrained.model
-    pretrained.scheduler = "euler_ancestral"  # or "ddim"
+    pretrained.scheduler = "euler_ancestral"  # or "ddim"; "flow_sde" for the flux_kontext family
+    # The editor: "instruct_pix2pix" (the paper's) or "flux_kontext" (FLUX.1 Kontext, ours:
+    # docs/method.md §13, config/kontext.py)
+    pretrained.family = "instruct_pix2pix"
 
     # ---- sampling ----
     config.sample = sample = ml_collections.ConfigDict()
     sample.num_steps = 100  # denoising steps per edit
-    sample.eta = 1.0  # DDIM only; must be > 0 for log-probabilities
+    sample.eta = 1.0  # DDIM's eta (> 0 for log-probabilities); the flow SDE's noise level a
+    # "start:stop": only steps start..stop-1 stochastic (and trained), the rest deterministic (DDIM
+    # eta 0, flow ODE steps; as MixGRPO / Flow-GRPO-Fast); "" = every step (the original)
+    sample.sde_window = ""
     sample.guidance_scale = 7.5  # text
     sample.image_guidance_scale = 1.5  # input image
     sample.style_image_guidance_scale = 3.0  # style (visual prompt) image

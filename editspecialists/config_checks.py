@@ -24,9 +24,9 @@ from typing import Callable
 from editspecialists.data.dataset import GENERATION_PROMPTS
 from editspecialists.data.images import RESIZE_FILTERS
 from editspecialists.data.manifest import EDIT_FORMATS
-from editspecialists.diffusion.pipeline import SCHEDULERS
+from editspecialists.diffusion.pipeline import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
-from editspecialists.config_keys import value_at
+from editspecialists.config_keys import parse_sde_window, value_at
 from editspecialists.model_ids import validate_model_ids
 
 MAX_SEED = 2**32 - 1  # numpy's global seed (set by accelerate's set_seed) takes no more
@@ -123,6 +123,25 @@ def name(value):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
 
 
+def sde_window(value):
+    """"" or "start:stop" (whole numbers)."""
+    if not isinstance(value, str):
+        return "must be a string: \"\" or \"start:stop\""
+    try:
+        parse_sde_window(value)
+    except ValueError:
+        return "must be \"\" (every step) or \"start:stop\" (two whole numbers)"
+    return None
+
+
+def _is_kontext(config) -> bool:
+    return value_at(config, "pretrained.family", None) == "flux_kontext"
+
+
+def _has_window(config) -> bool:
+    return bool(str(value_at(config, "sample.sde_window", "")).strip())
+
+
 def xformers_switch(value):
     """A bool; True only where the xformers package is installed."""
     if value is True and importlib.util.find_spec("xformers") is None:
@@ -149,12 +168,20 @@ SHARED_RULES = (
     Rule("input_name", name),
     Rule("style_name", name),
     Rule("whole_frame", boolean),
+    Rule("data_resize", multiple_of(16), "with pretrained.family 'flux_kontext' (2x2 patches of 8x8 pixel "
+         "blocks)", _is_kontext),
     Rule("data_resize", multiple_of(8), "(the VAE works on 8x8 pixel blocks)"),
     Rule("resize_filter", one_of(RESIZE_FILTERS)),
     Rule("research_code_compat", boolean),
     Rule("use_xformers", xformers_switch),
-    Rule("pretrained.scheduler", one_of(SCHEDULERS)),
+    Rule("pretrained.family", one_of(FAMILIES)),
+    Rule("pretrained.scheduler", one_of(FLOW_SCHEDULERS), "with pretrained.family 'flux_kontext'", _is_kontext),
+    Rule("pretrained.scheduler", one_of(SCHEDULERS), "with pretrained.family 'instruct_pix2pix'",
+         lambda config: not _is_kontext(config)),
     Rule("sample.num_steps", integer(1)),
+    Rule("sample.sde_window", sde_window, "(steps start..stop-1 stochastic, the rest deterministic)", _has_window),
+    Rule("sample.sde_window", one_of([""]), "with the euler_ancestral scheduler (its steps' noise is fixed)",
+         lambda config: _has_window(config) and value_at(config, "pretrained.scheduler", None) == "euler_ancestral"),
     Rule("sample.eta", number(0)),
     Rule("sample.guidance_scale", number()),
     Rule("sample.image_guidance_scale", number()),
@@ -174,7 +201,13 @@ POLICY_RULES = (
     Rule("lora_alpha", number(0, low_open=True), "with use_lora", _uses_lora),
     Rule("lora_init", one_of(LORA_INITS)),
     Rule("gradient_checkpointing", one_of(GRADIENT_CHECKPOINTING)),
+    Rule("lora_targets", text, "(comma-separated module names; \"\" for the family's)"),
 )
+
+# generate.py, the export and EditSpecialistPipeline take InstructPix2Pix specialists (so far).
+INSTRUCT_PIX2PIX_ONLY = Rule("pretrained.family", one_of(["instruct_pix2pix"]),
+                             "(generate.py and the specialist pipeline edit with InstructPix2Pix specialists; a "
+                             "flux_kontext run is validated on its held-out edits during training)")
 
 # ------------------------------------------------------------------------------ checking
 def problems(config, rules) -> list[str]:
@@ -208,6 +241,6 @@ def validate_generation_config(config, run_config=None) -> None:
     ``config``). Reads no model and no image."""
     run_config = config if run_config is None else run_config
     check_rules(config, SHARED_RULES)
-    check_rules(run_config, POLICY_RULES)
+    check_rules(run_config, POLICY_RULES + (INSTRUCT_PIX2PIX_ONLY,))
     validate_model_ids({"pretrained.model": run_config.pretrained.model},
                        {"pretrained.model": run_config.pretrained.revision})

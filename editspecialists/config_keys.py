@@ -97,3 +97,14 @@ def comment_lines_above(comments: dict[int, str], comment_only: set[int], line: 
         block.insert(0, number)
         number -= 1
     return block
+
+
+def parse_sde_window(text: str) -> tuple[int, int] | None:
+    """``sample.sde_window``: "start:stop" -> (start, stop); "" -> None (every step). A ValueError
+    for any other form."""
+    if not text.strip():
+        return None
+    start, separator, stop = text.partition(":")
+    if not separator or not start.strip().isdigit() or not stop.strip().isdigit():
+        raise ValueError(f"not of the form 'start:stop' (two whole numbers): {text!r}")
+    return int(start), int(stop)

@@ -51,6 +51,7 @@ from editspecialists.data.manifest import (EDIT_PREFIX, MANIFEST, TEMPORARY_SUFF
 from editspecialists.diffusion.bundle import EditModelSpec
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.pipeline import use_xformers_attention
+from editspecialists.diffusion.sampler import sampling_eta
 from editspecialists.precision import cuda_fp16_autocast
 from editspecialists.formats import export
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
@@ -233,7 +234,7 @@ def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_i
                 edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
                                             [editor.generator(e["seed"]) for e in chunk],
                                             num_inference_steps=config.sample.num_steps, scales=scales,
-                                            eta=config.sample.eta,
+                                            eta=sampling_eta(config.sample),
                                             research_code_compat=config.research_code_compat)[:, 0]
             try:
                 for entry, edit in zip(chunk, edits):

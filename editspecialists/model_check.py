@@ -79,7 +79,7 @@ def run_policy(model, ctx: CheckContext) -> None:
     from editspecialists.diffusion.sampler import sample_edits
 
     config, device = ctx.config, ctx.device
-    model.scheduler.set_timesteps(2, device=device)
+    model.set_timesteps(2, ctx.image.shape[-1])
     cond = model.conditioning(ctx.image, ctx.image, [ctx.prompt])
     autocast = ((lambda: torch.autocast(device.type, dtype=model.frozen_dtype))
                 if model.frozen_dtype != torch.float32 else nullcontext)

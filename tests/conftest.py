@@ -60,6 +60,15 @@ def tiny_kontext_path(tiny_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def kontext_editor_path(tiny_root) -> Path:
+    """The tiny FLUX.1 Kontext pretrained on the demo task (editspecialists.demo.kontext_editor;
+    minutes on an empty cache)."""
+    from editspecialists.demo.kontext_editor import kontext_editor
+
+    return kontext_editor(tiny_root)
+
+
+@pytest.fixture(scope="session")
 def demo_assets_root(tiny_root) -> Path:
     """The demo presets' assets (images, pretrained demo editor, tiny feedback and evaluation
     models) in the cache, built unless the demo or an earlier test run built them."""

@@ -101,8 +101,17 @@ def test_every_evaluation_key_refuses_a_value_of_no_kind(key):
     ("inputimg_dir", None, "inputimg_dir must be a string, got None"),
     ("data_resize", 100, "data_resize must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), got 100"),
     ("data_resize", 0, "data_resize must be a positive multiple of 8 (the VAE works on 8x8 pixel blocks), got 0"),
-    ("pretrained.scheduler", "pndm", "pretrained.scheduler must be one of ['euler_ancestral', 'ddim'], got 'pndm'"),
+    ("pretrained.scheduler", "pndm", "pretrained.scheduler must be one of ['euler_ancestral', 'ddim'] with "
+                                     "pretrained.family 'instruct_pix2pix', got 'pndm'"),
+    ("pretrained.family", "flux", "pretrained.family must be one of ['instruct_pix2pix', 'flux_kontext'], "
+                                  "got 'flux'"),
+    ("lora_targets", None, "lora_targets must be a string (comma-separated module names; \"\" for the family's), "
+                           "got None"),
     ("sample.num_steps", 0, "sample.num_steps must be >= 1, got 0"),
+    ("sample.sde_window", "2-5", 'sample.sde_window must be "" (every step) or "start:stop" (two whole numbers) '
+                                 "(steps start..stop-1 stochastic, the rest deterministic), got '2-5'"),
+    ("sample.sde_window", "0:2", "sample.sde_window must be one of [''] with the euler_ancestral scheduler (its "
+                                 "steps' noise is fixed), got '0:2'"),
     ("sample.eta", -0.5, "sample.eta must be >= 0, got -0.5"),
     ("sample.guidance_scale", math.inf, "sample.guidance_scale must be a finite number, got inf"),
     ("sample.style_image_guidance_scale", "3", "sample.style_image_guidance_scale must be a finite number, got '3'"),
@@ -164,6 +173,19 @@ def test_a_wrong_training_value_is_named_with_its_range(key, value, message):
     config = load_config("base")
     set_key(config, key, value)
     assert message in error_lines(validate_training_config, config)
+
+
+def test_a_flux_kontext_config_needs_the_flow_sde_scheduler_and_generation_refuses_it():
+    config = load_config("base")
+    config.pretrained.family = "flux_kontext"
+    assert error_lines(validate_training_config, config) == [
+        "pretrained.scheduler must be one of ['flow_sde'] with pretrained.family 'flux_kontext', got 'euler_ancestral'"]
+    config.pretrained.scheduler = "flow_sde"
+    validate_training_config(config)
+    assert error_lines(validate_generation_config, config) == [
+        "pretrained.family must be one of ['instruct_pix2pix'] (generate.py and the specialist pipeline edit with "
+        "InstructPix2Pix specialists; a flux_kontext run is validated on its held-out edits during training), "
+        "got 'flux_kontext'"]
 
 
 def test_every_wrong_key_is_listed_one_line_each():

@@ -5,6 +5,7 @@ Layout under the cache folder (default ``~/.cache/editspecialists``, or ``$EDITS
     demo-images/inputs, demo-images/styles   demo images (editspecialists.demo.images)
     demo-held-out                            held-out demo cars, never trained on (validation)
     demo-editor                              tiny InstructPix2Pix pretrained on the demo task
+    demo-kontext-editor                      tiny FLUX.1 Kontext pretrained on the demo task (kontext preset)
     instruct-pix2pix, <role>                 tiny random stand-ins of the policy, feedback and
                                              evaluation models
 
@@ -17,7 +18,9 @@ import logging
 import time
 from pathlib import Path
 
+from editspecialists.config_keys import value_at
 from editspecialists.demo import cache, evaluation_standins, feedback_standins
+from editspecialists.demo.kontext_editor import kontext_editor, kontext_editor_folder
 from editspecialists.demo.editor import demo_editor, demo_editor_folder
 from editspecialists.demo.images import write_demo_images, write_held_out_images
 from editspecialists.launch import process_state
@@ -30,7 +33,7 @@ def demo_paths(root: str | Path | None = None) -> dict[str, str]:
     root = Path(root) if root else cache.default_cache_root()
     images = demo_images_folder(root)
     paths = {"inputs": images / "inputs", "styles": images / "styles", "held_out": held_out_folder(root),
-             "policy": demo_editor_folder(root)}
+             "policy": demo_editor_folder(root), "kontext": kontext_editor_folder(root)}
     return {key: str(value) for key, value in paths.items()}
 
 
@@ -51,11 +54,13 @@ def demo_models_config(root: str | Path | None = None) -> dict[str, str]:
 
 
 def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
-                       evaluation: bool = False) -> Path:
+                       evaluation: bool = False, kontext: bool = False) -> Path:
     """Build what is missing under ``root`` (default: the cache) and return it: demo images (inputs,
-    styles, held-out cars) and tiny feedback models always, the pretrained demo editor when ``policy`` (a few minutes on one
-    CPU thread, once), the tiny evaluation-only models (HPS, PickScore, ImageReward) when
-    ``evaluation``. Logs each build and, if anything was built, the total time."""
+    styles, held-out cars) and tiny feedback models always, the pretrained demo editor when
+    ``policy`` (a few minutes on one CPU thread, once), the pretrained tiny FLUX.1 Kontext when
+    ``kontext`` (two to four minutes, once), the tiny evaluation-only models (HPS, PickScore,
+    ImageReward) when ``evaluation``.
+    Logs each build and, if anything was built, the total time."""
     root = Path(root) if root else cache.default_cache_root()
     start, builds_before = time.perf_counter(), cache.builds_done()
     cache.cached_build(demo_images_folder(root), write_demo_images)
@@ -63,6 +68,8 @@ def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
     feedback_standins.build_all(root)
     if policy:
         demo_editor(root)
+    if kontext:
+        kontext_editor(root)
     if evaluation:
         evaluation_standins.build_all(root)
     built = cache.builds_done() - builds_before
@@ -79,8 +86,10 @@ def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False
     if config.get("demo_root"):
         state = process_state()
         silence_random_weight_warnings(explain=state.is_main_process and evaluation)
+        kontext = value_at(config, "pretrained.family", "") == "flux_kontext"
         with state.main_process_first():
-            ensure_demo_assets(config.demo_root, policy=policy, evaluation=evaluation)
+            ensure_demo_assets(config.demo_root, policy=policy and not kontext, evaluation=evaluation,
+                               kontext=policy and kontext)
 
 
 def silence_random_weight_warnings(explain: bool) -> None:

@@ -137,9 +137,11 @@ def write_kontext_scheduler_config(folder: Path) -> None:
 
 
 def write_kontext_model_index(folder: Path) -> None:
-    """Give the saved ``model_index.json`` the published component entries (:data:`KONTEXT_COMPONENTS`)."""
+    """Give the saved ``model_index.json`` the published component entries (:data:`KONTEXT_COMPONENTS`)
+    and no ``_name_or_path``."""
     path = Path(folder) / "model_index.json"
     index = {**json.loads(path.read_text()), **KONTEXT_COMPONENTS}
+    index.pop("_name_or_path", None)  # a pipeline saved after loading records where it came from
     path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
@@ -171,10 +173,14 @@ def build_tiny_kontext(folder: Path, seed: int = 0) -> None:
     write_kontext_scheduler_config(folder)
 
 
+def kontext_folder(root: Path) -> Path:
+    """Where the tiny FLUX.1 Kontext pipeline is kept under ``root`` (nothing is built here)."""
+    return Path(root) / "flux-kontext"
+
+
 def tiny_kontext(root: Path | None = None) -> Path:
     """Folder of the cached tiny FLUX.1 Kontext pipeline (built on first use)."""
-    root = Path(root) if root else default_cache_root()
-    return cached_build(root / "flux-kontext", build_tiny_kontext)
+    return cached_build(kontext_folder(Path(root) if root else default_cache_root()), build_tiny_kontext)
 
 
 def real_size_kontext_transformer_parameters() -> int:

@@ -22,8 +22,11 @@ from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.kontext import (KONTEXT_LORA_TARGETS, MAX_SEQUENCE_LENGTH, build_kontext_policy,
                                                encode_kontext_images, kontext_schedule, load_kontext_pipeline)
 from editspecialists.diffusion.pipeline import (cast_model, encode_conditioning, encode_prompts, load_pipeline,
-                                                place_encoders, use_xformers_attention)
-from editspecialists.diffusion.policy import LORA_INITS, VisualPromptPolicy, build_policy, uses_gradient_checkpointing
+                                                load_scheduler, place_encoders, use_xformers_attention)
+from editspecialists.model_ids import explain_loading
+from editspecialists.diffusion.policy import (LORA_INITS, LORA_TARGETS, VisualPromptPolicy, build_policy,
+                                              uses_gradient_checkpointing)
+from editspecialists.config_keys import value_at
 from editspecialists.precision import mixed_precision_dtype
 
 INSTRUCT_PIX2PIX = "instruct_pix2pix"
@@ -55,12 +58,14 @@ class EditModelSpec:
     def from_config(cls, config, **overrides) -> "EditModelSpec":
         """The spec of a training config (``pretrained.*``, the LoRA keys, ``gradient_checkpointing``,
         ``mixed_precision``, ``use_xformers``, ``sample.*_guidance_scale``); ``overrides`` replace fields."""
+        targets = tuple(name.strip() for name in value_at(config, "lora_targets", "").split(",") if name.strip())
         spec = cls(model=config.pretrained.model, revision=config.pretrained.revision,
                    scheduler=config.pretrained.scheduler, use_lora=config.use_lora, lora_rank=config.lora_rank,
                    lora_alpha=config.lora_alpha, lora_init=config.lora_init,
                    gradient_checkpointing=config.gradient_checkpointing,
                    frozen_dtype=mixed_precision_dtype(config.mixed_precision), use_xformers=config.use_xformers,
-                   scales=GuidanceScales.from_config(config.sample))
+                   scales=GuidanceScales.from_config(config.sample),
+                   family=value_at(config, "pretrained.family", INSTRUCT_PIX2PIX), lora_targets=targets or None)
         return replace(spec, **overrides)
 
     def with_architecture(self, architecture: dict[str, str]) -> "EditModelSpec":
@@ -117,7 +122,8 @@ def build_instruct_pix2pix(spec: EditModelSpec, device: torch.device) -> EditMod
         use_xformers_attention(pipe.unet, pipe.vae)
     pipe.unet.to(device)
     policy = build_policy(pipe.unet, use_lora=spec.use_lora, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha,
-                          lora_init=spec.lora_init, frozen_dtype=spec.frozen_dtype)
+                          lora_init=spec.lora_init, frozen_dtype=spec.frozen_dtype,
+                          targets=spec.lora_targets or LORA_TARGETS)
     if checkpointing:
         policy.unet.enable_gradient_checkpointing()
     return EditModel(policy, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, spec.scales,
@@ -176,6 +182,25 @@ def build_flux_kontext(spec: EditModelSpec, device: torch.device) -> KontextEdit
 # Backbone family -> its builder. The only seam a second family plugs into.
 BACKBONES: dict[str, Callable[[EditModelSpec, torch.device], EditModel]] = {
     INSTRUCT_PIX2PIX: build_instruct_pix2pix, FLUX_KONTEXT: build_flux_kontext}
+
+
+def load_schedule(spec: EditModelSpec, num_steps: int, resolution: int):
+    """The sampler of ``spec``'s model with ``num_steps`` steps set for square images of
+    ``resolution`` px, from its scheduler config alone (and, for Kontext, its VAE config: the
+    schedule depends on the latents' size); what :meth:`EditModel.set_timesteps` sets on a built model."""
+    if spec.family != FLUX_KONTEXT:
+        scheduler = load_scheduler(spec.model, revision=spec.revision, scheduler=spec.scheduler)
+        scheduler.set_timesteps(num_steps)
+        return scheduler
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    with explain_loading({"pretrained.model": spec.model}, {"pretrained.model": spec.revision}):
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(spec.model, subfolder="scheduler",
+                                                                    revision=spec.revision or None)
+        vae = AutoencoderKL.load_config(spec.model, subfolder="vae", revision=spec.revision or None)
+    latent_side = resolution // 2 ** (len(vae["block_out_channels"]) - 1)
+    kontext_schedule(scheduler, num_steps, latent_side, latent_side)
+    return scheduler
 
 
 def build_edit_model(spec: EditModelSpec, device: torch.device | str = "cpu") -> EditModel:

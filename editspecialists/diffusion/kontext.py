@@ -120,15 +120,25 @@ class KontextDenoiser(nn.Module):
             cond = self.branch_inputs(cond)
         batch, _, height, width = latents.shape
         noisy = torch.cat([pack_latents(latents).to(cond.style_tokens.dtype), cond.style_tokens], dim=-1)
-        transformer = self.active_backbone
-        guidance = None
-        if transformer.config.guidance_embeds:
-            guidance = torch.full((batch,), scales.text, device=latents.device, dtype=torch.float32)
-        velocity = transformer(hidden_states=torch.cat([noisy, cond.image_tokens], dim=1),
-                               timestep=timesteps.expand(batch).to(latents.dtype) / 1000, guidance=guidance,
-                               pooled_projections=cond.pooled_embeds, encoder_hidden_states=cond.prompt_embeds,
-                               txt_ids=cond.text_ids, img_ids=cond.ids, return_dict=False)[0]
-        return unpack_latents(velocity[:, :noisy.shape[1]], height, width)
+        times = timesteps.expand(batch).to(latents.dtype) / 1000
+        velocity = kontext_velocity(self.active_backbone, noisy, cond.image_tokens, times, scales.text, cond)
+        return unpack_latents(velocity, height, width)
+
+
+def kontext_velocity(transformer, noisy_tokens: torch.Tensor, image_tokens: torch.Tensor, times: torch.Tensor,
+                     guidance_scale: float, cond) -> torch.Tensor:
+    """The transformer's velocity (N, L, F_out) of the noisy tokens (N, L, F) beside the context
+    image's tokens (N, L_img, F), at flow times ``times`` (N,) in [0, 1], as the Kontext pipeline
+    calls it; ``cond`` gives ``ids``, ``text_ids``, ``prompt_embeds`` and ``pooled_embeds``
+    (:class:`KontextInputs`)."""
+    guidance = None
+    if transformer.config.guidance_embeds:
+        guidance = torch.full((len(times),), guidance_scale, device=times.device, dtype=torch.float32)
+    velocity = transformer(hidden_states=torch.cat([noisy_tokens, image_tokens], dim=1), timestep=times,
+                           guidance=guidance, pooled_projections=cond.pooled_embeds,
+                           encoder_hidden_states=cond.prompt_embeds, txt_ids=cond.text_ids, img_ids=cond.ids,
+                           return_dict=False)[0]
+    return velocity[:, :noisy_tokens.shape[1]]
 
 
 class KontextPolicy(WithFrozenReference, KontextDenoiser):

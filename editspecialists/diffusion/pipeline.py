@@ -59,7 +59,10 @@ def place_encoders(pipe, device, dtype: torch.dtype = torch.float32) -> None:
 
 
 # The values of pretrained.scheduler: the sampler families with a log-probability (logprob.py).
-SCHEDULERS = ("euler_ancestral", "ddim")
+SCHEDULERS = ("euler_ancestral", "ddim")  # InstructPix2Pix's
+FLOW_SCHEDULERS = ("flow_sde",)  # a flow-matching editor's (FLUX Kontext)
+# The values of pretrained.family: the editors diffusion/bundle.py builds.
+FAMILIES = ("instruct_pix2pix", "flux_kontext")
 
 
 def _scheduler_class(name: str):

@@ -313,10 +313,11 @@ def make_trainable(backbone, *, use_lora: bool, lora_rank: int, lora_alpha: floa
 
 
 def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 8, lora_init: str = "default",
-                 num_heads: int = 8, frozen_dtype: torch.dtype = torch.float32) -> VisualPromptPolicy:
+                 num_heads: int = 8, frozen_dtype: torch.dtype = torch.float32,
+                 targets=tuple(LORA_TARGETS)) -> VisualPromptPolicy:
     """Turn a pretrained 8-channel IP2P UNet into the visual-prompt policy (in place).
 
-    Trainable (fp32): LoRA adapters (or every UNet weight when ``use_lora`` is False), the
+    Trainable (fp32): LoRA adapters on ``targets`` (or every UNet weight when ``use_lora`` is False), the
     widened conv_in and the style module. With LoRA the frozen base weights are cast to
     ``frozen_dtype`` to save memory; ``lora_init`` is a key of :data:`LORA_INITS`.
     """
@@ -326,7 +327,7 @@ def build_policy(unet, *, use_lora: bool, lora_rank: int = 8, lora_alpha: int = 
         )
     style_module = StylePromptAttention.from_unet(unet, num_heads=num_heads)
     make_trainable(unet, use_lora=use_lora, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_init=lora_init,
-                   targets=LORA_TARGETS, frozen_dtype=frozen_dtype)
+                   targets=list(targets), frozen_dtype=frozen_dtype)
     widen_conv_in(unet)
     style_module.to(unet.device)
     return VisualPromptPolicy(unet, style_module, use_lora)

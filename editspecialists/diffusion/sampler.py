@@ -17,7 +17,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.logprob import StepTable, step_is_stochastic
+from editspecialists.config_keys import parse_sde_window
+from editspecialists.diffusion.logprob import StepTable, step_is_stochastic, windowed_eta
 from editspecialists.diffusion.pipeline import decode_latents
 
 
@@ -71,6 +72,12 @@ class Trajectories:
     def conditioning(self, empty_embeds: torch.Tensor | None) -> EditConditioning:
         return EditConditioning(self.image_latents, self.style_latents, self.prompt_embeds, empty_embeds,
                                 pooled_embeds=self.pooled_embeds)
+
+
+def sampling_eta(sample) -> float | torch.Tensor:
+    """The noise scale the sampler and training use, from a config's ``sample`` section: ``eta``
+    on every step, or (``sde_window`` "start:stop") on those steps only, a (T,) tensor."""
+    return windowed_eta(sample.num_steps, sample.eta, parse_sde_window(sample.sde_window))
 
 
 def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, device) -> torch.Tensor:

@@ -290,6 +290,9 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "use_xformers": False,
     "sample.edit_format": "png",
     "sample.generation_autocast": False,
+    "pretrained.family": "instruct_pix2pix",
+    "lora_targets": "",
+    "sample.sde_window": "",
 }
 # Saved values whose spelling changed, behaviour unchanged -> today's spelling.
 RESPELLED_VALUES = {

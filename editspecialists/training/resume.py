@@ -14,7 +14,7 @@ from editspecialists.formats.checkpoint import ARCHITECTURE_KEYS, list_checkpoin
 logger = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run that wrote its checkpoint.
-MODEL_KEYS = ("pretrained.model", "pretrained.revision") + ARCHITECTURE_KEYS
+MODEL_KEYS = ("pretrained.model", "pretrained.revision", "pretrained.family", "lora_targets") + ARCHITECTURE_KEYS
 
 
 def check_same_model(config, saved, checkpoint: Path) -> None:

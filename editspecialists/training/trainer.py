@@ -28,9 +28,8 @@ from editspecialists.data.dataset import EditBatch, EditDataset
 from editspecialists.data.held_out import held_out_inputs
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.logprob import step_is_stochastic
-from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
-from editspecialists.diffusion.pipeline import load_scheduler
-from editspecialists.diffusion.sampler import Trajectories, sample_edits, transition_log_probs
+from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model, load_schedule
+from editspecialists.diffusion.sampler import Trajectories, sample_edits, sampling_eta, transition_log_probs
 from editspecialists.model_ids import explain_loading, model_ids_of, validate_model_ids
 from editspecialists.rewards.constants import image_keys
 from editspecialists.rewards.registry import feedback_model_keys, validation_score_names
@@ -112,10 +111,8 @@ def optimizer_class(use_8bit_adam: bool):
 
 def count_trainable_steps(config) -> int:
     """Stochastic (trainable) steps of the configured schedule, from the scheduler config alone."""
-    scheduler = load_scheduler(config.pretrained.model, revision=config.pretrained.revision,
-                               scheduler=config.pretrained.scheduler)
-    scheduler.set_timesteps(config.sample.num_steps)
-    return int(step_is_stochastic(scheduler, eta=config.sample.eta).sum())
+    scheduler = load_schedule(EditModelSpec.from_config(config), config.sample.num_steps, config.data_resize)
+    return int(step_is_stochastic(scheduler, eta=sampling_eta(config.sample)).sum())
 
 
 def derived_generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
@@ -146,6 +143,7 @@ class Trainer:
             config = resume.resumed_config(config, self.checkpoint)
         validate_training_config(config)
         self.config = config
+        self.eta = sampling_eta(config.sample)  # the noise scale of every step (sde_window)
         self.optimizer_class = optimizer_class(config.train.use_8bit_adam)
         held_out, self.no_validation_reason = self._held_out(dataset)
         self.score_names = list(config.reward.weights.keys())
@@ -290,8 +288,8 @@ class Trainer:
         config, acc = self.config, self.accelerator
         with acc.main_process_first():
             self.model = build_edit_model(EditModelSpec.from_config(config), acc.device)
-        self.model.scheduler.set_timesteps(config.sample.num_steps, device=acc.device)
-        self.trainable_steps = step_is_stochastic(self.model.scheduler, eta=config.sample.eta)
+        self.model.set_timesteps(config.sample.num_steps, config.data_resize)
+        self.trainable_steps = step_is_stochastic(self.model.scheduler, eta=self.eta)
         self.policy = self.model.policy
 
     def _make_optimizer(self):
@@ -372,7 +370,7 @@ class Trainer:
         policy.eval()
         with policy.reference() if reference else contextlib.nullcontext():
             trajectories = sample_edits(policy, self.model.scheduler, self.model.vae, self.conditioning(batch), nb_gen=1,
-                                        scales=self.model.scales, eta=self.config.sample.eta, generator=generators,
+                                        scales=self.model.scales, eta=self.eta, generator=generators,
                                         autocast=self.accelerator.autocast,
                                         research_code_compat=self.config.research_code_compat)
         return trajectories.images[:, 0]
@@ -445,7 +443,7 @@ class Trainer:
             if self.stop_signal.requested(acc):
                 raise StopTraining(epoch)
             trajectories = sample_edits(policy, self.model.scheduler, self.model.vae, self.conditioning(batch),
-                                        nb_gen=sample.nb_gen, scales=self.model.scales, eta=sample.eta,
+                                        nb_gen=sample.nb_gen, scales=self.model.scales, eta=self.eta,
                                         generator=generator, autocast=acc.autocast,
                                         research_code_compat=self.config.research_code_compat)
             parts.append(trajectories)
@@ -598,11 +596,11 @@ class Trainer:
 
         One host sync: whether any process skips the micro-step (:func:`micro_step_is_usable`),
         reduced over processes so that all take the same branch and DDP's all-reduce stays in step."""
-        acc, train, sample = self.accelerator, self.config.train, self.config.sample
+        acc, train = self.accelerator, self.config.train
         with acc.accumulate(self.policy):
             loss, stats, usable = micro_batch_loss(
                 self.policy, self.model.scheduler, batch, step_index, self.model.empty_embeds, order, has_preference,
-                scales=self.model.scales, eta=sample.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
+                scales=self.model.scales, eta=self.eta, autocast=acc.autocast, eps=train.eps, beta=train.beta,
                 skip_ratio_overflow=train.skip_ratio_overflow, research_code_compat=self.config.research_code_compat)
             skip = bool(acc.reduce((~usable).float(), reduction="sum") > 0)
             if skip:
