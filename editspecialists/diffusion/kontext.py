@@ -28,7 +28,8 @@ from torch import nn
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.pipeline import execution_device
-from editspecialists.diffusion.policy import StylePromptAttention, WithFrozenReference, make_trainable
+from editspecialists.diffusion.policy import (StylePromptAttention, VisualPromptDenoiser, WithFrozenReference,
+                                              make_trainable)
 from editspecialists.model_ids import explain_loading
 
 # The transformer's attention projections (double-stream blocks: image and text streams; the
@@ -78,28 +79,12 @@ class KontextInputs:
     pooled_embeds: torch.Tensor
 
 
-class KontextDenoiser(nn.Module):
+class KontextDenoiser(VisualPromptDenoiser):
     """The velocity prediction of a FLUX Kontext transformer (``x_embedder`` widened to take the
     style channels) and a style module."""
 
+    backbone_name = "transformer"
     input_layer = "x_embedder"
-
-    def __init__(self, transformer, style_module: StylePromptAttention):
-        super().__init__()
-        self.transformer = transformer
-        self.style_module = style_module
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.transformer
-
-    @property
-    def active_backbone(self) -> nn.Module:
-        return self.backbone
-
-    @property
-    def active_style_module(self) -> nn.Module:
-        return self.style_module
 
     def branch_inputs(self, cond: EditConditioning) -> KontextInputs:
         """The step-invariant inputs of ``cond`` (style channels of the active style module)."""

@@ -119,22 +119,39 @@ def widen_conv_in(unet, extra_channels: int = VISUAL_PROMPT_CHANNELS) -> None:
     unet.register_to_config(in_channels=new.in_channels)
 
 
-class Denoiser(nn.Module):
-    """The guided noise prediction of a 12-channel UNet and a style module: what the sampler and
-    training call. A pipeline loaded from an export samples with this; the trainer's
-    :class:`VisualPromptPolicy` adds the frozen reference and the training parts."""
+class VisualPromptDenoiser(nn.Module):
+    """A denoising network (held as ``backbone_name``) with the visual prompt's style module, whose
+    ``input_layer`` takes the style channels. Subclasses compute the prediction (``forward``) and
+    its step-invariant inputs (``branch_inputs``); :class:`WithFrozenReference` adds training."""
 
-    input_layer = "conv_in"  # the backbone's layer the visual prompt widens
+    backbone_name = "unet"
+    input_layer = "conv_in"
 
-    def __init__(self, unet, style_module: StylePromptAttention):
+    def __init__(self, backbone, style_module: nn.Module):
         super().__init__()
-        self.unet = unet
+        setattr(self, self.backbone_name, backbone)
         self.style_module = style_module
 
     @property
     def backbone(self) -> nn.Module:
-        """The denoising network (here the UNet)."""
-        return self.unet
+        """The denoising network."""
+        return getattr(self, self.backbone_name)
+
+    @property
+    def active_backbone(self) -> nn.Module:
+        """The network forward runs."""
+        return self.backbone
+
+    @property
+    def active_style_module(self) -> nn.Module:
+        """The style module :meth:`branch_inputs` runs."""
+        return self.style_module
+
+
+class Denoiser(VisualPromptDenoiser):
+    """The guided noise prediction of a 12-channel UNet and a style module: what the sampler and
+    training call. A pipeline loaded from an export samples with this; the trainer's
+    :class:`VisualPromptPolicy` adds the frozen reference and the training parts."""
 
     def forward(self, scaled_latents, timesteps, cond: EditConditioning | BranchInputs,
                 scales: GuidanceScales):
@@ -147,24 +164,14 @@ class Denoiser(nn.Module):
             cond = self.branch_inputs(cond)
         return branch_epsilon(self.active_backbone, cond, scaled_latents, timesteps, scales)
 
-    @property
-    def active_backbone(self) -> nn.Module:
-        """The network forward runs."""
-        return self.backbone
-
-    @property
-    def active_style_module(self) -> nn.Module:
-        """The style module :meth:`branch_inputs` runs."""
-        return self.style_module
-
     def branch_inputs(self, cond: EditConditioning) -> BranchInputs:
         """The step-invariant UNet inputs of ``cond`` (style channels of the active style module)."""
         return branch_inputs(self.active_style_module, cond)
 
 
 class WithFrozenReference:
-    """The training side of a visual-prompt policy, mixed into a denoiser (a class with
-    ``backbone``, ``input_layer`` and ``style_module``): its frozen initial model, switched in by
+    """The training side of a visual-prompt policy, mixed into a :class:`VisualPromptDenoiser`: its
+    frozen initial model, switched in by
     :meth:`reference`, and its trainable weights.
 
     With LoRA the reference is the same backbone with its adapters off, plus frozen copies of the
