@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py --model=tiny --out=bench.json
     python scripts/benchmark.py --model=sd15 --dtype=bf16 --out=bench_sd15.json   # on a GPU
+    python scripts/benchmark.py --backbones --out=bench_backbones.json   # FLUX Kontext vs IP2P, tiny
 
 Prints a table and writes the JSON report (see editspecialists.benchmarks).
 """
@@ -9,10 +10,12 @@ Prints a table and writes the JSON report (see editspecialists.benchmarks).
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from absl import app, flags
 
+from editspecialists.benchmarks.backbones import compare_backbones, format_backbones_table
 from editspecialists.benchmarks.feedback import realsize_feedback_config, tiny_feedback_config
 from editspecialists.benchmarks.report import (format_feedback_table, format_table, run_benchmark,
                                                run_feedback_benchmark)
@@ -40,6 +43,8 @@ flags.DEFINE_string("cache", "", "Cache folder for the built models (default: ed
 flags.DEFINE_enum("feedback", "tiny", ["tiny", "realsize", "config", "none"],
                   "Feedback models: tiny random ones (plumbing only), real-size ones with random weights "
                   "(built once, 3.3 GB), the ids of --config, or none.")
+flags.DEFINE_bool("backbones", False, "Compare the FLUX.1 Kontext path with the InstructPix2Pix path on their "
+                  "tiny stand-ins at the same workload (--resolution a multiple of 16; default 32).")
 flags.DEFINE_bool("only_feedback", False, "Measure the feedback models alone, on random edits (no sampling, "
                   "no training): for real-size feedback models on a CPU.")
 define_config_flag(str(Path(__file__).resolve().parents[1] / "config" / "base.py"),
@@ -64,7 +69,10 @@ def main(_):
         return FLAGS.config
 
     command = " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])
-    if FLAGS.only_feedback:
+    if FLAGS.backbones:
+        report = compare_backbones(replace(settings, resolution=settings.resolution or 32))
+        print(format_backbones_table(report))
+    elif FLAGS.only_feedback:
         report = run_feedback_benchmark(settings, feedback_config, command=command)
         print(format_feedback_table(report))
     else:

@@ -3,8 +3,10 @@
 import json
 import math
 
+import pytest
 import torch
 
+from editspecialists.benchmarks.backbones import compare_backbones, format_backbones_table
 from editspecialists.benchmarks.feedback import measure_feedback, tiny_feedback_config
 from editspecialists.benchmarks.models import load_models
 from editspecialists.benchmarks.naive_sampler import naive_sample_edits
@@ -90,3 +92,20 @@ def test_feedback_failure_is_reported_not_raised(tiny_root):
     result = measure_feedback(missing_models, models, settings, edits)
     assert result == {"models": {}, "resident_mb": None, "constants_speedup": None, "overlap_speedup": None,
                       "skipped": "feedback failed: OSError: no such model folder"}
+
+
+def test_the_kontext_path_is_measured_beside_the_ip2p_path_with_ratios(tiny_root, tiny_kontext_path):
+    """--backbones: sampling and training of both families' tiny stand-ins at one workload, every
+    figure finite and positive (peak memory only on a GPU), each ratio Kontext / IP2P."""
+    settings = BenchSettings(**{**MINIMAL, "resolution": 32}, cache=str(tiny_root), device="cpu")
+    report = compare_backbones(settings)
+    paths = report["paths"]
+    assert set(paths) == {"instruct_pix2pix", "flux_kontext"}
+    assert all(math.isfinite(value) and value > 0 for path, value in numbers(paths))
+    assert paths["flux_kontext"]["sampling_peak_mb"] is None
+    for key, ratio in report["kontext_over_ip2p"].items():
+        assert ratio == paths["flux_kontext"][key] / paths["instruct_pix2pix"][key]
+    assert "micro_step_seconds" in report["kontext_over_ip2p"] and "sampler_seconds" in format_backbones_table(report)
+    json.dumps(report)
+    with pytest.raises(ValueError, match="resolution 40 must be a multiple of 16 for FLUX Kontext"):
+        compare_backbones(BenchSettings(**{**MINIMAL, "resolution": 40}, cache=str(tiny_root), device="cpu"))

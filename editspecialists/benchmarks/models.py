@@ -4,7 +4,7 @@ conditioning of the sampled batch."""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -66,16 +66,17 @@ def model_folder(settings: BenchSettings) -> Path:
     return SIZES[settings.model].folder(root)
 
 
-def load_models(settings: BenchSettings) -> BenchModels:
-    """The size's saved pipeline built into the LoRA policy by :func:`build_edit_model` (frozen
-    weights in ``dtype``, default guidance scales) and the conditioning of random input/style images."""
-    spec = EditModelSpec(str(model_folder(settings)), frozen_dtype=dtype_named(settings.dtype, "dtype"))
+def load_models(settings: BenchSettings, spec: EditModelSpec | None = None) -> BenchModels:
+    """The edit model of ``spec`` (default: the size's saved pipeline, the LoRA policy) built by
+    :func:`build_edit_model` with frozen weights in ``dtype``, and the conditioning of random
+    input/style images."""
+    spec = replace(spec or EditModelSpec(str(model_folder(settings))), frozen_dtype=dtype_named(settings.dtype, "dtype"))
     model = build_edit_model(spec, settings.device)
     model.policy.eval()
     if settings.channels_last:
         model.policy.to(memory_format=torch.channels_last)
         model.vae.to(memory_format=torch.channels_last)
-    model.scheduler.set_timesteps(settings.steps, device=model.device)
+    model.set_timesteps(settings.steps, settings.resolution)
     generator = torch.Generator().manual_seed(settings.seed)
     shape = (settings.batch, 3, settings.resolution, settings.resolution)
     inputs, styles = torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
