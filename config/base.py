@@ -67,6 +67,7 @@ def get_config():
     # The editor: "instruct_pix2pix" (the paper's) or "flux_kontext" (FLUX.1 Kontext, ours:
     # docs/method.md §13, config/kontext.py)
     pretrained.family = "instruct_pix2pix"
+    pretrained.max_sequence_length = 512  # flux_kontext: T5 tokens per prompt (its pipeline's default)
 
     # ---- sampling ----
     config.sample = sample = ml_collections.ConfigDict()

@@ -175,6 +175,7 @@ SHARED_RULES = (
     Rule("research_code_compat", boolean),
     Rule("use_xformers", xformers_switch),
     Rule("pretrained.family", one_of(FAMILIES)),
+    Rule("pretrained.max_sequence_length", integer(1, 512), "(T5 tokens per prompt, FLUX Kontext)"),
     Rule("pretrained.scheduler", one_of(FLOW_SCHEDULERS), "with pretrained.family 'flux_kontext'", _is_kontext),
     Rule("pretrained.scheduler", one_of(SCHEDULERS), "with pretrained.family 'instruct_pix2pix'",
          lambda config: not _is_kontext(config)),

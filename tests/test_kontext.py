@@ -203,3 +203,22 @@ def test_the_demo_kontext_editor_keeps_the_identity_and_reconstructs_the_demo_ca
         assert differing <= {"_name_or_path", "shift_factor", "scaling_factor"}, (name, differing)
     cars = edit_examples(*demo_training_images(num_cars=16, num_walls=1, seed=1), DEMO_RESOLUTION).cars
     assert reconstruction_mse(editor.vae, cars) < 0.04 < 0.05 < reconstruction_mse(random.vae, cars)
+
+
+def test_the_prompt_length_is_a_setting_passed_to_the_pipelines_encoding(tiny_kontext_path):
+    """pretrained.max_sequence_length: the T5 tokens of a prompt (the pipeline's 512 by default),
+    encoded as FluxKontextPipeline.encode_prompt encodes them at that length (its encoders run with
+    gradients there, without here: float rounding only)."""
+    config = load_config("kontext")
+    config.pretrained.model, config.pretrained.max_sequence_length = str(tiny_kontext_path), 64
+    validate_training_config(config)
+    model = build_edit_model(EditModelSpec.from_config(config, frozen_dtype=torch.float32))
+    cond = model.conditioning(as_tensor(picture(0)), as_tensor(picture(1)), [PROMPT])
+    expected, pooled, _ = FluxKontextPipeline.from_pretrained(tiny_kontext_path).encode_prompt(
+        [PROMPT], max_sequence_length=64)
+    assert cond.prompt_embeds.shape[1] == 64
+    torch.testing.assert_close(cond.prompt_embeds, expected.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(cond.pooled_embeds, pooled.detach(), rtol=0, atol=1e-5)
+    config.pretrained.max_sequence_length = 600
+    with pytest.raises(ValueError, match=r"pretrained.max_sequence_length must be in \[1, 512\]"):
+        validate_training_config(config)

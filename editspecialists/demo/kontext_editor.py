@@ -89,7 +89,7 @@ def pretrain_kontext_editor(pipeline_folder: str | Path, out_folder: str | Path,
                             vae_learning_rate: float = 2e-3, vae_latent_noise: float = 0.2, num_pairs: int = 2048,
                             transformer_steps: int = 600, transformer_batch_size: int = 32,
                             transformer_learning_rate: float = 2e-3, ema_decay: float = 0.99,
-                            num_threads: int = 2) -> dict[str, float]:
+                            max_sequence_length: int = MAX_SEQUENCE_LENGTH, num_threads: int = 2) -> dict[str, float]:
     """Pretrain the tiny Kontext pipeline of ``pipeline_folder`` on the demo's cars and walls at
     ``resolution`` px and save it to ``out_folder`` (the real repo's model index and scheduler
     config kept); returns the VAE's reconstruction MSE, its factors and the seconds taken."""
@@ -108,7 +108,7 @@ def pretrain_kontext_editor(pipeline_folder: str | Path, out_folder: str | Path,
 
         instructions = [t.format(input=INPUT_NAME, style=STYLE_NAME) for t in PROMPT_TEMPLATES]
         with torch.no_grad():
-            prompt_embeds, pooled, _ = pipe.encode_prompt(instructions, max_sequence_length=MAX_SEQUENCE_LENGTH)
+            prompt_embeds, pooled, _ = pipe.encode_prompt(instructions, max_sequence_length=max_sequence_length)
             inputs, targets = sample_edit_pairs(examples, num_pairs, generator)
             image_latents = torch.cat([encode_kontext_images(pipe.vae, part) for part in inputs.split(64)])
             target_latents = torch.cat([encode_kontext_images(pipe.vae, part) for part in targets.split(64)])

@@ -53,6 +53,7 @@ class EditModelSpec:
     scales: GuidanceScales = field(default_factory=GuidanceScales)
     family: str = INSTRUCT_PIX2PIX
     lora_targets: tuple[str, ...] | None = None  # None: the family's default
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH  # Kontext: T5 tokens of a prompt (the pipeline's 512)
 
     @classmethod
     def from_config(cls, config, **overrides) -> "EditModelSpec":
@@ -65,7 +66,8 @@ class EditModelSpec:
                    gradient_checkpointing=config.gradient_checkpointing,
                    frozen_dtype=mixed_precision_dtype(config.mixed_precision), use_xformers=config.use_xformers,
                    scales=GuidanceScales.from_config(config.sample),
-                   family=value_at(config, "pretrained.family", INSTRUCT_PIX2PIX), lora_targets=targets or None)
+                   family=value_at(config, "pretrained.family", INSTRUCT_PIX2PIX), lora_targets=targets or None,
+                   max_sequence_length=value_at(config, "pretrained.max_sequence_length", MAX_SEQUENCE_LENGTH))
         return replace(spec, **overrides)
 
     def with_architecture(self, architecture: dict[str, str]) -> "EditModelSpec":
@@ -133,9 +135,11 @@ def build_instruct_pix2pix(spec: EditModelSpec, device: torch.device) -> EditMod
 @dataclass
 class KontextEditModel(EditModel):
     """FLUX.1 Kontext's edit model: ``text_encoder``/``tokenizer`` are CLIP's, ``pipe`` the loaded
-    ``FluxKontextPipeline`` (its T5 encoder and its own prompt encoding)."""
+    ``FluxKontextPipeline`` (its T5 encoder and its own prompt encoding, ``max_sequence_length``
+    T5 tokens)."""
 
     pipe: object = None
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
 
     @property
     def empty_embeds(self) -> None:
@@ -152,7 +156,7 @@ class KontextEditModel(EditModel):
         pipeline encodes them (latents shifted and scaled; T5 states and CLIP's pooled projection)."""
         with torch.no_grad():
             prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,
-                                                               max_sequence_length=MAX_SEQUENCE_LENGTH)
+                                                               max_sequence_length=self.max_sequence_length)
         return EditConditioning(encode_kontext_images(self.vae, inputs).float(),
                                 encode_kontext_images(self.vae, styles).float(), prompt_embeds.float(), None,
                                 pooled_embeds=pooled.float())
@@ -176,7 +180,8 @@ def build_flux_kontext(spec: EditModelSpec, device: torch.device) -> KontextEdit
     if checkpointing:
         policy.transformer.enable_gradient_checkpointing()
     return KontextEditModel(policy, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, spec.scales,
-                            spec.frozen_dtype, torch.device(device), pipe=pipe)
+                            spec.frozen_dtype, torch.device(device), pipe=pipe,
+                            max_sequence_length=spec.max_sequence_length)
 
 
 # Backbone family -> its builder. The only seam a second family plugs into.

@@ -291,6 +291,7 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "sample.edit_format": "png",
     "sample.generation_autocast": False,
     "pretrained.family": "instruct_pix2pix",
+    "pretrained.max_sequence_length": 512,
     "lora_targets": "",
     "sample.sde_window": "",
 }
