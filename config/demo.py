@@ -68,15 +68,16 @@ def get_config(preset: str = ""):
         config.num_epochs = 12
     elif preset == "kontext":
         # The method on a tiny FLUX.1 Kontext pretrained on the demo edit (demo/kontext_editor.py):
-        # at 32 px its latents are 4 x 4 (FLUX's VAE factor 8), too coarse to draw the bricks, so
-        # the brightness reward is what shows the flow-SDE sampling, log-probabilities and update
-        # learning.
+        # at 32 px its latents are 4 x 4 (FLUX's VAE factor 8) and its edits blurred scenes without
+        # bricks, so the brightness reward is what shows the flow-SDE sampling, log-probabilities
+        # and update learning.
         config.logdir = "logs/demo_kontext"
         config.pretrained.model = paths["kontext"]
         config.pretrained.family = "flux_kontext"
         config.pretrained.scheduler = "flow_sde"
         config.sample.eta = 0.7  # the SDE noise level a (Flow-GRPO's)
         config.sample.guidance_scale = 2.5  # Kontext [dev]'s distilled guidance (its pipeline's default)
+        config.pretrained.max_sequence_length = 64  # the demo editor's prompt length (its prompts fit)
         config.reward.weights = {"brightness": 1.0}
         config.num_epochs = 12
     elif preset:

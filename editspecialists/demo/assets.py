@@ -58,7 +58,7 @@ def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
     """Build what is missing under ``root`` (default: the cache) and return it: demo images (inputs,
     styles, held-out cars) and tiny feedback models always, the pretrained demo editor when
     ``policy`` (a few minutes on one CPU thread, once), the pretrained tiny FLUX.1 Kontext when
-    ``kontext`` (two to four minutes, once), the tiny evaluation-only models (HPS, PickScore,
+    ``kontext`` (about four minutes, once), the tiny evaluation-only models (HPS, PickScore,
     ImageReward) when ``evaluation``.
     Logs each build and, if anything was built, the total time."""
     root = Path(root) if root else cache.default_cache_root()

@@ -14,7 +14,9 @@ does for InstructPix2Pix, this pretrains it on the demo images in two supervised
    projection, and the pipeline's guidance value 2.5 (an input the stand-in learns with; it is
    not distilled from a teacher).
 
-Everything runs at the demo's 32 px (4 × 4 latents, 4 tokens: the VAE keeps FLUX's factor 8).
+Everything runs at the demo's 32 px (4 × 4 latents, 4 tokens: the VAE keeps FLUX's factor 8),
+with a wider transformer and VAE than the stand-in's (:data:`EDITOR_TRANSFORMER`,
+:data:`EDITOR_VAE`) and prompts of :data:`PROMPT_TOKENS` T5 tokens.
 """
 
 from __future__ import annotations
@@ -35,11 +37,18 @@ from editspecialists.demo.images import INPUT_NAME, STYLE_NAME
 from editspecialists.demo.kontext_standin import (build_tiny_kontext, write_kontext_model_index,
                                                   write_kontext_scheduler_config)
 from editspecialists.demo.scenes import DEMO_RESOLUTION, demo_training_images, edit_examples, sample_edit_pairs
-from editspecialists.diffusion.kontext import (MAX_SEQUENCE_LENGTH, KontextInputs, encode_kontext_images,
-                                               kontext_velocity, pack_latents, position_ids)
+from editspecialists.diffusion.kontext import (KontextInputs, encode_kontext_images, kontext_velocity, pack_latents,
+                                               position_ids)
 
 logger = logging.getLogger(__name__)
 GUIDANCE = 2.5  # the Kontext pipeline's default guidance_scale
+# The editor's sizes, wider than the stand-in's (tests): a transformer narrower than the 64
+# features of a packed token, or a VAE of 8-16 channels at factor 8, turns every edit into a grey
+# blur (measured: base edits without the scene's colours).
+EDITOR_TRANSFORMER = {"num_layers": 2, "num_single_layers": 2, "num_attention_heads": 4, "attention_head_dim": 32,
+                      "axes_dims_rope": [8, 12, 12]}
+EDITOR_VAE = {"block_out_channels": [32, 64, 64, 64]}
+PROMPT_TOKENS = 64  # T5 tokens per prompt in the demo (config/demo.py:kontext): the demo's prompts fit
 
 
 @torch.no_grad()
@@ -87,9 +96,9 @@ def train_transformer(transformer, image_latents: torch.Tensor, target_latents: 
 def pretrain_kontext_editor(pipeline_folder: str | Path, out_folder: str | Path, *, seed: int = 0,
                             resolution: int = DEMO_RESOLUTION, vae_steps: int = 300, vae_batch_size: int = 16,
                             vae_learning_rate: float = 2e-3, vae_latent_noise: float = 0.2, num_pairs: int = 2048,
-                            transformer_steps: int = 600, transformer_batch_size: int = 32,
+                            transformer_steps: int = 1000, transformer_batch_size: int = 32,
                             transformer_learning_rate: float = 2e-3, ema_decay: float = 0.99,
-                            max_sequence_length: int = MAX_SEQUENCE_LENGTH, num_threads: int = 2) -> dict[str, float]:
+                            max_sequence_length: int = PROMPT_TOKENS, num_threads: int = 2) -> dict[str, float]:
     """Pretrain the tiny Kontext pipeline of ``pipeline_folder`` on the demo's cars and walls at
     ``resolution`` px and save it to ``out_folder`` (the real repo's model index and scheduler
     config kept); returns the VAE's reconstruction MSE, its factors and the seconds taken."""
@@ -125,10 +134,23 @@ def pretrain_kontext_editor(pipeline_folder: str | Path, out_folder: str | Path,
         return report
 
 
+def widen_standin(folder: Path, seed: int = 0) -> None:
+    """Give the stand-in pipeline saved in ``folder`` the editor's transformer and VAE sizes
+    (:data:`EDITOR_TRANSFORMER`, :data:`EDITOR_VAE`; random, seeded), everything else kept."""
+    from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
+
+    pipe = FluxKontextPipeline.from_pretrained(folder)
+    torch.manual_seed(seed)
+    pipe.transformer = FluxTransformer2DModel.from_config({**pipe.transformer.config, **EDITOR_TRANSFORMER})
+    pipe.vae = AutoencoderKL.from_config({**pipe.vae.config, **EDITOR_VAE})
+    pipe.save_pretrained(folder)
+
+
 def build_kontext_editor(folder: Path, seed: int = 0) -> dict[str, float]:
     """Pretrain a tiny FLUX.1 Kontext on the toy "car -> lego" edit (once)."""
     with tempfile.TemporaryDirectory() as scratch:
         build_tiny_kontext(Path(scratch), seed=seed)
+        widen_standin(Path(scratch), seed=seed)
         return pretrain_kontext_editor(scratch, folder, seed=seed)
 
 
