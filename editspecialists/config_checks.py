@@ -24,7 +24,7 @@ from typing import Callable
 from editspecialists.data.dataset import GENERATION_PROMPTS
 from editspecialists.data.images import RESIZE_FILTERS
 from editspecialists.data.manifest import EDIT_FORMATS
-from editspecialists.diffusion.pipeline import FAMILIES, FLOW_SCHEDULERS, SCHEDULERS
+from editspecialists.diffusion.pipeline import FAMILIES, FLOW_SCHEDULERS, FLUX_KONTEXT, INSTRUCT_PIX2PIX, SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
 from editspecialists.config_keys import parse_sde_window, value_at
 from editspecialists.model_ids import validate_model_ids
@@ -135,7 +135,7 @@ def sde_window(value):
 
 
 def _is_kontext(config) -> bool:
-    return value_at(config, "pretrained.family", None) == "flux_kontext"
+    return value_at(config, "pretrained.family", None) == FLUX_KONTEXT
 
 
 def _has_window(config) -> bool:
@@ -206,7 +206,7 @@ POLICY_RULES = (
 )
 
 # generate.py, the export and EditSpecialistPipeline take InstructPix2Pix specialists (so far).
-INSTRUCT_PIX2PIX_ONLY = Rule("pretrained.family", one_of(["instruct_pix2pix"]),
+INSTRUCT_PIX2PIX_ONLY = Rule("pretrained.family", one_of([INSTRUCT_PIX2PIX]),
                              "(generate.py and the specialist pipeline edit with InstructPix2Pix specialists; a "
                              "flux_kontext run is validated on its held-out edits during training)")
 

@@ -10,7 +10,8 @@ from diffusers import FluxKontextPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from editspecialists.diffusion.bundle import FLOW_SDE, FLUX_KONTEXT, EditModelSpec, build_edit_model
+from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
+from editspecialists.diffusion.pipeline import FLOW_SDE, FLUX_KONTEXT
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.kontext import (KONTEXT_LORA_TARGETS, pack_latents, position_ids,
                                                unpack_latents)

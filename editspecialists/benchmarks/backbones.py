@@ -15,7 +15,8 @@ from editspecialists.benchmarks.training import accumulation_window
 from editspecialists.demo.cache import default_cache_root
 from editspecialists.demo.kontext_standin import tiny_kontext
 from editspecialists.demo.policy_standin import tiny_ip2p
-from editspecialists.diffusion.bundle import FLOW_SDE, FLUX_KONTEXT, INSTRUCT_PIX2PIX, EditModelSpec
+from editspecialists.diffusion.bundle import EditModelSpec
+from editspecialists.diffusion.pipeline import FLOW_SDE, FLUX_KONTEXT, INSTRUCT_PIX2PIX
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.sampler import sample_edits
 from editspecialists.memory import PeakMemory, parameter_megabytes

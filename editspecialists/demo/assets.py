@@ -21,6 +21,7 @@ from pathlib import Path
 from editspecialists.config_keys import value_at
 from editspecialists.demo import cache, evaluation_standins, feedback_standins
 from editspecialists.demo.kontext_editor import kontext_editor, kontext_editor_folder
+from editspecialists.diffusion.pipeline import FLUX_KONTEXT
 from editspecialists.demo.editor import demo_editor, demo_editor_folder
 from editspecialists.demo.images import write_demo_images, write_held_out_images
 from editspecialists.launch import process_state
@@ -86,7 +87,7 @@ def prepare_demo_assets(config, *, policy: bool = True, evaluation: bool = False
     if config.get("demo_root"):
         state = process_state()
         silence_random_weight_warnings(explain=state.is_main_process and evaluation)
-        kontext = value_at(config, "pretrained.family", "") == "flux_kontext"
+        kontext = value_at(config, "pretrained.family", "") == FLUX_KONTEXT
         with state.main_process_first():
             ensure_demo_assets(config.demo_root, policy=policy and not kontext, evaluation=evaluation,
                                kontext=policy and kontext)

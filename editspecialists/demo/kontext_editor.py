@@ -38,7 +38,7 @@ from editspecialists.demo.kontext_standin import (build_tiny_kontext, write_kont
                                                   write_kontext_scheduler_config)
 from editspecialists.demo.scenes import DEMO_RESOLUTION, demo_training_images, edit_examples, sample_edit_pairs
 from editspecialists.diffusion.kontext import (KontextInputs, encode_kontext_images, kontext_velocity, pack_latents,
-                                               position_ids)
+                                               token_ids)
 
 logger = logging.getLogger(__name__)
 GUIDANCE = 2.5  # the Kontext pipeline's default guidance_scale
@@ -63,8 +63,8 @@ def set_latent_factors(vae, images: torch.Tensor) -> tuple[float, float]:
 
 def context_inputs(side: int, prompt_embeds: torch.Tensor, pooled: torch.Tensor) -> KontextInputs:
     """The transformer inputs of a batch at ``side`` × ``side`` latents but its tokens (set per step)."""
-    ids = torch.cat([position_ids(side, side, first, "cpu", torch.float32) for first in (0, 1)])
-    return KontextInputs(None, None, ids, torch.zeros(prompt_embeds.shape[1], 3), prompt_embeds, pooled)
+    ids, text_ids = token_ids(side, side, prompt_embeds.shape[1], "cpu", torch.float32)
+    return KontextInputs(None, None, ids, text_ids, prompt_embeds, pooled)
 
 
 def train_transformer(transformer, image_latents: torch.Tensor, target_latents: torch.Tensor,

@@ -18,20 +18,17 @@ from typing import Callable
 
 import torch
 
+from editspecialists.config_keys import value_at
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.kontext import (KONTEXT_LORA_TARGETS, MAX_SEQUENCE_LENGTH, build_kontext_policy,
                                                encode_kontext_images, kontext_schedule, load_kontext_pipeline)
-from editspecialists.diffusion.pipeline import (cast_model, encode_conditioning, encode_prompts, load_pipeline,
-                                                load_scheduler, place_encoders, use_xformers_attention)
-from editspecialists.model_ids import explain_loading
+from editspecialists.diffusion.pipeline import (FLOW_SDE, FLUX_KONTEXT, INSTRUCT_PIX2PIX, cast_model,
+                                                encode_conditioning, encode_prompts, load_pipeline, load_scheduler,
+                                                place_encoders, use_xformers_attention)
 from editspecialists.diffusion.policy import (LORA_INITS, LORA_TARGETS, VisualPromptPolicy, build_policy,
                                               uses_gradient_checkpointing)
-from editspecialists.config_keys import value_at
+from editspecialists.model_ids import explain_loading
 from editspecialists.precision import mixed_precision_dtype
-
-INSTRUCT_PIX2PIX = "instruct_pix2pix"
-FLUX_KONTEXT = "flux_kontext"
-FLOW_SDE = "flow_sde"  # the sampler family of flow-matching editors (diffusion/logprob.py)
 
 
 @dataclass(frozen=True)

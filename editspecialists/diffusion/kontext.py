@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
-from editspecialists.diffusion.pipeline import execution_device
+from editspecialists.diffusion.pipeline import encode_images
 from editspecialists.diffusion.policy import (StylePromptAttention, VisualPromptDenoiser, WithFrozenReference,
                                               make_trainable)
 from editspecialists.model_ids import explain_loading
@@ -61,6 +61,13 @@ def position_ids(height: int, width: int, first: float, device, dtype) -> torch.
     return torch.stack([torch.full_like(rows, first), rows, cols], dim=-1).reshape(-1, 3)
 
 
+def token_ids(height: int, width: int, text_length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (2·h/2·w/2, 3), text_ids (text_length, 3)): the noisy latents' ids then the context
+    image's (same grid), and the text tokens' zeros, as the Kontext pipeline gives them."""
+    ids = torch.cat([position_ids(height, width, first, device, dtype) for first in (0, 1)])
+    return ids, torch.zeros(text_length, 3, device=device, dtype=dtype)
+
+
 @dataclass
 class KontextInputs:
     """The step-invariant transformer inputs of N edits (see :meth:`KontextDenoiser.branch_inputs`).
@@ -92,9 +99,7 @@ class KontextDenoiser(VisualPromptDenoiser):
         _, _, height, width = image.shape
         style = self.active_style_module(cond.style_latents, image, cond.prompt_embeds)
         image_tokens = pack_latents(image.to(style.dtype))
-        ids = torch.cat([position_ids(height, width, 0, image.device, image.dtype),
-                         position_ids(height, width, 1, image.device, image.dtype)])
-        text_ids = torch.zeros(cond.prompt_embeds.shape[1], 3, device=image.device, dtype=image.dtype)
+        ids, text_ids = token_ids(height, width, cond.prompt_embeds.shape[1], image.device, image.dtype)
         return KontextInputs(pack_latents(style), torch.cat([image_tokens, torch.zeros_like(image_tokens)], dim=-1),
                              ids, text_ids, cond.prompt_embeds, cond.pooled_embeds)
 
@@ -195,9 +200,7 @@ def load_kontext_pipeline(model_id: str, *, revision: str = ""):
 def encode_kontext_images(vae, images: torch.Tensor) -> torch.Tensor:
     """Images (N, 3, H, W) in [0, 1] -> latents (N, 16, H/8, W/8) as the Kontext pipeline encodes
     its input image: the posterior mode of 2x − 1, shifted and scaled."""
-    pixels = (2 * images - 1).to(device=execution_device(vae), dtype=vae.dtype)
-    modes = vae.encode(pixels).latent_dist.mode()
-    return (modes - vae.config.shift_factor) * vae.config.scaling_factor
+    return (encode_images(vae, images) - vae.config.shift_factor) * vae.config.scaling_factor
 
 
 def kontext_schedule(scheduler, num_steps: int, height: int, width: int, device=None) -> None:

@@ -284,13 +284,14 @@ def windowed_eta(num_steps: int, eta: float, window: tuple[int, int] | None) -> 
     return levels
 
 
-FAMILIES = {"euler_ancestral": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler,
-            "flow_sde": FlowMatchEulerDiscreteScheduler}
+# pretrained.scheduler's values -> the diffusers class each log-prob step takes.
+SCHEDULER_CLASSES = {"euler_ancestral": EulerAncestralDiscreteScheduler, "ddim": DDIMScheduler,
+                     "flow_sde": FlowMatchEulerDiscreteScheduler}
 
 
 def scheduler_family(scheduler) -> str:
-    """The key of :data:`FAMILIES` whose class ``scheduler`` is; any other scheduler is refused."""
-    for family, cls in FAMILIES.items():
+    """The key of :data:`SCHEDULER_CLASSES` whose class ``scheduler`` is; any other scheduler is refused."""
+    for family, cls in SCHEDULER_CLASSES.items():
         if isinstance(scheduler, cls):
             return family
     raise ValueError(

@@ -60,9 +60,12 @@ def place_encoders(pipe, device, dtype: torch.dtype = torch.float32) -> None:
 
 # The values of pretrained.scheduler: the sampler families with a log-probability (logprob.py).
 SCHEDULERS = ("euler_ancestral", "ddim")  # InstructPix2Pix's
-FLOW_SCHEDULERS = ("flow_sde",)  # a flow-matching editor's (FLUX Kontext)
+FLOW_SDE = "flow_sde"  # a flow-matching editor's (FLUX Kontext)
+FLOW_SCHEDULERS = (FLOW_SDE,)
 # The values of pretrained.family: the editors diffusion/bundle.py builds.
-FAMILIES = ("instruct_pix2pix", "flux_kontext")
+INSTRUCT_PIX2PIX = "instruct_pix2pix"
+FLUX_KONTEXT = "flux_kontext"
+FAMILIES = (INSTRUCT_PIX2PIX, FLUX_KONTEXT)
 
 
 def _scheduler_class(name: str):

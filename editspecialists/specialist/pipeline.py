@@ -512,10 +512,11 @@ def lora_adapter(unet) -> str | None:
 STYLE_MODULE_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' SAFETENSORS_WEIGHTS_NAME
 
 
-def load_module_weights(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
+def load_module_weights(module: torch.nn.Module, path: Path, prefix: str = "",
+                        what: str = "the weights this base model's specialist needs") -> None:
     """Load the tensors of the safetensors file ``path`` whose names start with ``prefix`` (stripped)
     into ``module`` (every weight, shapes equal); an :class:`~editspecialists.formats.export.ExportError`
-    naming the file otherwise."""
+    naming the file and saying it does not hold ``what`` otherwise."""
     from safetensors.torch import load_file
 
     try:
@@ -523,8 +524,7 @@ def load_module_weights(module: torch.nn.Module, path: Path, prefix: str = "") -
         module.load_state_dict({name[len(prefix):]: tensor for name, tensor in tensors.items()
                                 if name.startswith(prefix)}, strict=True)
     except (OSError, RuntimeError) as error:
-        raise export.ExportError(f"{path} does not hold the weights this base model's specialist needs "
-                                 f"({short_reason(error)})") from error
+        raise export.ExportError(f"{path} does not hold {what} ({short_reason(error)})") from error
 
 
 def load_compact_adapter(folder: Path, unet) -> None:
@@ -557,18 +557,12 @@ def short_reason(error: Exception) -> str:
 def first_format_style_module(folder: Path, unet) -> StylePromptAttention:
     """The style module of a first-format merged export (``style_module.safetensors``), for its
     UNet (checked to take 12 channels)."""
-    from safetensors.torch import load_file
-
     expected = export.SPECIALIST_UNET_CHANNELS
     if unet.config.in_channels != expected:
         raise export.ExportError(f"{folder / 'unet' / 'config.json'}: a UNet with {unet.config.in_channels} input "
                                  f"channels, not the specialist's {expected}: another architecture")
     style_module = StylePromptAttention.from_unet(unet)
-    path = folder / export.FIRST_FORMAT_STYLE_MODULE
-    try:
-        style_module.load_state_dict(load_file(str(path)), strict=True)
-    except (OSError, RuntimeError) as error:
-        raise export.ExportError(f"{path} does not hold this UNet's style module ({error})") from error
+    load_module_weights(style_module, folder / export.FIRST_FORMAT_STYLE_MODULE, what="this UNet's style module")
     return style_module.to(unet.device)
 
 
