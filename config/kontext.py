@@ -3,9 +3,8 @@ switched to the flow-matching transformer and the settings that change with it.
 
     accelerate launch scripts/train.py --config config/kontext.py --config.input_name=car ...
 
-Everything else (data, feedback, ranking, the loss, validation, checkpoints) is config/base.py's.
-generate.py, the export and the specialist pipeline take InstructPix2Pix specialists only so far:
-a Kontext run is judged by its held-out validation during training.
+Everything else (data, feedback, ranking, the loss, validation, checkpoints) is config/base.py's;
+generate.py, evaluate.py, the export, the specialist pipeline and the app take its specialists.
 """
 
 import importlib.util

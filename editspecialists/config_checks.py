@@ -24,7 +24,7 @@ from typing import Callable
 from editspecialists.data.dataset import GENERATION_PROMPTS
 from editspecialists.data.images import RESIZE_FILTERS
 from editspecialists.data.manifest import EDIT_FORMATS
-from editspecialists.diffusion.pipeline import FAMILIES, FLOW_SCHEDULERS, FLUX_KONTEXT, INSTRUCT_PIX2PIX, SCHEDULERS
+from editspecialists.diffusion.pipeline import FAMILIES, FLOW_SCHEDULERS, FLUX_KONTEXT, SCHEDULERS
 from editspecialists.diffusion.policy import GRADIENT_CHECKPOINTING, LORA_INITS
 from editspecialists.config_keys import parse_sde_window, value_at
 from editspecialists.model_ids import validate_model_ids
@@ -205,11 +205,6 @@ POLICY_RULES = (
     Rule("lora_targets", text, "(comma-separated module names; \"\" for the family's)"),
 )
 
-# generate.py, the export and EditSpecialistPipeline take InstructPix2Pix specialists (so far).
-INSTRUCT_PIX2PIX_ONLY = Rule("pretrained.family", one_of([INSTRUCT_PIX2PIX]),
-                             "(generate.py and the specialist pipeline edit with InstructPix2Pix specialists; a "
-                             "flux_kontext run is validated on its held-out edits during training)")
-
 # ------------------------------------------------------------------------------ checking
 def problems(config, rules) -> list[str]:
     """One line per key of ``rules`` that ``config`` gets wrong (the first failed rule of each)."""
@@ -242,6 +237,6 @@ def validate_generation_config(config, run_config=None) -> None:
     ``config``). Reads no model and no image."""
     run_config = config if run_config is None else run_config
     check_rules(config, SHARED_RULES)
-    check_rules(run_config, POLICY_RULES + (INSTRUCT_PIX2PIX_ONLY,))
+    check_rules(run_config, POLICY_RULES)
     validate_model_ids({"pretrained.model": run_config.pretrained.model},
                        {"pretrained.model": run_config.pretrained.revision})

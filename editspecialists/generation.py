@@ -7,7 +7,9 @@ a line in ``manifest.jsonl``: input file, style file, prompt template index and 
 file, and the model (:func:`model_record`). Unreadable inputs and styles are skipped as training
 skips them (one warning names them). On CUDA the VAE, the UNet and the style module run under
 fp16 autocast, as the original's generate.py (``sample.generation_autocast``; the sampler's steps
-stay fp32); on the CPU everything runs in fp32.
+stay fp32; a FLUX.1 Kontext specialist's under bf16, as FLUX overflows fp16); on the CPU
+everything runs in fp32. A specialist of either editor family edits here (its pipeline class:
+:data:`~editspecialists.specialist.pipeline.SPECIALIST_PIPELINES`).
 
 Each batch is edited by :meth:`EditSpecialistPipeline.edit_tensors
 <editspecialists.specialist.pipeline.EditSpecialistPipeline.edit_tensors>`, so the pipeline gives
@@ -52,7 +54,7 @@ from editspecialists.diffusion.bundle import EditModelSpec
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.pipeline import use_xformers_attention
 from editspecialists.diffusion.sampler import sampling_eta
-from editspecialists.precision import cuda_fp16_autocast
+from editspecialists.precision import cuda_autocast
 from editspecialists.formats import export
 from editspecialists.specialist.pipeline import EditSpecialistPipeline
 from editspecialists.stopping import StopOnSignal, Stopped, signal_name
@@ -121,14 +123,15 @@ def check_one_model(folder: Path, manifest: dict[str, dict], model: dict) -> Non
 
 def load_editor(config, device) -> EditSpecialistPipeline:
     """The specialist of ``config.load_checkpoint`` (else the base model ``pretrained.model``) on
-    ``device`` in fp32, sampling with ``pretrained.scheduler`` (xformers attention with ``use_xformers``),
-    without its per-batch progress bar (generate.py shows one over the batches)."""
+    ``device`` in fp32, as the pipeline of its family, sampling with ``pretrained.scheduler``
+    (xformers attention with ``use_xformers``), without its per-batch progress bar (generate.py
+    shows one over the batches)."""
     if config.load_checkpoint:
         editor = EditSpecialistPipeline.from_checkpoint(config.load_checkpoint, scheduler=config.pretrained.scheduler)
     else:
         editor = EditSpecialistPipeline.untrained(EditModelSpec.from_config(config))
     if config.use_xformers:
-        use_xformers_attention(editor.unet, editor.vae)
+        use_xformers_attention(editor.backbone, editor.vae)
     editor.set_progress_bar_config(disable=True)
     return editor.to(device)
 
@@ -230,7 +233,7 @@ def generate_edits(config, input_files: Sequence[str] | None = None, seeds_per_i
                                   for e in chunk])
             styles = torch.stack([load_image(Path(config.styleimg_dir) / e["style"], size, config.resize_filter)
                                   for e in chunk])
-            with cuda_fp16_autocast(config.sample.generation_autocast, device):
+            with cuda_autocast(config.sample.generation_autocast, device, editor.generation_autocast_dtype):
                 edits = editor.edit_tensors(inputs, styles, [e["prompt"] for e in chunk],
                                             [editor.generator(e["seed"]) for e in chunk],
                                             num_inference_steps=config.sample.num_steps, scales=scales,

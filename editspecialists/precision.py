@@ -27,9 +27,9 @@ def mixed_precision_dtype(name: str) -> torch.dtype:
     return DTYPES[MIXED_PRECISION[name]]
 
 
-def cuda_fp16_autocast(enabled: bool, device: torch.device):
-    """fp16 autocast on a CUDA ``device`` when ``enabled`` (the original's generate.py and HPS
-    scorer ran under ``torch.autocast("cuda")``); no autocast elsewhere."""
+def cuda_autocast(enabled: bool, device: torch.device, dtype: torch.dtype = torch.float16):
+    """Autocast to ``dtype`` on a CUDA ``device`` when ``enabled`` (the original's generate.py and
+    HPS scorer ran under ``torch.autocast("cuda")``, fp16); no autocast elsewhere."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=dtype)
     return nullcontext()

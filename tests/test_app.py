@@ -16,7 +16,7 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
 
-from editspecialists.specialist.app import APP_MAX_SIDE, BASE_LABEL, SPECIALIST_LABEL, edit_pair  # noqa: E402
+from editspecialists.specialist.app import APP_MAX_SIDE, SPECIALIST_LABEL, base_label, edit_pair  # noqa: E402
 from tests.helpers import oversized_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_screenshot_of_the_app_shows_both_result_panes(demo_app, tmp_path):
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              "--virtual-time-budget=20000", "--window-size=1280,860"]
     dom = subprocess.run([*flags, "--dump-dom", demo_app.url], capture_output=True, text=True, timeout=120).stdout
-    assert SPECIALIST_LABEL in dom and BASE_LABEL in dom
+    assert SPECIALIST_LABEL in dom and base_label({}) == "base InstructPix2Pix" and base_label({}) in dom
     screenshot = tmp_path / "app.png"
     subprocess.run([*flags, f"--screenshot={screenshot}", demo_app.url], capture_output=True, timeout=120)
     assert Image.open(screenshot).size == (1280, 860)

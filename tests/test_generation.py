@@ -158,14 +158,14 @@ def test_edits_keep_their_inputs_format_as_the_original_or_are_written_as_png(ti
 def test_generation_and_hps_autocast_to_fp16_on_cuda_only():
     import warnings
 
-    from editspecialists.precision import cuda_fp16_autocast
+    from editspecialists.precision import cuda_autocast
 
     for enabled, device in ((True, "cpu"), (False, "cpu"), (False, "cuda")):
-        context = cuda_fp16_autocast(enabled, torch.device(device))
+        context = cuda_autocast(enabled, torch.device(device))
         assert not isinstance(context, torch.autocast), (enabled, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns that it disables CUDA autocast on a machine without CUDA
-        context = cuda_fp16_autocast(True, torch.device("cuda"))
+        context = cuda_autocast(True, torch.device("cuda"))
     assert isinstance(context, torch.autocast) and context.device == "cuda" and context.fast_dtype == torch.float16
 
 

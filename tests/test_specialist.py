@@ -30,7 +30,7 @@ from editspecialists.specialist.app import edit_pair, load_models
 from editspecialists.generation import generate_edits, read_manifest
 from editspecialists.formats.export import (CONV_IN, FIRST_FORMAT, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE,
                                             LORA_WEIGHTS, METADATA, ExportError)
-from editspecialists.specialist.pipeline import working_size
+from editspecialists.specialist.base import working_size
 from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.trainer import Trainer
 from tests.helpers import perturb_style_path, tiny_brightness_config

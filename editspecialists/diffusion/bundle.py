@@ -21,7 +21,7 @@ import torch
 from editspecialists.config_keys import value_at
 from editspecialists.diffusion.guidance import EditConditioning, GuidanceScales
 from editspecialists.diffusion.kontext import (KONTEXT_LORA_TARGETS, MAX_SEQUENCE_LENGTH, build_kontext_policy,
-                                               encode_kontext_images, kontext_schedule, load_kontext_pipeline)
+                                               encode_kontext_conditioning, kontext_schedule, load_kontext_pipeline)
 from editspecialists.diffusion.pipeline import (FLOW_SDE, FLUX_KONTEXT, INSTRUCT_PIX2PIX, cast_model,
                                                 encode_conditioning, encode_prompts, load_pipeline, load_scheduler,
                                                 place_encoders, use_xformers_attention)
@@ -151,12 +151,7 @@ class KontextEditModel(EditModel):
     def conditioning(self, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str]) -> EditConditioning:
         """The fp32 conditioning of inputs and styles ``(N, 3, H, W)`` in [0, 1] as the Kontext
         pipeline encodes them (latents shifted and scaled; T5 states and CLIP's pooled projection)."""
-        with torch.no_grad():
-            prompt_embeds, pooled, _ = self.pipe.encode_prompt(prompts, device=self.device,
-                                                               max_sequence_length=self.max_sequence_length)
-        return EditConditioning(encode_kontext_images(self.vae, inputs).float(),
-                                encode_kontext_images(self.vae, styles).float(), prompt_embeds.float(), None,
-                                pooled_embeds=pooled.float())
+        return encode_kontext_conditioning(self.pipe, inputs, styles, prompts, self.max_sequence_length, self.device)
 
 
 def build_flux_kontext(spec: EditModelSpec, device: torch.device) -> KontextEditModel:
@@ -203,6 +198,26 @@ def load_schedule(spec: EditModelSpec, num_steps: int, resolution: int):
     latent_side = resolution // 2 ** (len(vae["block_out_channels"]) - 1)
     kontext_schedule(scheduler, num_steps, latent_side, latent_side)
     return scheduler
+
+
+# The diffusers pipeline class (model_index.json's ``_class_name``) of each family's base editor.
+PIPELINE_CLASSES = {INSTRUCT_PIX2PIX: "StableDiffusionInstructPix2PixPipeline", FLUX_KONTEXT: "FluxKontextPipeline"}
+DEFAULT_SCHEDULERS = {INSTRUCT_PIX2PIX: "euler_ancestral", FLUX_KONTEXT: FLOW_SDE}
+
+
+def base_family(model_id: str, revision: str = "") -> str:
+    """The family of a base editor (hub id or diffusers folder) from its ``model_index.json``: Kontext
+    for a ``FluxKontextPipeline``, else InstructPix2Pix (whose loader names any other class)."""
+    from diffusers import DiffusionPipeline
+
+    with explain_loading({"pretrained.model": model_id}, {"pretrained.model": revision}):
+        class_name = DiffusionPipeline.load_config(model_id, revision=revision or None).get("_class_name")
+    return FLUX_KONTEXT if class_name == PIPELINE_CLASSES[FLUX_KONTEXT] else INSTRUCT_PIX2PIX
+
+
+def default_scheduler(family: str) -> str:
+    """The sampler a base editor of ``family`` edits with when none is named."""
+    return DEFAULT_SCHEDULERS[family]
 
 
 def build_edit_model(spec: EditModelSpec, device: torch.device | str = "cpu") -> EditModel:

@@ -203,6 +203,18 @@ def encode_kontext_images(vae, images: torch.Tensor) -> torch.Tensor:
     return (encode_images(vae, images) - vae.config.shift_factor) * vae.config.scaling_factor
 
 
+def encode_kontext_conditioning(pipe, inputs: torch.Tensor, styles: torch.Tensor, prompts: list[str],
+                                max_sequence_length: int, device) -> EditConditioning:
+    """The fp32 conditioning (as the sampler and training take it) of inputs and styles
+    ``(N, 3, H, W)`` in [0, 1], one prompt each, as the Kontext pipeline encodes them: latents
+    shifted and scaled (``pipe.vae``), T5 states of ``max_sequence_length`` tokens and CLIP's pooled
+    projection (``pipe.encode_prompt``: a ``FluxKontextPipeline`` or a pipeline with its encoders)."""
+    with torch.no_grad():
+        prompt_embeds, pooled, _ = pipe.encode_prompt(prompts, device=device, max_sequence_length=max_sequence_length)
+    return EditConditioning(encode_kontext_images(pipe.vae, inputs).float(), encode_kontext_images(pipe.vae, styles).float(),
+                            prompt_embeds.float(), None, pooled_embeds=pooled.float())
+
+
 def kontext_schedule(scheduler, num_steps: int, height: int, width: int, device=None) -> None:
     """Set the Kontext pipeline's schedule for latents of ``height`` × ``width`` (unpacked): times
     linspace(1, 1/T, T), shifted by the ``mu`` of the packed sequence length (dynamic shifting)."""

@@ -66,6 +66,7 @@ FLOW_SCHEDULERS = (FLOW_SDE,)
 INSTRUCT_PIX2PIX = "instruct_pix2pix"
 FLUX_KONTEXT = "flux_kontext"
 FAMILIES = (INSTRUCT_PIX2PIX, FLUX_KONTEXT)
+FAMILY_NAMES = {INSTRUCT_PIX2PIX: "InstructPix2Pix", FLUX_KONTEXT: "FLUX.1 Kontext"}  # as the README and app say
 
 
 def _scheduler_class(name: str):

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from editspecialists.evaluation import metrics
-from editspecialists.precision import cuda_fp16_autocast
+from editspecialists.precision import cuda_autocast
 from editspecialists.rewards.masks import MASK_KEYS
 
 # Version of the metric definitions, written into every evaluation JSON: numbers of different
@@ -209,7 +209,7 @@ class HpsFamily:
         self.hps = OpenClipEmbedder.from_checkpoint(
             models.hps_architecture, models.hps_checkpoint, device=settings.device, dtype=settings.dtype
         )
-        self.autocast = partial(cuda_fp16_autocast, settings.hps_autocast, settings.device)
+        self.autocast = partial(cuda_autocast, settings.hps_autocast, settings.device)
 
     def __call__(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         with self.autocast():

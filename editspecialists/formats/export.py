@@ -48,6 +48,15 @@ an adapter export, the LoRA file above and the trained conv_in in
 
 It loads only through ``EditSpecialistPipeline.from_pretrained``.
 
+A FLUX.1 Kontext specialist's export ("family": "flux_kontext" in the metadata; an export without
+the key is InstructPix2Pix's) has the same layout with the Kontext pipeline's components
+(``text_encoder_2/`` and ``tokenizer_2/`` too), ``transformer/`` in place of ``unet/`` (its
+``x_embedder`` taking 128 features: 64 packed latent and 64 packed style channels; the LoRA under
+``transformer.`` in the LoRA file) and, in a compact adapter export,
+``transformer_x_embedder.safetensors`` in place of ``unet_conv_in.safetensors``; the metadata's
+"unet" key ("adapter" or "merged") then describes the transformer. ``model_index.json`` names
+``KontextSpecialistPipeline``.
+
 Exports of the first format (:data:`FIRST_FORMAT`) still load: base components copied
 ("components": "copy") or loaded from the base model id ("reference"), ``scheduler/``, and
 ``specialist/`` (the checkpoint's weights, a checkpoint folder) on the base 8-channel UNet
@@ -71,7 +80,15 @@ METADATA = "editspecialist.json"
 MODEL_CARD = "README.md"
 STYLE_MODULE = "style_module"  # the component's folder
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
-CONV_IN = "unet_conv_in.safetensors"  # a compact adapter export's trained conv_in
+
+
+def input_layer_file(backbone: str, layer: str) -> str:
+    """A compact adapter export's file of the backbone's trained input layer."""
+    return f"{backbone}_{layer}.safetensors"
+
+
+CONV_IN = input_layer_file("unet", "conv_in")  # InstructPix2Pix's
+X_EMBEDDER = input_layer_file("transformer", "x_embedder")  # FLUX.1 Kontext's
 COMPONENTS = ("copy", "reference")
 FORMAT = "editspecialists-export-2"
 FIRST_FORMAT = "editspecialists-export-1"
@@ -82,6 +99,7 @@ REQUIRED_KEYS = {FORMAT: ("base", "unet", "scheduler"),
                  FIRST_FORMAT: ("base", "components", "unet", "scheduler", "architecture")}
 MODEL_CARD_TITLE = "# EditSpecialist:"  # the first line of every model card we write
 SPECIALIST_UNET_CHANNELS = 8 + VISUAL_PROMPT_CHANNELS  # InstructPix2Pix's 8 and the visual prompt's
+SPECIALIST_TRANSFORMER_FEATURES = 2 * 64  # FLUX Kontext's packed latents and as many packed style channels
 
 
 class ExportError(ValueError):
@@ -97,18 +115,25 @@ def export_marks(folder: Path) -> list[str]:
     first format's specialist/ and style_module.safetensors), our model card, a UNet with the
     specialist's 12 input channels."""
     folder = Path(folder)
-    names = (ckpt.HASHES, STYLE_MODULE, LORA_WEIGHTS, CONV_IN, FIRST_FORMAT_SPECIALIST, FIRST_FORMAT_STYLE_MODULE)
+    names = (ckpt.HASHES, STYLE_MODULE, LORA_WEIGHTS, CONV_IN, X_EMBEDDER, FIRST_FORMAT_SPECIALIST,
+             FIRST_FORMAT_STYLE_MODULE)
     marks = [name for name in names if (folder / name).exists()]
     card = folder / MODEL_CARD
     if card.is_file() and card.read_text(errors="replace").startswith(MODEL_CARD_TITLE):
         marks.append(f"{MODEL_CARD} (its model card)")
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        unet = {}
-    if isinstance(unet, dict) and unet.get("in_channels") == SPECIALIST_UNET_CHANNELS:
-        marks.append(f"unet/ with {SPECIALIST_UNET_CHANNELS} input channels")
+    for backbone, inputs in (("unet", SPECIALIST_UNET_CHANNELS), ("transformer", SPECIALIST_TRANSFORMER_FEATURES)):
+        if backbone_inputs(folder / backbone) == inputs:
+            marks.append(f"{backbone}/ with {inputs} input channels")
     return marks
+
+
+def backbone_inputs(folder: Path) -> int | None:
+    """The ``in_channels`` of the model config in ``folder`` (None without a readable one)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return config.get("in_channels") if isinstance(config, dict) else None
 
 
 def refuse_incomplete_export(path: str | Path) -> None:

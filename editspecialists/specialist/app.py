@@ -1,16 +1,21 @@
 """The editing app (``scripts/app.py``): a Gradio page showing the specialist's edit beside the base
-InstructPix2Pix's edit for the same seed. Needs the ``app`` extra (``pip install -e '.[app]'``)."""
+editor's (InstructPix2Pix's or FLUX.1 Kontext's) edit for the same seed. Needs the ``app`` extra
+(``pip install -e '.[app]'``)."""
 
 from __future__ import annotations
 
 import logging
+import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from editspecialists.data.images import read_rgb
-from editspecialists.specialist.pipeline import EditSpecialistPipeline, check_seed
+from editspecialists.diffusion.pipeline import FAMILY_NAMES, INSTRUCT_PIX2PIX
+from editspecialists.specialist.base import check_seed, spec_of
+from editspecialists.specialist.pipeline import EditSpecialistPipeline
 from editspecialists.formats import checkpoint as ckpt
 
 logger = logging.getLogger(__name__)
@@ -22,7 +27,11 @@ APP_MAX_SIDE = 2048
 DEMO_RUNS = "logs/demo_brightness"  # where the demo training (config/demo.py:brightness) writes its runs
 DEMO_STEPS = 10  # config/demo.py's sample.num_steps
 SPECIALIST_LABEL = "specialist"
-BASE_LABEL = "base InstructPix2Pix"
+
+
+def base_label(info: dict) -> str:
+    """The base pane's label: "base" and the editor's name."""
+    return f"base {FAMILY_NAMES[info.get('family', INSTRUCT_PIX2PIX)]}"
 
 
 def demo_model(runs: str | Path = DEMO_RUNS) -> str:
@@ -61,8 +70,8 @@ def load_models(model: str, device=None) -> tuple[EditSpecialistPipeline, EditSp
     base = specialist.info["base"]
     logger.info("app: loading the base model %s (revision %s) for the edits beside the specialist's ...",
                 base["model"], base["revision"])
-    return specialist, EditSpecialistPipeline.from_base(base["model"], base["revision"], specialist.info["scheduler"],
-                                                       warn=False).to(specialist.device)
+    spec = replace(spec_of(specialist.info), use_lora=True)  # untrained: LoRA off is the base, no backbone copy
+    return specialist, EditSpecialistPipeline.untrained(spec, warn=False).to(specialist.device)
 
 
 def edit_pair(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline | None, image, style_files,
@@ -79,9 +88,9 @@ def edit_pair(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline |
     style = styles[np.random.default_rng(seed).integers(len(styles))]
     prompt = prompt.strip() or specialist.default_prompt(input_name.strip() or None, style_name.strip() or None)
     defaults = specialist.info.get("defaults") or {}
-    settings = {"num_inference_steps": int(steps), "generator": seed, **{
-        key: defaults[key] for key in ("guidance_scale", "image_guidance_scale", "style_image_guidance_scale", "eta")
-        if key in defaults}}
+    accepted = inspect.signature(specialist.__call__).parameters  # a family's own guidance settings
+    settings = {"num_inference_steps": int(steps), "generator": seed,
+                **{key: value for key, value in defaults.items() if key in accepted and key != "num_inference_steps"}}
     edit = specialist(image, style, prompt, **settings).images[0]
     if base is None:
         with specialist.base_model():
@@ -133,7 +142,7 @@ def build_app(specialist: EditSpecialistPipeline, base: EditSpecialistPipeline |
                     num_steps = gr.Slider(1, 200, value=steps, step=1, label="steps")
                 button = gr.Button("Edit", variant="primary")
             specialist_edit = gr.Image(label=SPECIALIST_LABEL, format="png", value=shown[0])
-            base_edit = gr.Image(label=BASE_LABEL, format="png", value=shown[1])
+            base_edit = gr.Image(label=base_label(info), format="png", value=shown[1])
         inputs = [image, style_files, input_name, style_name, prompt, seed, num_steps]
         button.click(run, inputs, [specialist_edit, base_edit], api_name="edit")
     return page

@@ -4,31 +4,46 @@ from __future__ import annotations
 
 import json
 
+from editspecialists.diffusion.pipeline import FAMILY_NAMES, FLUX_KONTEXT, INSTRUCT_PIX2PIX
+from editspecialists.formats.export import input_layer_file
+
+# What the visual prompt does to each editor's denoising network (docs/method.md §2, §13).
+ARCHITECTURES = {
+    INSTRUCT_PIX2PIX: "the UNet takes 12 input channels (noisy latent, input image, and a style channel from a "
+                      "cross-attention module over the style image and the prompt)",
+    FLUX_KONTEXT: "the transformer's input projection takes the packed latents with 16 style channels from a "
+                  "cross-attention module over the style image and the prompt (FLUX.1 Kontext's context-image "
+                  "tokens as in the base pipeline)",
+}
+# The registered name of each editor's denoising network.
+BACKBONES = {INSTRUCT_PIX2PIX: "unet", FLUX_KONTEXT: "transformer"}
+
 
 def model_card(info: dict) -> str:
     """Markdown: what the specialist does, how it was trained, how to load and use it."""
     base = info["base"]
+    family = info.get("family", INSTRUCT_PIX2PIX)
+    editor, backbone = FAMILY_NAMES[family], BACKBONES[family]
     compact = info.get("components") == "reference"
     what = (f'Turns the **{info["input_name"]}** of a photo into **{info["style_name"]}**, guided by a photo of '
             f'{info["style_name"]} (the visual prompt) and the instruction '
             f'"turn the {info["input_name"]} into {info["style_name"]}".'
-            if info.get("input_name") else "The untrained visual-prompt model: edits as the base InstructPix2Pix.")
+            if info.get("input_name") else f"The untrained visual-prompt model: edits as the base {editor}.")
     lines = [
         f"# EditSpecialist: {info.get('input_name') or 'base'} → {info.get('style_name') or 'base'}",
         "",
         what,
         "",
-        "An InstructPix2Pix editing specialist trained by online reinforcement learning from AI feedback "
+        f"An {editor} editing specialist trained by online reinforcement learning from AI feedback "
         "(EditSpecialists, after *Image-Editing Specialists: An RLAIF Approach for Diffusion Models*, "
-        "Benarous, Du, Yang, 2025): the UNet takes 12 input channels (noisy latent, input image, and a "
-        "style channel from a cross-attention module over the style image and the prompt).",
+        f"Benarous, Du, Yang, 2025): {ARCHITECTURES[family]}.",
         "",
         "## Model",
         "",
         f"- base model: `{base['model']}` (revision `{base['revision']}`), "
-        + ("its VAE, text encoder and tokenizer loaded from that id (not stored here)" if compact
+        + ("its VAE, text encoders and tokenizers loaded from that id (not stored here)" if compact
            else "its components copied into this folder"),
-        "- UNet: " + unet_line(info["unet"], compact),
+        f"- {backbone}: " + backbone_line(backbone, info["unet"], compact),
         f"- sampler: `{info['scheduler']}`; trained at {info.get('resolution') or 'an unknown'} px",
         f"- exported with editspecialists {info['method_version']}",
     ]
@@ -52,7 +67,7 @@ def model_card(info: dict) -> str:
         f'num_inference_steps={steps}, generator=0).images[0]',
         "```",
         "",
-        *([] if compact else in_diffusers(info["unet"])),
+        *([] if compact else in_diffusers(backbone, info["unet"])),
         "The edit has the input's size (the model works at most at the training resolution on the longer "
         "side, `max_side`, then resizes back). Compare with the base model in the app: "
         "`python scripts/app.py --model <this folder>`.",
@@ -61,27 +76,29 @@ def model_card(info: dict) -> str:
     return "\n".join(lines)
 
 
-def unet_line(unet: str, compact: bool) -> str:
-    """What the export holds of the UNet."""
-    if unet == "merged":
-        return "`unet/`, the LoRA fused into the weights"
+def backbone_line(backbone: str, form: str, compact: bool) -> str:
+    """What the export holds of the denoising network ``backbone`` ("unet" or "transformer") in
+    ``form`` ("merged" or "adapter")."""
+    if form == "merged":
+        return f"`{backbone}/`, the LoRA fused into the weights"
     lora = "the LoRA in diffusers' format (`pytorch_lora_weights.safetensors`)"
+    layer = {"unet": "conv_in", "transformer": "x_embedder"}[backbone]
     if compact:
-        return f"the base model's, with the trained conv_in (`unet_conv_in.safetensors`) and {lora}"
-    return f"`unet/`, the base weights and the trained conv_in; {lora}"
+        return f"the base model's, with the trained {layer} (`{input_layer_file(backbone, layer)}`) and {lora}"
+    return f"`{backbone}/`, the base weights and the trained {layer}; {lora}"
 
 
-def in_diffusers(unet: str) -> list[str]:
+def in_diffusers(backbone: str, form: str) -> list[str]:
     """The model card's lines on loading a (copy) export in diffusers alone."""
     return [
         "In diffusers alone (a `DiffusionPipeline` folder; the hashes are then not checked):",
         "",
         "```python",
-        "import editspecialists.specialist.pipeline  # names the pipeline and style module classes to diffusers",
+        "import editspecialists.specialist.pipeline  # names the pipeline classes and the style module to diffusers",
         "from diffusers import DiffusionPipeline",
         "",
         'pipe = DiffusionPipeline.from_pretrained("<this folder>")',
-        *(['pipe.load_lora_weights("<this folder>")  # the LoRA onto pipe.unet'] if unet == "adapter" else []),
+        *([f'pipe.load_lora_weights("<this folder>")  # the LoRA onto pipe.{backbone}'] if form == "adapter" else []),
         "```",
         "",
     ]
