@@ -1,4 +1,4 @@
-"""The editing app: the specialist's edit beside the base InstructPix2Pix's, in the browser.
+"""The editing app: the specialist's edit beside its base model's, in the browser.
 
     python scripts/app.py --model exported/car_lego      # or a run / checkpoint folder
     python scripts/app.py --model demo                   # the demo: newest demo run, else the demo editor

@@ -64,6 +64,15 @@ def tiny_brightness_config(tiny_ip2p_path, data_dir: Path, logdir: Path, **overr
     return config
 
 
+def as_tiny_kontext(config):
+    """``config`` (a :func:`tiny_brightness_config` of the tiny Kontext stand-in) made a Kontext run:
+    the flow SDE at noise level 0.7, guidance 2.5, prompts of 64 T5 tokens."""
+    config.pretrained.family, config.pretrained.scheduler = "flux_kontext", "flow_sde"
+    config.pretrained.max_sequence_length = 64
+    config.sample.eta, config.sample.guidance_scale = 0.7, 2.5
+    return config
+
+
 def tiny_brightness_args(tiny_ip2p_path, data_dir: Path, logdir: Path, **overrides) -> list[str]:
     """The command-line arguments of scripts/train.py (or generate.py) for
     :func:`tiny_brightness_config` with the same arguments."""

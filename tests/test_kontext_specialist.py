@@ -20,7 +20,7 @@ from editspecialists.specialist.app import base_label, edit_pair, load_models
 from editspecialists.specialist.base import spec_of
 from editspecialists.specialist.kontext_pipeline import KontextSpecialistPipeline
 from editspecialists.training.trainer import Trainer
-from tests.helpers import tiny_brightness_config
+from tests.helpers import as_tiny_kontext, tiny_brightness_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, WINDOW, GUIDANCE = 3, "0:2", 2.5
@@ -28,11 +28,8 @@ STEPS, WINDOW, GUIDANCE = 3, "0:2", 2.5
 
 def kontext_config(tiny_kontext_path, root: Path, **overrides):
     """The brightness preset on the tiny Kontext stand-in: flow SDE with a window, 64 T5 tokens."""
-    config = tiny_brightness_config(tiny_kontext_path, root / "data", root / "logs", **overrides)
-    config.pretrained.family, config.pretrained.scheduler = "flux_kontext", "flow_sde"
-    config.pretrained.max_sequence_length = 64
+    config = as_tiny_kontext(tiny_brightness_config(tiny_kontext_path, root / "data", root / "logs", **overrides))
     config.sample.num_steps, config.sample.sde_window = STEPS, WINDOW
-    config.sample.eta, config.sample.guidance_scale = 0.7, GUIDANCE
     config.sample.sample_savedir, config.sample.batch_size, config.sample.edit_format = str(root / "edits"), 1, "png"
     return config
 
@@ -89,7 +86,7 @@ def test_generate_py_the_checkpoint_and_every_export_of_a_kontext_run_give_the_s
     assert json.loads((kontext_export / "model_index.json").read_text())["_class_name"] == "KontextSpecialistPipeline"
     assert FluxTransformer2DModel.load_config(kontext_export / "transformer")["in_channels"] == 128
     card = (kontext_export / "README.md").read_text()
-    assert "FLUX.1 Kontext editing specialist" in card and "onto pipe.transformer" in card
+    assert "An editing specialist of FLUX.1 Kontext" in card and "onto pipe.transformer" in card
     exported = EditSpecialistPipeline.from_pretrained(kontext_export, device="cpu")
     assert type(exported) is KontextSpecialistPipeline and exported.policy is None
     assert edit(exported, root, entry).equal(expected)

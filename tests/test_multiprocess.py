@@ -34,3 +34,18 @@ def test_two_processes_keep_identical_weights(tiny_ip2p_path, tmp_path, nan_call
     assert [r["skipped_micro_steps"] for r in steps] == expected
     assert [r["skipped_fraction"] for r in steps] == [n / 4 for n in expected]
     assert all(isinstance(r["loss"], float) for r in steps), "a skipped micro-step never reaches the logged loss"
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_kontext_specialist_in_step(tiny_kontext_path, tmp_path):
+    """The Kontext path (flow SDE, the transformer policy) under DDP: both processes end with the
+    same weights after the epoch's two optimizer steps, checkpointed."""
+    output = launch_two_processes([os.path.join(REPO, "tests", "train_worker.py"), str(tiny_kontext_path),
+                                   str(tmp_path), "-1", "kontext"], tmp_path)
+    assert "num_processes = 2" in output and "trainable weights identical on all 2 processes" in output
+    rank0, rank1 = (load_file(str(tmp_path / f"rank{i}.safetensors")) for i in range(2))
+    assert rank0.keys() == rank1.keys() and any(key.startswith("transformer.x_embedder") for key in rank0)
+    assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)
+    assert [r["step"] for r in read_metrics(tmp_path / "logs" / "run") if "step" in r] == [1, 2]
+    saved = load_file(str(tmp_path / "logs" / "run" / "checkpoints" / "checkpoint_0001" / "weights.safetensors"))
+    assert all(torch.equal(saved[key], rank0[key]) for key in rank0)

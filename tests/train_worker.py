@@ -1,6 +1,7 @@
 """Launched by test_multiprocess.py under ``accelerate launch`` with 2 CPU processes.
 
-Usage: train_worker.py <tiny model> <work dir> <nan_call>. When nan_call >= 0, process 1
+Usage: train_worker.py <tiny model> <work dir> <nan_call> [kontext]. With "kontext" the model is
+the tiny Kontext stand-in, trained as a Kontext run. When nan_call >= 0, process 1
 returns a NaN log-prob at that call of the policy forward, and process 0 a log-prob 100 above the
 reference's (a finite log-ratio whose ratio overflows fp32: the original's skip rule, on by
 default) three calls later, to check that both micro-steps are skipped on every process. Each
@@ -17,7 +18,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from editspecialists.training import trainer as trainer_module  # noqa: E402
-from tests.helpers import tiny_brightness_config  # noqa: E402
+from tests.helpers import as_tiny_kontext, tiny_brightness_config  # noqa: E402
 
 
 def inject_faults(nan_call: int):
@@ -44,6 +45,8 @@ def main():
     if nan_call >= 0:
         inject_faults(nan_call)
     config = tiny_brightness_config(model, work / "data", work / "logs", num_epochs=1)
+    if sys.argv[4:] == ["kontext"]:
+        config = as_tiny_kontext(config)
     trainer = trainer_module.Trainer(config).load()
     trainer.run()
     state = {k: v.detach().cpu().contiguous() for k, v in trainer.unwrapped_policy.trainable_state_dict().items()}

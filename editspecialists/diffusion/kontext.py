@@ -103,11 +103,9 @@ class KontextDenoiser(VisualPromptDenoiser):
         return KontextInputs(pack_latents(style), torch.cat([image_tokens, torch.zeros_like(image_tokens)], dim=-1),
                              ids, text_ids, cond.prompt_embeds, cond.pooled_embeds)
 
-    def forward(self, latents, timesteps, cond: EditConditioning | KontextInputs, scales: GuidanceScales):
+    def predict(self, latents, timesteps, cond: KontextInputs, scales: GuidanceScales):
         """Velocity (N, 16, h, w) for noisy latents (N, 16, h, w) at 0-d or (N,) timesteps
         (the scheduler's, 1000·t)."""
-        if isinstance(cond, EditConditioning):
-            cond = self.branch_inputs(cond)
         batch, _, height, width = latents.shape
         noisy = torch.cat([pack_latents(latents).to(cond.style_tokens.dtype), cond.style_tokens], dim=-1)
         times = timesteps.expand(batch).to(latents.dtype) / 1000

@@ -147,21 +147,26 @@ class VisualPromptDenoiser(nn.Module):
         """The style module :meth:`branch_inputs` runs."""
         return self.style_module
 
+    def forward(self, latents, timesteps, cond, scales: GuidanceScales | None):
+        """The prediction (:meth:`predict`) for ``latents`` at ``timesteps``; ``cond`` is an
+        :class:`EditConditioning` or its step-invariant inputs (:meth:`branch_inputs`, computed once
+        for many steps with the same modules). With ``latents`` None: those inputs of ``cond``,
+        computed in a forward call so that a wrapper (DDP, FSDP: it gathers sharded weights for
+        its module's forward only) runs them as it runs the prediction."""
+        if latents is None:
+            return self.branch_inputs(cond)
+        if isinstance(cond, EditConditioning):
+            cond = self.branch_inputs(cond)
+        return self.predict(latents, timesteps, cond, scales)
+
 
 class Denoiser(VisualPromptDenoiser):
     """The guided noise prediction of a 12-channel UNet and a style module: what the sampler and
     training call. A pipeline loaded from an export samples with this; the trainer's
     :class:`VisualPromptPolicy` adds the frozen reference and the training parts."""
 
-    def forward(self, scaled_latents, timesteps, cond: EditConditioning | BranchInputs,
-                scales: GuidanceScales):
-        """Guided ε for (N, 4, h, w) scaled noisy latents at 0-d or (N,) timesteps.
-
-        ``cond`` may be the :class:`BranchInputs` of :meth:`branch_inputs`, computed once for
-        many steps with the same modules.
-        """
-        if isinstance(cond, EditConditioning):
-            cond = self.branch_inputs(cond)
+    def predict(self, scaled_latents, timesteps, cond: BranchInputs, scales: GuidanceScales):
+        """Guided ε for (N, 4, h, w) scaled noisy latents at 0-d or (N,) timesteps."""
         return branch_epsilon(self.active_backbone, cond, scaled_latents, timesteps, scales)
 
     def branch_inputs(self, cond: EditConditioning) -> BranchInputs:

@@ -93,9 +93,11 @@ def initial_noise(batch: int, nb_gen: int, latent_shape, scheduler, generator, d
 
 def step_invariant_conditioning(policy, cond: EditConditioning):
     """What the policy's forward takes in place of ``cond`` at every step of a trajectory: its
-    precomputed branch inputs when it offers them (``branch_inputs``), else ``cond`` itself."""
-    prepare = getattr(getattr(policy, "module", policy), "branch_inputs", None)
-    return prepare(cond) if prepare is not None else cond
+    precomputed branch inputs when it offers them (``branch_inputs``; computed by its forward with
+    no latents, through any wrapper), else ``cond`` itself."""
+    if getattr(getattr(policy, "module", policy), "branch_inputs", None) is None:
+        return cond
+    return policy(None, None, cond, None)
 
 
 @torch.no_grad()

@@ -34,14 +34,14 @@ def model_card(info: dict) -> str:
         "",
         what,
         "",
-        f"An {editor} editing specialist trained by online reinforcement learning from AI feedback "
+        f"An editing specialist of {editor}, trained by online reinforcement learning from AI feedback "
         "(EditSpecialists, after *Image-Editing Specialists: An RLAIF Approach for Diffusion Models*, "
         f"Benarous, Du, Yang, 2025): {ARCHITECTURES[family]}.",
         "",
         "## Model",
         "",
         f"- base model: `{base['model']}` (revision `{base['revision']}`), "
-        + ("its VAE, text encoders and tokenizers loaded from that id (not stored here)" if compact
+        + ("its VAE, text encoder(s) and tokenizer(s) loaded from that id (not stored here)" if compact
            else "its components copied into this folder"),
         f"- {backbone}: " + backbone_line(backbone, info["unet"], compact),
         f"- sampler: `{info['scheduler']}`; trained at {info.get('resolution') or 'an unknown'} px",

@@ -36,7 +36,7 @@ from editspecialists.rewards.registry import feedback_model_keys, validation_sco
 from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training import resume
 from editspecialists.training import run_folder
-from editspecialists.training.gather import gather_list, gather_object
+from editspecialists.training.gather import full_tensors, gather_list, gather_object
 from editspecialists.launch import console_line, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
@@ -183,6 +183,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.run_dir = self._make_run_dir()
         self._load_models()
+        if self.checkpoint:  # into the whole model, before FSDP (if any) shards it
+            ckpt.load_weights(self.policy, self.checkpoint, ckpt.architecture_of(config))
         self.optimizer = self._make_optimizer()
         self.policy, self.optimizer = acc.prepare(self.policy, self.optimizer)
         acc.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
@@ -417,7 +419,7 @@ class Trainer:
     def check_replicas_in_sync(self) -> None:
         """Compare weight fingerprints across processes; a difference means a sync bug."""
         acc = self.accelerator
-        params = self.unwrapped_policy.trainable_parameters()
+        params = list(full_tensors(dict(enumerate(self.unwrapped_policy.trainable_parameters()))).values())
         fingerprint = torch.stack([p.detach().double().sum() for p in params]
                                   + [p.detach().double().abs().sum() for p in params])
         everyone = acc.gather(fingerprint.unsqueeze(0))
@@ -647,9 +649,10 @@ class Trainer:
             if within is not None:
                 save_samples(tmp, acc.process_index, within)
 
+        weights = full_tensors(self.unwrapped_policy.trainable_state_dict())
+
         def write_and_commit():
-            ckpt.save_weights(tmp / ckpt.WEIGHTS, self.unwrapped_policy.trainable_state_dict(),
-                              ckpt.architecture_of(self.config))
+            ckpt.save_weights(tmp / ckpt.WEIGHTS, weights, ckpt.architecture_of(self.config))
             (tmp / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state))
             ckpt.record_hashes(tmp)
             writing.commit_folder(tmp, final)
@@ -677,10 +680,10 @@ class Trainer:
                 + self.accelerator.num_processes * sum(t.numel() * t.element_size() for t in samples))
 
     def resume(self, checkpoint: Path) -> None:
-        """Restore weights, optimizer, RNG states and counters from a checkpoint folder (and, for a
-        run stopped within an epoch, that epoch's samples and where to go on in them)."""
+        """Restore optimizer, RNG states and counters from a checkpoint folder (and, for a run stopped
+        within an epoch, that epoch's samples and where to go on in them); :meth:`load` has loaded
+        its weights."""
         acc = self.accelerator
-        ckpt.load_weights(self.unwrapped_policy, checkpoint, ckpt.architecture_of(self.config))
         state = ckpt.read_trainer_state(checkpoint)
         within = state.get("within_epoch")
         if within and within["num_processes"] != acc.num_processes:
