@@ -14,13 +14,15 @@ from diffusers import DiffusionPipeline, FluxKontextPipeline, FluxTransformer2DM
 from PIL import Image
 
 from editspecialists import EditSpecialistPipeline
+from editspecialists.evaluation.compare import compare_with_base
+from editspecialists.formats import checkpoint as ckpt
 from editspecialists.formats.export import LORA_WEIGHTS, METADATA, X_EMBEDDER, ExportError, export_marks
 from editspecialists.generation import generate_edits, read_manifest
 from editspecialists.specialist.app import base_label, edit_pair, load_models
 from editspecialists.specialist.base import spec_of
 from editspecialists.specialist.kontext_pipeline import KontextSpecialistPipeline
 from editspecialists.training.trainer import Trainer
-from tests.helpers import as_tiny_kontext, tiny_brightness_config
+from tests.helpers import as_tiny_kontext, load_config, tiny_brightness_config
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, WINDOW, GUIDANCE = 3, "0:2", 2.5
@@ -164,3 +166,21 @@ def test_an_incomplete_kontext_export_is_refused_with_what_marks_it(kontext_expo
         EditSpecialistPipeline.from_pretrained(partial, device="cpu")
     with pytest.raises(ValueError, match="a specialist of the instruct_pix2pix family: load it with EditSpecialistPipeline"):
         KontextSpecialistPipeline.pipeline_for("instruct_pix2pix")
+
+
+@pytest.mark.slow
+def test_evaluate_compares_a_kontext_specialist_with_its_base_model(kontext_run, demo_assets_root, tmp_path):
+    """evaluate.py --config.base_vs_specialist on the Kontext run: both models edit its held-out
+    inputs through generate.py's code and are scored with the evaluation's metrics."""
+    run, _ = kontext_run
+    config = load_config("eval", "demo")
+    config.demo_root, config.eval_savedir = "", str(tmp_path / "eval")
+    config.metrics = "semantic_score,structural_score,l2_out"
+    config.base_vs_specialist = str(run)
+    payload = compare_with_base(config)
+    trained = ckpt.saved_run_config(ckpt.resolve_checkpoint(run))
+    assert payload["edits_compared"] == len(payload["held_out"]["inputs"]) * trained.val.seeds > 0
+    assert set(payload["metrics"]) == {"semantic_score", "structural_score", "l2_out"}
+    assert payload["metrics"]["l2_out"]["delta"] != 0, "the trained specialist edits otherwise than its base"
+    base_edits = tmp_path / "eval" / "car_lego_base_vs_specialist" / "base" / "car_lego"
+    assert read_manifest(base_edits)  # the base model's held-out edits, made by generate.py's code
