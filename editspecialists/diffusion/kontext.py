@@ -209,8 +209,8 @@ def encode_kontext_conditioning(pipe, inputs: torch.Tensor, styles: torch.Tensor
     projection (``pipe.encode_prompt``: a ``FluxKontextPipeline`` or a pipeline with its encoders)."""
     with torch.no_grad():
         prompt_embeds, pooled, _ = pipe.encode_prompt(prompts, device=device, max_sequence_length=max_sequence_length)
-    return EditConditioning(encode_kontext_images(pipe.vae, inputs).float(), encode_kontext_images(pipe.vae, styles).float(),
-                            prompt_embeds.float(), None, pooled_embeds=pooled.float())
+    inputs, styles = (encode_kontext_images(pipe.vae, images).float() for images in (inputs, styles))
+    return EditConditioning(inputs, styles, prompt_embeds.float(), None, pooled_embeds=pooled.float())
 
 
 def kontext_schedule(scheduler, num_steps: int, height: int, width: int, device=None) -> None:

@@ -430,8 +430,7 @@ class SpecialistPipelineMixin:
             if form == "merged":
                 backbone.fuse_lora(adapter_names=[adapter])
             backbone.unload_lora()
-        components = {name: module for name, module in self.components.items()}
-        return type(self)(**{**components, self.backbone_name: backbone}, info=info)
+        return type(self)(**{**self.components, self.backbone_name: backbone}, info=info)
 
 
 MAX_SEED = 2**64 - 1  # torch generators take seeds from 0 to 2**64 - 1
