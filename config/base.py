@@ -139,6 +139,9 @@ def get_config():
     # sampling, not overlapped with it): less GPU memory, a host-device copy per epoch.
     reward.offload = False
     reward.standardize = "batch"  # scores standardised over each sampling batch, or "epoch", "input"
+    # "random" (ours): a control run; each input's edits ranked at random (seeded), the scores
+    # still computed and logged: what a run's held-out change is without feedback (updates drift)
+    reward.ranking = "scores"
     reward.mask_fallback = "whole_box"  # no detection: SAM on the whole-image box, or "ones"
 
     # ---- held-out validation (ours; README "Held-out validation") ----

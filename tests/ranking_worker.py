@@ -2,8 +2,9 @@
 
 Usage: ranking_worker.py <work dir>. Each process holds one input of each of 2 sampling batches
 (the rows of ``TWO_BATCHES``: process p's batch k is row 2k + p), ranks them through the
-trainer's gather (:func:`rank_gathered`) with ``reward.standardize`` "batch" and "epoch", and
-writes the gathered orders to order<process>.json.
+trainer's gather (:func:`rank_gathered`) with ``reward.standardize`` "batch" and "epoch", and at
+random (``reward.ranking = "random"``, the generator seeded alike on both), and writes the
+gathered orders to order<process>.json.
 """
 
 import json
@@ -17,7 +18,7 @@ from accelerate import Accelerator
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from editspecialists.rewards import register_score  # noqa: E402
-from editspecialists.training.trainer import rank_gathered  # noqa: E402
+from editspecialists.training.trainer import RANKING, derived_generator, rank_gathered  # noqa: E402
 from tests.helpers import TWO_BATCHES  # noqa: E402
 
 
@@ -30,9 +31,13 @@ def main():
     local = {name: table[[process, 2 + process]] for name, table in TWO_BATCHES.items()}
     orders = {}
     for mode in ("batch", "epoch"):
-        reward = ml_collections.ConfigDict({"weights": {name: 1.0 for name in TWO_BATCHES}, "standardize": mode})
+        reward = ml_collections.ConfigDict({"weights": {name: 1.0 for name in TWO_BATCHES}, "standardize": mode,
+                                            "ranking": "scores"})
         _, order, _ = rank_gathered(accelerator, local, [1, 1], reward)
         orders[mode] = order.tolist()
+    reward.ranking = "random"
+    _, order, _ = rank_gathered(accelerator, local, [1, 1], reward, derived_generator(7, RANKING, 0))
+    orders["random"] = order.tolist()
     (work / f"order{process}.json").write_text(json.dumps(orders))
     accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()  # a process group left to exit may abort ("terminate called")

@@ -12,6 +12,7 @@ from editspecialists.training.ranking import (
     micro_step_is_usable,
     plackett_luce_loss,
     preference_loss,
+    random_costs,
     rank_edits,
     ranking_costs,
     round_for_ties,
@@ -112,6 +113,42 @@ def test_rank_best_first_and_ties_carry_no_preference():
     order, has_preference = rank_edits(combined)
     assert order.tolist() == [[1, 0, 2], [2, 0, 1], [2, 1, 0]]
     assert has_preference.tolist() == [True, False, True]
+
+
+def single_process_ranking(scores, ranking, seed=0):
+    """:func:`rank_gathered` on one process (gather is the identity) of {name: (N, 2)} scores."""
+    from types import SimpleNamespace
+
+    import ml_collections
+
+    from editspecialists.training.trainer import RANKING, derived_generator, rank_gathered
+
+    reward = ml_collections.ConfigDict({"weights": {name: 1.0 for name in scores}, "standardize": "batch",
+                                        "ranking": ranking})
+    accelerator = SimpleNamespace(gather=lambda tensor: tensor, num_processes=1)
+    return rank_gathered(accelerator, scores, [len(next(iter(scores.values())))], reward,
+                         derived_generator(seed, RANKING, 0))
+
+
+def test_random_ranking_ignores_the_scores_and_is_reproducible():
+    scores = torch.tensor([[0.1, 0.9]] * 32)
+    opposite = scores.flip(1)
+    by_scores = single_process_ranking({"semantic": scores}, "scores")[1]
+    assert by_scores.tolist() == [[0, 1]] * 32, "the method ranks the lower cost first"
+    gathered, order, has_preference = single_process_ranking({"semantic": scores}, "random")
+    assert torch.equal(gathered["semantic"], scores), "the scores are still gathered (and logged)"
+    assert has_preference.all(), "random costs never tie"
+    assert torch.equal(order, single_process_ranking({"semantic": opposite}, "random")[1])
+    assert torch.equal(order, single_process_ranking({"semantic": scores}, "random")[1]), "seeded"
+    assert not torch.equal(order, single_process_ranking({"semantic": scores}, "random", seed=1)[1])
+    best_first = (order[:, 0] == 0).float().mean().item()
+    assert 0.2 < best_first < 0.8, f"either edit first at random: {best_first} of 32 inputs ranked edit 0 first"
+
+
+def test_random_costs_come_from_the_generator_alone():
+    first = random_costs((4, 3), torch.Generator().manual_seed(5))
+    assert first.shape == (4, 3) and ((first >= 0) & (first < 1)).all()
+    assert torch.equal(first, random_costs((4, 3), torch.Generator().manual_seed(5)))
 
 
 def brute_force_plackett_luce(log_ratio, eps, beta):
@@ -276,6 +313,13 @@ def test_two_processes_standardise_each_sampling_batch_across_processes(tmp_path
         orders = json.loads((tmp_path / f"order{process}.json").read_text())
         assert orders["batch"] == [[0, 1]] * 4, "sampling batch 0 is rows 0 and 1 of TWO_BATCHES"
         assert orders["epoch"] == [[1, 0], [0, 1], [0, 1], [0, 1]]
+        assert orders["random"] == orders_random_on_one_process(), "every process ranks alike at random"
+
+
+def orders_random_on_one_process():
+    from editspecialists.training.trainer import RANKING, derived_generator
+
+    return rank_edits(random_costs((4, 2), derived_generator(7, RANKING, 0)))[0].tolist()
 
 
 def test_the_original_skip_rule_tests_every_ratio_for_fp32_overflow_before_the_clamp():

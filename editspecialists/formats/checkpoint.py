@@ -294,6 +294,7 @@ VALUES_BEFORE_KEYS_EXISTED = {
     "pretrained.max_sequence_length": 512,
     "lora_targets": "",
     "sample.sde_window": "",
+    "reward.ranking": "scores",
 }
 # Saved values whose spelling changed, behaviour unchanged -> today's spelling.
 RESPELLED_VALUES = {

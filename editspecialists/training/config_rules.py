@@ -11,7 +11,7 @@ from editspecialists.rewards.depth import ALIGNMENTS
 from editspecialists.rewards.masks import MASK_FALLBACKS
 from editspecialists.rewards.needs import SEMANTIC_BACKBONE_KEYS
 from editspecialists.rewards.registry import SCORES
-from editspecialists.training.ranking import STANDARDIZE_MODES
+from editspecialists.training.ranking import RANKINGS, STANDARDIZE_MODES
 
 
 def score_weights(weights):
@@ -87,6 +87,7 @@ TRAINING_RULES = SHARED_RULES + POLICY_RULES + (
     Rule("reward.per_image_constants", boolean),
     Rule("reward.offload", boolean),
     Rule("reward.standardize", one_of(STANDARDIZE_MODES)),
+    Rule("reward.ranking", one_of(RANKINGS)),
     Rule("reward.mask_fallback", one_of(MASK_FALLBACKS)),
     Rule("models.dreamsim_cache", text),
     Rule("val.inputimg_dir", text),

@@ -3,7 +3,9 @@
 Pure tensor functions: the trainer gathers scores across processes before calling them.
 Scores are standardised per group of gathered rows (``reward.standardize``): ``"batch"`` (the
 original) groups the rows of each sampling batch, ``"epoch"`` puts every row of the epoch in one,
-``"input"`` makes each row (one input's edits) its own group.
+``"input"`` makes each row (one input's edits) its own group. ``reward.ranking = "random"`` ranks
+edits at random instead (:func:`random_costs`): the control run that shows how far updates drift
+without feedback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Sequence
 import torch
 
 STANDARDIZE_MODES = ("batch", "epoch", "input")
+RANKINGS = ("scores", "random")
 # The largest log-ratio whose ratio exp(ρ) is finite in fp32 (log of float32's largest value, ≈ 88.72).
 FP32_EXP_LIMIT = math.log(torch.finfo(torch.float32).max)
 
@@ -93,6 +96,13 @@ def ranking_costs(scores: dict[str, torch.Tensor], weights: dict[str, float], lo
     groups = standardization_groups(mode, batch_sizes, num_processes)
     combined = combine_scores(scores, weights, lower_is_better, groups)
     return round_for_ties(combined) if mode == "input" else combined
+
+
+def random_costs(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """(N, G) costs uniform in [0, 1) from ``generator`` (CPU): a ranking of every input's edits
+    that ignores their scores, without ties. With the same generator state on every process, every
+    process ranks alike (the control run of ``reward.ranking = "random"``)."""
+    return torch.rand(shape, generator=generator)
 
 
 def rank_edits(combined: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

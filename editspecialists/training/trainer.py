@@ -40,8 +40,8 @@ from editspecialists.training.gather import full_tensors, gather_list, gather_ob
 from editspecialists.launch import console_line, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
-from editspecialists.training.ranking import (RatioStats, micro_step_is_usable, preference_loss, rank_edits,
-                                              ranking_costs)
+from editspecialists.training.ranking import (RatioStats, micro_step_is_usable, preference_loss, random_costs,
+                                              rank_edits, ranking_costs)
 from editspecialists.training.tracking import RunLogger, edit_grid, epoch_summary
 from editspecialists.training.within_epoch import EpochSamples, StopTraining, load_samples, save_samples
 from editspecialists.training.validation import (HELD_OUT_ROLE, Validation, ValidationSet, describe_validation,
@@ -122,7 +122,7 @@ def derived_generator(seed: int, *keys: int, device="cpu") -> torch.Generator:
 
 
 # Purposes of derived generators, so that no two draws share a stream.
-DATA, SAMPLING, TIMESTEPS = 0, 1, 2
+DATA, SAMPLING, TIMESTEPS, RANKING = 0, 1, 2, 3
 
 
 class Trainer:
@@ -517,7 +517,8 @@ class Trainer:
         Returns this process's (order (B_local, G), has_preference (B_local,)).
         """
         acc = self.accelerator
-        gathered, order, has_preference = rank_gathered(acc, scores, batch_sizes, self.config.reward)
+        gathered, order, has_preference = rank_gathered(acc, scores, batch_sizes, self.config.reward,
+                                                        derived_generator(self.config.seed, RANKING, epoch))
         num_local = len(next(iter(scores.values())))  # every process samples the same count
         local = slice(acc.process_index * num_local, (acc.process_index + 1) * num_local)
         record = {"epoch": epoch}
@@ -719,9 +720,11 @@ def detection_of(masks) -> tuple:
             masks.scores[0].tolist() if masks.scores else [])
 
 
-def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: list[int], reward):
+def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: list[int], reward,
+                  generator: torch.Generator | None = None):
     """Gather scores over processes, standardise each per ``reward.standardize`` group, combine
-    them by ``reward.weights`` and rank every input's edits.
+    them by ``reward.weights`` and rank every input's edits; with ``reward.ranking = "random"``
+    rank them by :func:`random_costs` from ``generator`` instead (seeded alike on every process).
 
     ``scores``: {name: (B_local, G)}, the rows of this process's sampling batches of
     ``batch_sizes`` inputs in order (the same sizes on every process).
@@ -733,6 +736,8 @@ def rank_gathered(accelerator, scores: dict[str, torch.Tensor], batch_sizes: lis
     weights = dict(reward.weights)
     combined = ranking_costs(gathered, weights, {n: SCORES[n].lower_is_better for n in weights},
                              reward.standardize, batch_sizes, accelerator.num_processes)
+    if reward.ranking == "random":
+        combined = random_costs(tuple(combined.shape), generator).to(combined.device)
     return (gathered, *rank_edits(combined))
 
 
