@@ -6,8 +6,8 @@ import math
 import pytest
 
 from editspecialists.training.run_folder import epoch_of, keep_rows_before
-from editspecialists.training.validation import (append_rows, read_rows, summarise, validation_cost, validation_due,
-                                                 validation_line)
+from editspecialists.training.validation import (ValidationSet, append_rows, read_rows, summarise, validation_cost,
+                                                 validation_due, validation_line)
 
 
 def test_validation_runs_before_training_every_k_epochs_and_after_the_last():
@@ -90,3 +90,12 @@ def test_curves_are_the_paired_differences_of_each_validation_and_are_drawn(tmp_
     assert image.size[0] > image.size[1] > 100
     with pytest.raises(ValueError, match="holds no validation row"):
         plot_validation(tmp_path)
+
+
+def test_the_grid_shows_each_inputs_first_seed_before_any_second_one():
+    """Items are input-major (3 inputs x 3 seeds here): the grid takes one edit of each input first."""
+    items = [{"input": f"car_{i}.png", "seed_index": k} for i in range(3) for k in range(3)]
+    vset = ValidationSet(held_out=None, items=items, inputs=None, styles=None)
+    assert vset.grid_indices(4) == [0, 3, 6, 1]
+    assert [items[i]["input"] for i in vset.grid_indices(3)] == ["car_0.png", "car_1.png", "car_2.png"]
+    assert sorted(vset.grid_indices(20)) == list(range(9))

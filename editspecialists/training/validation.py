@@ -11,7 +11,8 @@ the method's others (``val.scores``) by the training scorer itself.
 Outputs, in the run folder: ``validation.jsonl`` (one row per held-out edit and validation),
 a summary per validation in ``metrics.jsonl`` (``val/<score>_mean``, ``_std``, and the paired
 difference from the base with its standard error, ``_delta``, ``_delta_se``), one console line, and
-``validation/after_NNN.png`` (input | base edit | current edit, same seed).
+``validation/after_NNN.png`` (input | base edit | current edit, same seed; each held-out input's first
+seed first, so the grid spans the inputs).
 
 The held-out items are shared out among processes and the rows gathered, so a run on several
 processes writes the rows of a one-process run; every edit has its own seed, so an edit does not
@@ -66,6 +67,12 @@ class ValidationSet:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def grid_indices(self, rows: int = GRID_ROWS) -> list[int]:
+        """The items the validation grid shows: each input's first seed, then each input's second
+        (and so on), ``rows`` of them, so that the grid spans the held-out inputs."""
+        order = sorted(range(len(self.items)), key=lambda index: (self.items[index]["seed_index"], index))
+        return order[:rows]
 
     def distinct_inputs(self) -> tuple[list[str], torch.Tensor]:
         """(file names, images ``(n, 3, S, S)``) of the held-out inputs, once each."""
@@ -204,6 +211,7 @@ class Validation:
         done = [sorted({row["after_epochs"] for row in rows})]
         broadcast_object_list(done)
         self.done = set(done[0])
+        self.grid = vset.grid_indices()
         self.base_edits: torch.Tensor | None = None  # the grid rows' base edits, kept once made
 
     def due(self, after_epochs: int) -> bool:
@@ -228,8 +236,8 @@ class Validation:
                 rows.append((i, {"after_epochs": after_epochs, "input": item["input"], "seed": item["seed"],
                                  "style": item["style"], "prompt": item["prompt"],
                                  **{name: float(scores[name][row, 0]) for name in self.directions}}))
-                if i < GRID_ROWS:
-                    grid_edits.append((i, edits[row].cpu()))
+                if i in self.grid:
+                    grid_edits.append((self.grid.index(i), edits[row].cpu()))
         rows = [row for _, row in sorted(gather_list(acc, rows), key=lambda pair: pair[0])]
         grid_edits = torch.stack([edit for _, edit in sorted(gather_list(acc, grid_edits), key=lambda p: p[0])])
         self.done.add(after_epochs)
@@ -249,18 +257,19 @@ class Validation:
         return summary
 
     def save_grid(self, after_epochs: int, rows: list[dict], edits: torch.Tensor, edit_fn: EditFn) -> None:
-        """``validation/after_NNN.png``: input | base edit | current edit of the first items."""
-        count = len(edits)
+        """``validation/after_NNN.png``: input | base edit | current edit of the grid's items
+        (:meth:`ValidationSet.grid_indices`); ``edits`` are theirs, in that order."""
+        grid, vset = self.grid, self.vset
         if self.base_edits is None:
             # the base model's edits: this validation's at 0, else remade once with the frozen reference
             self.base_edits = edits if after_epochs == 0 else edit_fn(
-                self.vset.items[:count], self.vset.inputs[:count], self.vset.styles[:count], True).cpu()
+                [vset.items[index] for index in grid], vset.inputs[grid], vset.styles[grid], True).cpu()
         base = {edit_key(row): row for row in self.base_rows}
         names = list(self.directions)
         tiles, labels = [], []
-        for index in range(count):
-            item, row = self.vset.items[index], rows[index]
-            tiles.append([self.vset.inputs[index], self.base_edits[index], edits[index]])
+        for position, index in enumerate(grid):
+            item, row = vset.items[index], rows[index]
+            tiles.append([vset.inputs[index], self.base_edits[position], edits[position]])
             base_caption = grid_labels(base[edit_key(row)], names) if edit_key(row) in base else ""
             labels.append([f"{item['input']}\nseed {item['seed_index']}", f"base\n{base_caption}",
                            f"after {after_epochs}\n{grid_labels(row, names)}"])
