@@ -86,10 +86,42 @@ def test_curves_are_the_paired_differences_of_each_validation_and_are_drawn(tmp_
     run = tmp_path / "run"
     run.mkdir()
     append_rows(run / "validation.jsonl", base + later)
-    image = Image.open(plot_validation(run))
+    path, drawn = plot_validation(run)
+    assert path == run / "validation" / "curves.png" and drawn == curves
+    image = Image.open(path)
     assert image.size[0] > image.size[1] > 100
     with pytest.raises(ValueError, match="holds no validation row"):
         plot_validation(tmp_path)
+
+
+def test_a_run_against_its_control_pairs_each_edit_with_the_controls_after_as_many_epochs(tmp_path):
+    from editspecialists.training.curves import curves_against_control, difference_lines, plot_validation
+
+    base = rows(0, [0.50, 0.40, 0.60])
+    method = base + rows(2, [0.45, 0.42, 0.50]) + rows(4, [0.30, 0.35, 0.45])
+    control = base + list(reversed(rows(2, [0.47, 0.40, 0.55]))) + rows(4, [0.50, 0.38, 0.58])
+    curves = curves_against_control(method, control, ["semantic"])["semantic"]
+    assert [point[0] for point in curves] == [0, 2, 4] and curves[0][1:] == (0.0, 0.0)
+    diffs = [-0.20, -0.03, -0.13]  # after 4 epochs: method - control, edit by edit
+    mean = sum(diffs) / 3
+    assert curves[2][1] == pytest.approx(mean)
+    assert curves[2][2] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
+    assert difference_lines({"semantic": curves}, "the control") == [
+        f"semantic after 4 epochs: {mean:+.4f} ± {curves[2][2]:.4f} against the control (better)"]
+
+    for name, run_rows in (("method", method), ("control", control)):
+        (tmp_path / name).mkdir()
+        append_rows(tmp_path / name / "validation.jsonl", run_rows)
+    path, drawn = plot_validation(tmp_path / "method", control_dir=tmp_path / "control")
+    assert path == tmp_path / "method" / "validation" / "curves_vs_control.png" and path.is_file()
+    assert drawn["semantic"] == curves
+
+    other_base = rows(0, [0.50, 0.41, 0.60]) + rows(2, [0.47, 0.40, 0.55])
+    with pytest.raises(ValueError, match=r"base validations differ \(semantic of car_1.png, seed 8: 0.4 against 0.41\)"):
+        curves_against_control(method, other_base, ["semantic"])
+    elsewhere = [{**row, "seed": row["seed"] + 100} for row in control]
+    with pytest.raises(ValueError, match="share no held-out edit"):
+        curves_against_control(method, elsewhere, ["semantic"])
 
 
 def test_the_grid_shows_each_inputs_first_seed_before_any_second_one():
@@ -99,3 +131,23 @@ def test_the_grid_shows_each_inputs_first_seed_before_any_second_one():
     assert vset.grid_indices(4) == [0, 3, 6, 1]
     assert [items[i]["input"] for i in vset.grid_indices(3)] == ["car_0.png", "car_1.png", "car_2.png"]
     assert sorted(vset.grid_indices(20)) == list(range(9))
+
+
+def test_plot_validation_prints_the_runs_difference_from_its_control_and_refuses_a_foreign_one(scripts_dir):
+    from tests.helpers import launch
+
+    base = rows(0, [0.50, 0.40, 0.60])
+    folders = {"method": base + rows(2, [0.30, 0.35, 0.45]), "control": base + rows(2, [0.50, 0.38, 0.58]),
+               "foreign": rows(0, [0.9, 0.9, 0.9]) + rows(2, [0.50, 0.38, 0.58])}
+    for name, run_rows in folders.items():
+        (scripts_dir / name).mkdir()
+        append_rows(scripts_dir / name / "validation.jsonl", run_rows)
+    result = launch("python scripts/plot_validation.py method --control=control", scripts_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == ["wrote method/validation/curves_vs_control.png",
+                                          "semantic after 2 epochs: -0.1200 ± 0.0493 against the control (better)"]
+    assert (scripts_dir / "method" / "validation" / "curves_vs_control.png").is_file()
+    refused = launch("python scripts/plot_validation.py method --control=foreign", scripts_dir)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: the base validations differ (semantic of car_0.png")
+    assert "Traceback" not in refused.stderr
