@@ -98,8 +98,8 @@ def test_a_run_against_its_control_pairs_each_edit_with_the_controls_after_as_ma
     from editspecialists.training.curves import curves_against_control, difference_lines, plot_validation
 
     base = rows(0, [0.50, 0.40, 0.60])
-    method = base + rows(2, [0.45, 0.42, 0.50]) + rows(4, [0.30, 0.35, 0.45])
-    control = base + list(reversed(rows(2, [0.47, 0.40, 0.55]))) + rows(4, [0.50, 0.38, 0.58])
+    method = base + rows(2, [0.45, 0.42, 0.50]) + rows(4, [0.30, 0.35, 0.45]) + rows(6, [0.2, 0.2, 0.2])
+    control = base + list(reversed(rows(2, [0.47, 0.40, 0.55]))) + rows(4, [0.50, 0.38, 0.58])  # stopped at 4
     curves = curves_against_control(method, control, ["semantic"])["semantic"]
     assert [point[0] for point in curves] == [0, 2, 4] and curves[0][1:] == (0.0, 0.0)
     diffs = [-0.20, -0.03, -0.13]  # after 4 epochs: method - control, edit by edit

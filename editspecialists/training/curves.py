@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw
 
@@ -21,25 +22,32 @@ from editspecialists.training.validation import edit_key
 
 PANEL = (360, 220)  # width, height of one score's panel, pixels
 MARGIN = (58, 24, 14, 34)  # left, top, right, bottom, pixels
+Curves = dict[str, list[tuple[int, float, float]]]  # score -> [(after_epochs, mean difference, its SE)]
 
 
-def paired_curves(rows: list[dict], scores: list[str]) -> dict[str, list[tuple[int, float, float]]]:
-    """Per score, ``[(after_epochs, mean difference from the base, its standard error)]`` over the
-    validations of ``rows`` (validation.jsonl rows; the base's are those with ``after_epochs`` 0)."""
-    base = {edit_key(row): row for row in rows if row["after_epochs"] == 0}
+def paired_points(rows: list[dict], scores: list[str], reference: Callable[[dict], dict | None]) -> Curves:
+    """Per score and validation of ``rows``, the paired difference of each row from
+    ``reference(row)`` (rows without one are left out)."""
     curves = {}
     for name in scores:
         points = []
         for after in sorted({row["after_epochs"] for row in rows}):
-            later = [row for row in rows if row["after_epochs"] == after and edit_key(row) in base]
-            difference = paired_difference([row[name] for row in later], [base[edit_key(row)][name] for row in later])
+            pairs = [(row, reference(row)) for row in rows if row["after_epochs"] == after]
+            pairs = [(row, other) for row, other in pairs if other is not None]
+            difference = paired_difference([row[name] for row, _ in pairs], [other[name] for _, other in pairs])
             points.append((after, difference.mean, difference.se))
         curves[name] = points
     return curves
 
 
-def curves_against_control(rows: list[dict], control_rows: list[dict],
-                           scores: list[str]) -> dict[str, list[tuple[int, float, float]]]:
+def paired_curves(rows: list[dict], scores: list[str]) -> Curves:
+    """Per score, ``[(after_epochs, mean difference from the base, its standard error)]`` over the
+    validations of ``rows`` (validation.jsonl rows; the base's are those with ``after_epochs`` 0)."""
+    base = {edit_key(row): row for row in rows if row["after_epochs"] == 0}
+    return paired_points(rows, scores, lambda row: base.get(edit_key(row)))
+
+
+def curves_against_control(rows: list[dict], control_rows: list[dict], scores: list[str]) -> Curves:
     """Per score, ``[(after_epochs, mean of run - control, its standard error)]`` over the
     validations both runs made, each edit paired with the control's of the same input and seed.
 
@@ -47,30 +55,24 @@ def curves_against_control(rows: list[dict], control_rows: list[dict],
     differ: a control must edit the same held-out inputs with the same seeds and base model.
     """
     control = {(row["after_epochs"], *edit_key(row)): row for row in control_rows}
-    shared = [row for row in rows if (row["after_epochs"], *edit_key(row)) in control]
+
+    def twin(row: dict) -> dict | None:
+        return control.get((row["after_epochs"], *edit_key(row)))
+
+    shared = [row for row in rows if twin(row)]
     if not shared:
         raise ValueError("the run and the control share no held-out edit (input and seed): a control run "
                          "needs the run's seed and held-out set")
     for row in shared:
-        twin = control[(row["after_epochs"], *edit_key(row))]
-        for name in scores:
-            if row["after_epochs"] == 0 and not math.isclose(row[name], twin[name], rel_tol=1e-4, abs_tol=1e-6):
+        for name in scores if row["after_epochs"] == 0 else ():
+            if not math.isclose(row[name], twin(row)[name], rel_tol=1e-4, abs_tol=1e-6):
                 raise ValueError(f"the base validations differ ({name} of {row['input']}, seed {row['seed']}: "
-                                 f"{row[name]} against {twin[name]}): the control must start from the same "
+                                 f"{row[name]} against {twin(row)[name]}): the control must start from the same "
                                  "base model, seed and sampling settings")
-    curves = {}
-    for name in scores:
-        points = []
-        for after in sorted({row["after_epochs"] for row in shared}):
-            now = [row for row in shared if row["after_epochs"] == after]
-            difference = paired_difference([row[name] for row in now],
-                                           [control[(after, *edit_key(row))][name] for row in now])
-            points.append((after, difference.mean, difference.se))
-        curves[name] = points
-    return curves
+    return paired_points(shared, scores, twin)
 
 
-def draw_curves(curves: dict[str, list[tuple[int, float, float]]], lower_is_better: dict[str, bool],
+def draw_curves(curves: Curves, lower_is_better: dict[str, bool],
                 title: str = "", against: str = "base") -> Image.Image:
     """One panel per score: difference from ``against`` (y) per epochs trained (x), ±2 SE bars."""
     width, height = PANEL
@@ -137,7 +139,7 @@ def score_names(rows: list[dict]) -> list[str]:
 
 
 def plot_validation(run_dir: str | Path, scores: list[str] | None = None,
-                    control_dir: str | Path | None = None) -> tuple[Path, dict[str, list[tuple[int, float, float]]]]:
+                    control_dir: str | Path | None = None) -> tuple[Path, Curves]:
     """Draw the run's held-out curves from its validation.jsonl; returns (the image's path, the curves).
 
     Without ``control_dir``: against the base model, ``<run>/validation/curves.png``. With it:
@@ -167,7 +169,7 @@ def plot_validation(run_dir: str | Path, scores: list[str] | None = None,
     return path, curves
 
 
-def difference_lines(curves: dict[str, list[tuple[int, float, float]]], against: str) -> list[str]:
+def difference_lines(curves: Curves, against: str) -> list[str]:
     """One line per score: its last point's difference ± standard error and verdict
     (:func:`~editspecialists.paired.verdict`), e.g. ``semantic after 30 epochs: -0.0662 ± 0.0192
     against the control (better)``."""
