@@ -4,8 +4,8 @@
     python scripts/plot_validation.py logs/demo/<run> --control=logs/demo/<control run>
 
 Writes <run>/validation/curves.png from <run>/validation.jsonl; with --control, the paired
-difference from the control run's edits instead (<run>/validation/curves_vs_<control>.png), and
-prints each score's difference after the last validation both runs made.
+difference from the control run's edits instead (<run>/validation/curves_vs_<control>.png), over
+the validations both runs made. Prints each score's last difference and its verdict.
 """
 
 from absl import flags
