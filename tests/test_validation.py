@@ -72,22 +72,25 @@ def test_a_resume_keeps_the_validations_of_the_epochs_it_does_not_redo(tmp_path)
 def test_curves_are_the_paired_differences_of_each_validation_and_are_drawn(tmp_path):
     from PIL import Image
 
-    from editspecialists.training.curves import paired_curves, plot_validation
+    from editspecialists.training.curves import difference_lines, paired_curves, plot_validation
 
     base = rows(0, [0.50, 0.40, 0.60])
     later = rows(2, [0.45, 0.42, 0.50])
     curves = paired_curves(base + later, ["semantic"])
     assert [point[0] for point in curves["semantic"]] == [0, 2]
-    assert curves["semantic"][0][1:] == (0.0, 0.0)
+    assert (curves["semantic"][0][1].mean, curves["semantic"][0][1].se) == (0.0, 0.0)
     diffs = [-0.05, 0.02, -0.10]
     mean = sum(diffs) / 3
-    assert curves["semantic"][1][1] == pytest.approx(mean)
-    assert curves["semantic"][1][2] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
+    assert curves["semantic"][1][1].mean == pytest.approx(mean)
+    assert curves["semantic"][1][1].se == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
     run = tmp_path / "run"
     run.mkdir()
     append_rows(run / "validation.jsonl", base + later)
     path, drawn = plot_validation(run)
     assert path == run / "validation" / "curves.png" and drawn == curves
+    unpaired = paired_curves(base + [{**row, "seed": 99} for row in later], ["semantic"])
+    assert unpaired["semantic"][1][1].count == 0
+    assert difference_lines(unpaired, "the base model")[0].endswith("(no clear change)")
     image = Image.open(path)
     assert image.size[0] > image.size[1] > 100
     with pytest.raises(ValueError, match="holds no validation row"):
@@ -101,13 +104,13 @@ def test_a_run_against_its_control_pairs_each_edit_with_the_controls_after_as_ma
     method = base + rows(2, [0.45, 0.42, 0.50]) + rows(4, [0.30, 0.35, 0.45]) + rows(6, [0.2, 0.2, 0.2])
     control = base + list(reversed(rows(2, [0.47, 0.40, 0.55]))) + rows(4, [0.50, 0.38, 0.58])  # stopped at 4
     curves = curves_against_control(method, control, ["semantic"])["semantic"]
-    assert [point[0] for point in curves] == [0, 2, 4] and curves[0][1:] == (0.0, 0.0)
+    assert [point[0] for point in curves] == [0, 2, 4] and (curves[0][1].mean, curves[0][1].se) == (0.0, 0.0)
     diffs = [-0.20, -0.03, -0.13]  # after 4 epochs: method - control, edit by edit
     mean = sum(diffs) / 3
-    assert curves[2][1] == pytest.approx(mean)
-    assert curves[2][2] == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
+    assert curves[2][1].mean == pytest.approx(mean)
+    assert curves[2][1].se == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
     assert difference_lines({"semantic": curves}, "the control") == [
-        f"semantic after 4 epochs: {mean:+.4f} ± {curves[2][2]:.4f} against the control (better)"]
+        f"semantic after 4 epochs: {mean:+.4f} ± {curves[2][1].se:.4f} against the control (better)"]
 
     for name, run_rows in (("method", method), ("control", control)):
         (tmp_path / name).mkdir()

@@ -22,7 +22,7 @@ from editspecialists.training.validation import edit_key
 
 PANEL = (360, 220)  # width, height of one score's panel, pixels
 MARGIN = (58, 24, 14, 34)  # left, top, right, bottom, pixels
-Curves = dict[str, list[tuple[int, float, float]]]  # score -> [(after_epochs, mean difference, its SE)]
+Curves = dict[str, list[tuple[int, PairedDifference]]]  # score -> [(after_epochs, paired difference)]
 
 
 def paired_points(rows: list[dict], scores: list[str], reference: Callable[[dict], dict | None]) -> Curves:
@@ -35,21 +35,21 @@ def paired_points(rows: list[dict], scores: list[str], reference: Callable[[dict
             pairs = [(row, reference(row)) for row in rows if row["after_epochs"] == after]
             pairs = [(row, other) for row, other in pairs if other is not None]
             difference = paired_difference([row[name] for row, _ in pairs], [other[name] for _, other in pairs])
-            points.append((after, difference.mean, difference.se))
+            points.append((after, difference))
         curves[name] = points
     return curves
 
 
 def paired_curves(rows: list[dict], scores: list[str]) -> Curves:
-    """Per score, ``[(after_epochs, mean difference from the base, its standard error)]`` over the
-    validations of ``rows`` (validation.jsonl rows; the base's are those with ``after_epochs`` 0)."""
+    """Per score, ``[(after_epochs, paired difference from the base)]`` over the validations of
+    ``rows`` (validation.jsonl rows; the base's are those with ``after_epochs`` 0)."""
     base = {edit_key(row): row for row in rows if row["after_epochs"] == 0}
     return paired_points(rows, scores, lambda row: base.get(edit_key(row)))
 
 
 def curves_against_control(rows: list[dict], control_rows: list[dict], scores: list[str]) -> Curves:
-    """Per score, ``[(after_epochs, mean of run - control, its standard error)]`` over the
-    validations both runs made, each edit paired with the control's of the same input and seed.
+    """Per score, ``[(after_epochs, paired difference run - control)]`` over the validations both
+    runs made, each edit paired with the control's of the same input and seed.
 
     Raises ValueError if the runs share no edit, or if their base validations (``after_epochs`` 0)
     differ: a control must edit the same held-out inputs with the same seeds and base model.
@@ -87,13 +87,13 @@ def draw_curves(curves: Curves, lower_is_better: dict[str, bool],
 
 
 def draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], name: str,
-               points: list[tuple[int, float, float]], lower_is_better: bool, against: str = "base") -> None:
+               points: list[tuple[int, PairedDifference]], lower_is_better: bool, against: str = "base") -> None:
     left, top, right, bottom = MARGIN
     x0, y0 = origin[0] + left, origin[1] + top
     x1, y1 = origin[0] + PANEL[0] - right, origin[1] + PANEL[1] - bottom
     epochs = [p[0] for p in points]
-    low = min([0.0] + [m - 2 * s for _, m, s in points])
-    high = max([0.0] + [m + 2 * s for _, m, s in points])
+    low = min([0.0] + [d.mean - 2 * d.se for _, d in points])
+    high = max([0.0] + [d.mean + 2 * d.se for _, d in points])
     span = (high - low) or 1.0
     low, high = low - 0.05 * span, high + 0.05 * span
 
@@ -113,10 +113,11 @@ def draw_panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], name: str,
     draw.text((x0, y1 + 4), f"{epochs[0]}", fill="black")
     draw.text((x1 - 14, y1 + 4), f"{epochs[-1]}", fill="black")
     draw.text(((x0 + x1) / 2 - 40, y1 + 18), "epochs trained", fill="black")
-    line = [(x_of(e), y_of(m)) for e, m, _ in points]
+    line = [(x_of(epoch), y_of(d.mean)) for epoch, d in points]
     if len(line) > 1:
         draw.line(line, fill=(30, 90, 200), width=2)
-    for epoch, mean, se in points:
+    for epoch, difference in points:
+        mean, se = difference.mean, difference.se
         x = x_of(epoch)
         draw.line([x, y_of(mean - 2 * se), x, y_of(mean + 2 * se)], fill=(30, 90, 200))
         draw.ellipse([x - 2, y_of(mean) - 2, x + 2, y_of(mean) + 2], fill=(30, 90, 200))
@@ -177,7 +178,8 @@ def difference_lines(curves: Curves, against: str) -> list[str]:
 
     lines = []
     for name, points in curves.items():
-        after, mean, se = points[-1]
-        judged = verdict(PairedDifference(mean, se, 2), SCORES[name].lower_is_better)
-        lines.append(f"{name} after {after} epochs: {mean:+.4f} ± {se:.4f} against {against} ({judged})")
+        after, difference = points[-1]
+        judged = verdict(difference, SCORES[name].lower_is_better)
+        lines.append(f"{name} after {after} epochs: {difference.mean:+.4f} ± {difference.se:.4f} against {against} "
+                     f"({judged})")
     return lines
