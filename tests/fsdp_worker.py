@@ -19,6 +19,7 @@ from editspecialists.diffusion.bundle import EditModelSpec, build_edit_model
 from editspecialists.diffusion.guidance import GuidanceScales
 from editspecialists.diffusion.pipeline import FLOW_SDE, FLUX_KONTEXT
 from editspecialists.diffusion.sampler import sample_edits, transition_log_probs
+from editspecialists.launch import end_process_group
 from editspecialists.training.gather import full_tensors
 
 SIZE, STEPS, SCALES = 32, 3, GuidanceScales(text=2.5)
@@ -99,7 +100,7 @@ def main(path: str, accelerate_config: str, out: str) -> None:
                    "state_equal": sorted(state) == sorted(whole_state) and all(
                        torch.equal(state[name], whole_state[name]) for name in state)},
                   open(out, "w"))
-    dist.destroy_process_group()
+    end_process_group()
 
 
 if __name__ == "__main__":

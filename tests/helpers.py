@@ -4,6 +4,8 @@ training configs, launching scripts, hand-made image files, shared score tensors
 import importlib.util
 import os
 import shlex
+import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -95,10 +98,60 @@ def perturb_style_path(policy, scale=0.1):
 
 
 # ---- running scripts
+def run_process_group(command: list[str], timeout: int, merge_stderr: bool = False,
+                      **popen) -> subprocess.CompletedProcess:
+    """``subprocess.run(command)`` with stdout and stderr captured as text, carriage returns kept
+    (stderr into stdout with ``merge_stderr``), in a process group of its own. Past ``timeout``
+    seconds the whole group gets SIGABRT, so that every Python process of it (a launcher and its
+    workers) prints its threads' stacks (``PYTHONFAULTHANDLER``), then SIGKILL, and the test fails
+    with the end of that output: a timed-out launcher's workers would otherwise outlive the test,
+    holding their port and cores."""
+    env = dict(popen.pop("env", os.environ), PYTHONFAULTHANDLER="1")
+    stderr = subprocess.STDOUT if merge_stderr else subprocess.PIPE
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True,
+                          **popen) as process:
+        try:
+            outputs, timed_out = process.communicate(timeout=timeout), False
+        except subprocess.TimeoutExpired:
+            outputs, timed_out = stop_with_stacks(process), True
+    stdout, stderr = (text.decode(errors="replace") if text else "" for text in outputs)
+    if timed_out:
+        pytest.fail(f"{shlex.join(command)} ran past {timeout} s; the end of its output, stacks included:\n"
+                    f"{stdout[-6000:]}\n{stderr[-12000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def stop_with_stacks(process: subprocess.Popen) -> tuple[bytes, bytes]:
+    """SIGABRT to ``process``'s group (a Python process with a fault handler prints its stacks), then
+    SIGKILL to what is left after 10 s; the group's (stdout, stderr)."""
+    os.killpg(process.pid, signal.SIGABRT)
+    try:
+        return process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on now, for the rendezvous of one launch: with a fixed port,
+    workers can meet a stranger's store (a launch left behind, another job on the machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_cpu_processes() -> list[str]:
+    """``accelerate launch`` (this interpreter's) of two processes, full precision, on a free port."""
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port())]
+
+
 def launch(command: str, cwd: Path, timeout: int = 900, console: bool = False) -> subprocess.CompletedProcess:
     """Run a shell-style command line (``VAR=value`` prefixes allowed) with this interpreter's
-    scripts first on PATH and the session's build cache. ``console``: stderr merged into stdout,
-    unbuffered and with its carriage returns, as a terminal receives them."""
+    scripts first on PATH and the session's build cache, through :func:`run_process_group`.
+    ``console``: stderr merged into stdout, unbuffered and with its carriage returns, as a terminal
+    receives them."""
     from editspecialists.demo.cache import CACHE_ENV, default_cache_root
 
     words = shlex.split(command)
@@ -108,23 +161,16 @@ def launch(command: str, cwd: Path, timeout: int = 900, console: bool = False) -
         key, value = words.pop(0).split("=", 1)
         env[key] = value
     if not console:
-        return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    result = subprocess.run(words, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, timeout=timeout)
-    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"), "")
+        return run_process_group(words, timeout, cwd=cwd, env=env)
+    result = run_process_group(words, timeout, merge_stderr=True, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"))
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, "")
 
 
-TWO_CPU_PROCESSES = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
-
-
-def launch_two_processes(args, tmp_path):
-    """``accelerate launch`` of two CPU processes with ``args``, in ``tmp_path``; fails the test on
-    error, returns stdout + stderr."""
+def launch_two_processes(args, tmp_path, timeout: int = 300):
+    """:func:`two_cpu_processes` running ``args``, in ``tmp_path``; fails the test on error or past
+    ``timeout`` seconds, returns stdout + stderr."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    result = subprocess.run([accelerate, *TWO_CPU_PROCESSES[1:], *args], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=900)
+    result = run_process_group([*two_cpu_processes(), *args], timeout, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
 

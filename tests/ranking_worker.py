@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from editspecialists.launch import end_process_group  # noqa: E402
 from editspecialists.rewards import register_score  # noqa: E402
 from editspecialists.training.trainer import RANKING, derived_generator, rank_gathered  # noqa: E402
 from tests.helpers import TWO_BATCHES  # noqa: E402
@@ -39,8 +40,7 @@ def main():
     _, order, _ = rank_gathered(accelerator, local, [1, 1], reward, derived_generator(7, RANKING, 0))
     orders["random"] = order.tolist()
     (work / f"order{process}.json").write_text(json.dumps(orders))
-    accelerator.wait_for_everyone()
-    torch.distributed.destroy_process_group()  # a process group left to exit may abort ("terminate called")
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ per cache, not once per test, and the demo reuses what the tests built.
 import csv
 import json
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,9 @@ import pytest
 from editspecialists.demo.assets import demo_paths
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.validation import VALIDATION_FILE, read_rows
-from tests.helpers import launch
+from tests.helpers import launch, two_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
-TWO_PROCESS_LAUNCH = ("accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
-                      "--dynamo_backend no")
 pytestmark = pytest.mark.slow
 
 
@@ -157,8 +156,8 @@ def test_misspelt_key_ends_the_readme_command_with_one_line(scripts_dir):
 
 def test_misspelt_key_is_one_line_of_a_two_process_launch_before_the_launchers_report(scripts_dir):
     """Printed once, by the first process, with the note that the launcher's report follows."""
-    result = launch(f"ACCELERATE_USE_CPU=1 {TWO_PROCESS_LAUNCH} scripts/train.py --config config/demo.py "
-                    "--config.num_step=3", scripts_dir)
+    result = launch(f"ACCELERATE_USE_CPU=1 {shlex.join(two_cpu_processes())} scripts/train.py "
+                    "--config config/demo.py --config.num_step=3", scripts_dir)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     error = "error: --config.num_step: no key 'num_step' in config/demo.py (did you mean 'num_epochs'?)"
@@ -193,8 +192,8 @@ def test_two_process_cpu_demo_with_full_ai_feedback(workdir):
     """Issue 5's check: two CPU processes, both announced, identical weights at the end. Issue 24's:
     the held-out validation of two processes writes the rows of one; the base-vs-specialist
     evaluation of the run reports both models and paired differences of its per-edit values."""
-    output = run_command(f"ACCELERATE_USE_CPU=1 {TWO_PROCESS_LAUNCH} scripts/train.py --config config/demo.py",
-                         workdir)
+    output = run_command(f"ACCELERATE_USE_CPU=1 {shlex.join(two_cpu_processes())} scripts/train.py "
+                         "--config config/demo.py", workdir)
 
     assert "num_processes = 2" in output
     assert "trainable weights identical on all 2 processes" in output

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.within_epoch import samples_file
-from tests.helpers import REPO, tiny_brightness_args
+from tests.helpers import REPO, run_process_group, tiny_brightness_args, two_cpu_processes
 from tests.kill_worker import three_epoch_config
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,8 @@ def full_run(tiny_ip2p_path, tmp_path_factory) -> Path:
 def train_with_signals(plan: str, args: list[str], launcher: list[str] = (), **env) -> subprocess.CompletedProcess:
     """``python scripts/train.py args`` (under ``launcher`` when given) with the signals of ``plan``."""
     command = [*launcher] or [sys.executable]
-    return subprocess.run([*command, "tests/signal_worker.py", plan, "scripts/train.py", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=900, env={**ENV, **env})
+    return run_process_group([*command, "tests/signal_worker.py", plan, "scripts/train.py", *args], 900, cwd=REPO,
+                             env={**ENV, **env})
 
 
 def resume_command(stderr: str, message: str) -> str:
@@ -79,7 +79,7 @@ def test_a_signalled_run_saves_says_how_to_resume_and_resumes_bit_exactly(tiny_i
     assert ckpt.list_checkpoints(run)[-1] == checkpoint and not list((run / ckpt.CHECKPOINTS).glob("*.tmp"))
     assert ckpt.resolve_checkpoint(run, with_state=True) == checkpoint
 
-    resumed = subprocess.run(shlex.split(command), cwd=REPO, capture_output=True, text=True, timeout=900, env=ENV)
+    resumed = run_process_group(shlex.split(command), 900, cwd=REPO, env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_metrics(run) == read_metrics(full_run)
     final = ckpt.checkpoint_name(3)
@@ -103,8 +103,7 @@ def test_the_processes_of_a_launch_agree_on_the_step_and_resume_as_if_uninterrup
     """Two processes under accelerate launch; only process 1 gets SIGTERM (after optimizer step 3):
     both stop after that step, each saves its samples, and the printed command (the launcher's)
     resumes to the weights and metrics of an uninterrupted two-process run."""
-    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29521"]
+    launch = two_cpu_processes()
     settings = {"num_epochs": 2, "save_freq": 1, "num_checkpoint_limit": 0}
     args = tiny_brightness_args(tiny_ip2p_path, tmp_path / "data", tmp_path / "logs", **settings)
     stopped = train_with_signals("SIGTERM@step:3:rank:1", args, launch, ACCELERATE_USE_CPU="1")
@@ -116,13 +115,12 @@ def test_the_processes_of_a_launch_agree_on_the_step_and_resume_as_if_uninterrup
     assert shlex.split(command)[-1] == f"--config.load_checkpoint={run}"
     assert all((checkpoint / samples_file(i)).is_file() for i in (0, 1))
     assert ckpt.read_trainer_state(checkpoint)["within_epoch"] == {"inner": 0, "start": 2, "num_processes": 2}
-    resumed = subprocess.run(shlex.split(command), cwd=REPO, capture_output=True, text=True, timeout=900,
-                             env={**ENV, "ACCELERATE_USE_CPU": "1"})
+    resumed = run_process_group(shlex.split(command), 900, cwd=REPO, env={**ENV, "ACCELERATE_USE_CPU": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     other = tiny_brightness_args(tiny_ip2p_path, tmp_path / "data", tmp_path / "uninterrupted", **settings)
-    whole = subprocess.run([*launch, "scripts/train.py", *other], cwd=REPO, capture_output=True, text=True,
-                           timeout=900, env={**ENV, "ACCELERATE_USE_CPU": "1"})
+    whole = run_process_group([*launch, "scripts/train.py", *other], 900, cwd=REPO,
+                              env={**ENV, "ACCELERATE_USE_CPU": "1"})
     assert whole.returncode == 0, whole.stderr[-3000:]
     uninterrupted = tmp_path / "uninterrupted" / "run"
     assert read_metrics(run) == read_metrics(uninterrupted)

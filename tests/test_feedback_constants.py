@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from editspecialists.rewards.masks import MaskPredictor
 from editspecialists.training.mask_preview import MASKS_FILE, MASKS_FOLDER
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.trainer import Trainer
-from tests.helpers import feedback_run_config
+from tests.helpers import feedback_run_config, run_process_group, two_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SCORE_KEYS = ("structural_mean", "structural_std", "semantic_mean", "semantic_std")
@@ -95,12 +94,8 @@ def test_two_processes_compute_the_same_masks_and_scores_as_one(tiny_ip2p_path, 
     worker = [str(REPO / "tests" / "constants_worker.py"), str(tiny_ip2p_path), str(demo_assets_root),
               str(tmp_path)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    accelerate = Path(sys.executable).parent / "accelerate"
-    for command in ([sys.executable, *worker, "one"],
-                    [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                     "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-                     *worker, "two"]):
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    for command in ([sys.executable, *worker, "one"], [*two_cpu_processes(), *worker, "two"]):
+        result = run_process_group(command, 900, cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     one = torch.load(tmp_path / "one_rank0.pt")
     for rank in (0, 1):

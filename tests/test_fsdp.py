@@ -10,12 +10,13 @@ gathered for the checkpoint."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import free_port, run_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,10 +25,10 @@ def test_the_policy_sharded_as_the_fsdp_config_says_computes_what_the_whole_poli
                                                                                            tmp_path):
     out = tmp_path / "fsdp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", "29533", str(REPO / "tests" / "fsdp_worker.py"), str(tiny_kontext_path),
-                             str(REPO / "config" / "accelerate_fsdp.yaml"), str(out)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = run_process_group([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                "--master_port", str(free_port()), str(REPO / "tests" / "fsdp_worker.py"),
+                                str(tiny_kontext_path), str(REPO / "config" / "accelerate_fsdp.yaml"), str(out)],
+                               600, cwd=tmp_path, env=env)
     if "FSDP expects uniform original parameter dtype" in result.stderr:  # torch 2.6 (2.14 takes them)
         pytest.skip(f"torch {torch.__version__}'s FSDP2 refuses frozen bf16 weights beside fp32 trainable ones")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]

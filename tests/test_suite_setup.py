@@ -10,6 +10,7 @@ import pytest
 
 from editspecialists.demo.cache import CACHE_ENV, default_cache_root
 from tests import conftest
+from tests.helpers import run_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,26 @@ def test_no_test_module_imports_another():
     pattern = re.compile(r"^\s*(from tests\.test_\w+ import|import tests\.test_)", re.M)
     importing = [path.name for path in sorted((REPO / "tests").glob("*.py")) if pattern.search(path.read_text())]
     assert importing == []
+
+
+STUCK_LAUNCHER = """import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stderr=open(sys.argv[1], "w"))
+open(sys.argv[2], "w").write(str(worker.pid))
+time.sleep(600)
+"""
+
+
+def test_a_launch_past_its_timeout_fails_with_every_processs_stacks_and_leaves_none_behind(tmp_path):
+    """What a hung two-process launch leaves (tests.helpers.run_process_group): the test fails with
+    the launcher's stacks, the worker prints its own (here to a file of its own, so that the two
+    cannot interleave), and the worker does not outlive the test."""
+    worker_stderr, worker_pid = tmp_path / "worker.txt", tmp_path / "worker.pid"
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_process_group([sys.executable, "-c", STUCK_LAUNCHER, str(worker_stderr), str(worker_pid)], timeout=5)
+    message = str(failure.value)
+    assert "ran past 5 s; the end of its output, stacks included" in message
+    assert "Fatal Python error: Aborted" in message and 'File "<string>", line 4 in <module>' in message, message
+    worker = worker_stderr.read_text()
+    assert "Fatal Python error: Aborted" in worker and 'File "<string>", line 1 in <module>' in worker, worker
+    status = Path(f"/proc/{worker_pid.read_text()}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text(), "the worker was killed (at most a zombie)"

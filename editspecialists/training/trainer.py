@@ -37,7 +37,7 @@ from editspecialists.formats import checkpoint as ckpt
 from editspecialists.training import resume
 from editspecialists.training import run_folder
 from editspecialists.training.gather import full_tensors, gather_list, gather_object
-from editspecialists.launch import console_line, process_state
+from editspecialists.launch import console_line, end_process_group, process_state
 from editspecialists.training.mask_preview import MaskRecord, detection_summary, write_mask_preview
 from editspecialists.training.overlap import BackgroundScoring
 from editspecialists.training.ranking import (RatioStats, micro_step_is_usable, preference_loss, random_costs,
@@ -340,10 +340,7 @@ class Trainer:
         self.check_replicas_in_sync()
         self.scoring.close()
         self.run_logger.close()
-        # The process group torn down here, not by the interpreter's exit (where gloo may abort a
-        # process whose peer is still printing).
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+        end_process_group()
         return self.run_dir
 
     def validate(self, after_epochs: int) -> None:
