@@ -162,8 +162,7 @@ def launch(command: str, cwd: Path, timeout: int = 900, console: bool = False) -
         env[key] = value
     if not console:
         return run_process_group(words, timeout, cwd=cwd, env=env)
-    result = run_process_group(words, timeout, merge_stderr=True, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"))
-    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout, "")
+    return run_process_group(words, timeout, merge_stderr=True, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"))
 
 
 def launch_two_processes(args, tmp_path, timeout: int = 300):

@@ -13,7 +13,7 @@ from editspecialists.rewards.masks import MaskPredictor
 from editspecialists.training.mask_preview import MASKS_FILE, MASKS_FOLDER
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.trainer import Trainer
-from tests.helpers import feedback_run_config, run_process_group, two_cpu_processes
+from tests.helpers import feedback_run_config, launch_two_processes, run_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 SCORE_KEYS = ("structural_mean", "structural_std", "semantic_mean", "semantic_std")
@@ -94,9 +94,9 @@ def test_two_processes_compute_the_same_masks_and_scores_as_one(tiny_ip2p_path, 
     worker = [str(REPO / "tests" / "constants_worker.py"), str(tiny_ip2p_path), str(demo_assets_root),
               str(tmp_path)]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for command in ([sys.executable, *worker, "one"], [*two_cpu_processes(), *worker, "two"]):
-        result = run_process_group(command, 900, cwd=tmp_path, env=env)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    alone = run_process_group([sys.executable, *worker, "one"], 900, cwd=tmp_path, env=env)
+    assert alone.returncode == 0, alone.stdout[-2000:] + alone.stderr[-4000:]
+    launch_two_processes([*worker, "two"], tmp_path, timeout=900)
     one = torch.load(tmp_path / "one_rank0.pt")
     for rank in (0, 1):
         two = torch.load(tmp_path / f"two_rank{rank}.pt")
