@@ -20,6 +20,9 @@ from editspecialists.training.validation import VALIDATION_FILE, read_rows
 from tests.helpers import launch, two_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
+# The full demo's validation at the size of the checks below: every epoch, 16 held-out edits
+# (config/demo.py's own, 64 edits every 10 epochs, measures learning; these runs check the plumbing).
+SMALL_VALIDATION = "--config.val.every=1 --config.val.seeds=2"
 pytestmark = pytest.mark.slow
 
 
@@ -193,7 +196,7 @@ def test_two_process_cpu_demo_with_full_ai_feedback(workdir):
     the held-out validation of two processes writes the rows of one; the base-vs-specialist
     evaluation of the run reports both models and paired differences of its per-edit values."""
     output = run_command(f"ACCELERATE_USE_CPU=1 {shlex.join(two_cpu_processes())} scripts/train.py "
-                         "--config config/demo.py", workdir)
+                         f"--config config/demo.py --config.num_epochs=2 {SMALL_VALIDATION}", workdir)
 
     assert "num_processes = 2" in output
     assert "trainable weights identical on all 2 processes" in output
@@ -204,7 +207,7 @@ def test_two_process_cpu_demo_with_full_ai_feedback(workdir):
     assert (run / "checkpoints" / "checkpoint_0002").is_dir()
 
     run_command("accelerate launch -q --config_file config/accelerate_demo.yaml scripts/train.py --config "
-                "config/demo.py --config.num_epochs=1 --config.logdir=logs/one", workdir)
+                f"config/demo.py {SMALL_VALIDATION} --config.num_epochs=1 --config.logdir=logs/one", workdir)
     two = [row for row in read_rows(run / VALIDATION_FILE) if row["after_epochs"] == 0]
     one = [row for row in read_rows(only_run(workdir / "logs" / "one") / VALIDATION_FILE) if row["after_epochs"] == 0]
     assert len(two) == 16 and [(r["input"], r["seed"]) for r in two] == [(r["input"], r["seed"]) for r in one]
