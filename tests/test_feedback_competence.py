@@ -329,9 +329,13 @@ def test_the_methods_ranking_puts_the_car_turned_into_bricks_ahead_of_a_whole_fr
     assert ahead.float().mean() >= 0.8, ahead
 
 
+# The bar of the two tests above (a preference as clear as for a car moved or removed). With
+# "margin > 0 and wins >= 0.65" this known weakness sat on the edge, so that the build of the
+# stand-ins decided the verdict: margin -0.000 on one machine, +0.001 with wins 0.67 on another
+# (2026-12-07), an unexpected pass of a strict xfail.
 @pytest.mark.xfail(strict=True, reason="known weakness: the tiny depth model (4 x 4 patches) predicts smooth depth "
                                        "already, so heavy blur (2.5 px) changes it by 0.024, as much as bricks do "
-                                       "(0.024); measured margin -0.000")
+                                       "(0.024); measured margin -0.000 and +0.001")
 def test_the_structural_score_prefers_the_scene_kept_to_a_heavily_blurred_one(scores):
     margin, wins = margins(scores, "structural", "heavily blurred")
-    assert margin > 0 and wins >= 0.65, (margin, wins)
+    assert margin >= 0.01 and wins >= 0.7, (margin, wins)
