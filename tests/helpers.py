@@ -165,11 +165,15 @@ def launch(command: str, cwd: Path, timeout: int = 900, console: bool = False) -
     return run_process_group(words, timeout, merge_stderr=True, cwd=cwd, env=dict(env, PYTHONUNBUFFERED="1"))
 
 
+def cpu_worker_env() -> dict[str, str]:
+    """This process's environment for a test worker script: on the CPU, one thread, the repository importable."""
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
 def launch_two_processes(args, tmp_path, timeout: int = 300):
     """:func:`two_cpu_processes` running ``args``, in ``tmp_path``; fails the test on error or past
     ``timeout`` seconds, returns stdout + stderr."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = run_process_group([*two_cpu_processes(), *args], timeout, cwd=tmp_path, env=env)
+    result = run_process_group([*two_cpu_processes(), *args], timeout, cwd=tmp_path, env=cpu_worker_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
 

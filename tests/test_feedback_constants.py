@@ -1,7 +1,6 @@
 """Issue 17: per-image constants computed once per run, and the masks shown to the user."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from editspecialists.rewards.masks import MaskPredictor
 from editspecialists.training.mask_preview import MASKS_FILE, MASKS_FOLDER
 from editspecialists.training.tracking import read_metrics
 from editspecialists.training.trainer import Trainer
-from tests.helpers import feedback_run_config, launch_two_processes, run_process_group
+from tests.helpers import cpu_worker_env, feedback_run_config, launch_two_processes, run_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 SCORE_KEYS = ("structural_mean", "structural_std", "semantic_mean", "semantic_std")
@@ -93,8 +92,7 @@ def test_detector_and_segmenter_see_each_image_once_per_run_and_masks_are_shown(
 def test_two_processes_compute_the_same_masks_and_scores_as_one(tiny_ip2p_path, demo_assets_root, tmp_path):
     worker = [str(REPO / "tests" / "constants_worker.py"), str(tiny_ip2p_path), str(demo_assets_root),
               str(tmp_path)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    alone = run_process_group([sys.executable, *worker, "one"], 900, cwd=tmp_path, env=env)
+    alone = run_process_group([sys.executable, *worker, "one"], 900, cwd=tmp_path, env=cpu_worker_env())
     assert alone.returncode == 0, alone.stdout[-2000:] + alone.stderr[-4000:]
     launch_two_processes([*worker, "two"], tmp_path, timeout=900)
     one = torch.load(tmp_path / "one_rank0.pt")
