@@ -3,6 +3,7 @@ training configs, launching scripts, hand-made image files, shared score tensors
 
 import importlib.util
 import os
+import re
 import shlex
 import signal
 import socket
@@ -114,11 +115,19 @@ def run_process_group(command: list[str], timeout: int, merge_stderr: bool = Fal
             outputs, timed_out = process.communicate(timeout=timeout), False
         except subprocess.TimeoutExpired:
             outputs, timed_out = stop_with_stacks(process), True
-    stdout, stderr = (text.decode(errors="replace") if text else "" for text in outputs)
+    stdout, stderr = (without_module_lists(text.decode(errors="replace")) if text else "" for text in outputs)
     if timed_out:
         pytest.fail(f"{shlex.join(command)} ran past {timeout} s; the end of its output, stacks included:\n"
                     f"{stdout[-6000:]}\n{stderr[-12000:]}")
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def without_module_lists(text: str) -> str:
+    """``text`` with each "Extension modules: ..." line that Python's fault handler prints after the
+    stacks of a fatal error (thousands of characters) cut short: a test's failure message keeps the
+    error and the stacks within its tail."""
+    return re.sub(r"^Extension modules: [^\n]*\(total: (\d+)\)$", r"Extension modules: (\1, list left out)", text,
+                  flags=re.M)
 
 
 def stop_with_stacks(process: subprocess.Popen) -> tuple[bytes, bytes]:
@@ -174,7 +183,7 @@ def launch_two_processes(args, tmp_path, timeout: int = 300):
     """:func:`two_cpu_processes` running ``args``, in ``tmp_path``; fails the test on error or past
     ``timeout`` seconds, returns stdout + stderr."""
     result = run_process_group([*two_cpu_processes(), *args], timeout, cwd=tmp_path, env=cpu_worker_env())
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
     return result.stdout + result.stderr
 
 

@@ -7,6 +7,7 @@ per cache, not once per test, and the demo reuses what the tests built.
 
 import csv
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -274,6 +275,8 @@ def paired(rows: list[dict], score: str, after_epochs: int) -> tuple[float, floa
     return diffs.mean(), diffs.std(ddof=1) / np.sqrt(len(diffs))
 
 
+@pytest.mark.learning
+@pytest.mark.skipif(os.environ.get("EDITSPECIALISTS_SKIP_LEARNING") == "1", reason="EDITSPECIALISTS_SKIP_LEARNING=1")
 def test_readme_full_demo_learns_its_semantic_score_on_held_out_edits(workdir):
     """Issue 25's learning check: the README's full-demo commands as they stand (the method's own
     objective, the four feedback stand-ins, 60 epochs, 64 held-out edits validated every 10).

@@ -72,3 +72,16 @@ def test_a_launch_past_its_timeout_fails_with_every_processs_stacks_and_leaves_n
     assert "Fatal Python error: Aborted" in worker and 'File "<string>", line 1 in <module>' in worker, worker
     status = Path(f"/proc/{worker_pid.read_text()}/status")
     assert not status.exists() or "State:\tZ" in status.read_text(), "the worker was killed (at most a zombie)"
+
+
+def test_an_aborted_process_leaves_its_stacks_in_the_output_without_its_module_list():
+    """A worker that aborts (as one process of a two-process launch once did in CI, its stacks lost
+    to the message's length) prints its stacks, then a line listing every extension module it
+    loaded: run_process_group cuts that line short, so the few thousand characters a failing test
+    quotes hold the error and the stacks."""
+    aborting = "import os, numpy\ndef end():\n    os.abort()\nend()"
+    result = run_process_group([sys.executable, "-c", aborting], timeout=60)
+    assert result.returncode == -6
+    assert "Fatal Python error: Aborted" in result.stderr and 'line 3 in end' in result.stderr, result.stderr
+    assert re.search(r"^Extension modules: \(\d+, list left out\)$", result.stderr, flags=re.M), result.stderr
+    assert "numpy" not in result.stderr
