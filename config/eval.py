@@ -1,8 +1,9 @@
 """Evaluation configuration for ``scripts/evaluate.py`` (docs/method.md §7–§9).
 
-Presets: ``--config config/eval.py`` (real models, hub ids) or ``--config config/eval.py:demo``
-(tiny local models and the demo images, no download). Override any key on the command line, e.g.
-``--config.metrics=hps_score,pick_score``.
+Presets: ``--config config/eval.py`` (real models, hub ids), ``--config config/eval.py:demo``
+(tiny local models and the demo images, no download) or ``config/eval.py:demo_wide`` (the same,
+comparing base and specialist on the wide set of 96 held-out demo cars). Override any key on the
+command line, e.g. ``--config.metrics=hps_score,pick_score``.
 """
 
 import importlib.util
@@ -70,16 +71,27 @@ def get_config(preset=""):
     # inputs (same prompts, styles, seeds) and compare the two, metric by metric (README); empty:
     # score the edits of sample_savedir.
     config.base_vs_specialist = ""
+    # With base_vs_specialist: a folder of other images to compare on instead of the run's held-out
+    # inputs (never the folder it trained on), each edited compare_seeds times (0: the run's val.seeds).
+    config.compare_inputimg_dir = ""
+    config.compare_seeds = 0
 
     # ---- model ids (hub ids or local folders; the same table as training) ----
     config.models = _base_module().models_config()
 
     config.demo_root = ""  # set by the demo preset: scripts/evaluate.py builds the demo assets there
 
-    if preset == "demo":
+    if preset in ("demo", "demo_wide"):
         use_demo_assets(config)
     elif preset:
-        raise ValueError(f"unknown preset {preset!r} of config/eval.py (known: demo)")
+        raise ValueError(f"unknown preset {preset!r} of config/eval.py (known: demo, demo_wide)")
+    if preset == "demo_wide":
+        # base_vs_specialist on the 96 held-out cars of the wide set, twice each, rather than the
+        # validation's 8 (README, "Does the full method learn on the demo?").
+        from editspecialists.demo.assets import demo_paths
+
+        config.compare_inputimg_dir = demo_paths(config.demo_root)["held_out_wide"]
+        config.compare_seeds = 2
     return config
 
 

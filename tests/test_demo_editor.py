@@ -134,8 +134,9 @@ def test_assets_build_from_scratch_once_then_are_reused(tmp_path, caplog, tiny_r
     with caplog.at_level(logging.INFO, logger="editspecialists.demo"):
         ensure_demo_assets(tmp_path, policy=False)
     built = [record.getMessage() for record in caplog.records if record.getMessage().startswith("built ")]
-    assert sorted(message.split()[1] for message in built) == sorted(["demo-images", "demo-held-out", "dinov2", "clip"])
-    assert any(record.getMessage().startswith("demo assets: 4 built in") for record in caplog.records)
+    assert sorted(message.split()[1] for message in built) == sorted(["demo-images", "demo-held-out",
+                                                                       "demo-held-out-wide", "dinov2", "clip"])
+    assert any(record.getMessage().startswith("demo assets: 5 built in") for record in caplog.records)
     times = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
 
     caplog.clear()

@@ -54,3 +54,24 @@ def test_too_few_inputs_to_split_turn_validation_off_saying_why(tmp_path):
     assert held_out_inputs(inputs, "", everything)[0] is None
     assert held_out_inputs(inputs, "", 0.0) == (None, "no held-out inputs (val.fraction is 0 and "
                                                       "val.inputimg_dir is empty)")
+
+
+def test_the_wide_held_out_set_continues_the_validation_cars_stream_without_repeating_one(tmp_path):
+    """config/eval.py:demo_wide compares on cars 08 to 103 of the held-out stream: the validation's
+    8 are its first cars, so no image is in both, nor among the demo's training inputs."""
+    import numpy as np
+    from PIL import Image
+
+    from editspecialists.demo.images import write_held_out_images, write_wide_held_out_images
+
+    wide = write_wide_held_out_images(tmp_path / "wide")
+    validation = write_held_out_images(tmp_path / "validation")
+    stream = write_held_out_images(tmp_path / "stream", num_inputs=12)
+    inputs, _ = write_demo_images(tmp_path / "demo")
+    names = [f"car_heldout_{i:02d}.png" for i in range(8, 104)]
+    assert sorted(path.name for path in wide.iterdir()) == sorted(names)
+    pixels = lambda path: np.asarray(Image.open(path)).tobytes()
+    for name in names[:4]:
+        assert pixels(wide / name) == pixels(stream / name), name
+    others = {pixels(path) for folder in (validation, inputs) for path in folder.iterdir()}
+    assert len(others) == 16 and not others & {pixels(wide / name) for name in names}

@@ -134,3 +134,27 @@ def test_base_vs_specialist_reports_both_models_and_a_base_against_itself_differ
         out = tmp_path / "eval" / "car_lego_base_vs_specialist"
         assert json.loads((out / "comparison.json").read_text()) == json.loads(json.dumps(payload))
         shutil.rmtree(out)  # the next comparison is of another specialist
+
+
+def test_base_vs_specialist_on_a_folder_of_other_images_never_the_training_folder(validated_run, tmp_path):
+    """compare_inputimg_dir: both models edit that folder's images compare_seeds times each, into a
+    folder of their own; the run's training folder is refused, naming the key."""
+    from editspecialists.demo.images import write_held_out_images
+
+    _, run, _, _ = validated_run
+    others = write_held_out_images(tmp_path / "others", num_inputs=3, size=32, first=8)
+    config = load_config("eval", "demo")
+    config.demo_root, config.eval_savedir = "", str(tmp_path / "eval")
+    config.metrics = "semantic_score,structural_score"
+    config.base_vs_specialist, config.compare_inputimg_dir, config.compare_seeds = str(run), str(others), 1
+    payload = compare_with_base(config)
+    assert payload["held_out"] == {"folder": str(others), "source": "compare_inputimg_dir",
+                                   "inputs": [f"car_heldout_{i:02d}.png" for i in (8, 9, 10)], "seeds_per_input": 1}
+    assert payload["edits_compared"] == 3 and payload["metrics"]["semantic_score"]["count"] == 3
+    out = tmp_path / "eval" / "car_lego_base_vs_specialist_on_others"
+    assert sorted(path.name for path in (out / "base" / "car_lego").glob("edit_*.png")) == [
+        f"edit_car_heldout_{i:02d}.png" for i in (8, 9, 10)]
+
+    config.compare_inputimg_dir = ckpt.saved_run_config(ckpt.resolve_checkpoint(str(run))).inputimg_dir
+    with pytest.raises(ValueError, match="--config.compare_inputimg_dir: .* is the folder the run of .* trained on"):
+        compare_with_base(config)

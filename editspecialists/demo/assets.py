@@ -4,6 +4,7 @@ Layout under the cache folder (default ``~/.cache/editspecialists``, or ``$EDITS
 
     demo-images/inputs, demo-images/styles   demo images (editspecialists.demo.images)
     demo-held-out                            held-out demo cars, never trained on (validation)
+    demo-held-out-wide                       96 more of them (config/eval.py:demo_wide)
     demo-editor                              tiny InstructPix2Pix pretrained on the demo task
     demo-kontext-editor                      tiny FLUX.1 Kontext pretrained on the demo task (kontext preset)
     instruct-pix2pix, <role>                 tiny random stand-ins of the policy, feedback and
@@ -23,7 +24,7 @@ from editspecialists.demo import cache, evaluation_standins, feedback_standins
 from editspecialists.demo.kontext_editor import kontext_editor, kontext_editor_folder
 from editspecialists.diffusion.pipeline import FLUX_KONTEXT
 from editspecialists.demo.editor import demo_editor, demo_editor_folder
-from editspecialists.demo.images import write_demo_images, write_held_out_images
+from editspecialists.demo.images import write_demo_images, write_held_out_images, write_wide_held_out_images
 from editspecialists.launch import process_state
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ def demo_paths(root: str | Path | None = None) -> dict[str, str]:
     root = Path(root) if root else cache.default_cache_root()
     images = demo_images_folder(root)
     paths = {"inputs": images / "inputs", "styles": images / "styles", "held_out": held_out_folder(root),
-             "policy": demo_editor_folder(root), "kontext": kontext_editor_folder(root)}
+             "held_out_wide": wide_held_out_folder(root), "policy": demo_editor_folder(root),
+             "kontext": kontext_editor_folder(root)}
     return {key: str(value) for key, value in paths.items()}
 
 
@@ -48,6 +50,11 @@ def held_out_folder(root: Path) -> Path:
     return Path(root) / "demo-held-out"
 
 
+def wide_held_out_folder(root: Path) -> Path:
+    """Where the wide held-out set of demo cars is kept under ``root`` (nothing is built here)."""
+    return Path(root) / "demo-held-out-wide"
+
+
 def demo_models_config(root: str | Path | None = None) -> dict[str, str]:
     """Config ``models`` entries pointing every feedback and evaluation model at its tiny version
     under ``root`` (default: the cache; nothing is built here)."""
@@ -57,7 +64,7 @@ def demo_models_config(root: str | Path | None = None) -> dict[str, str]:
 def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
                        evaluation: bool = False, kontext: bool = False) -> Path:
     """Build what is missing under ``root`` (default: the cache) and return it: demo images (inputs,
-    styles, held-out cars) and tiny feedback models always, the pretrained demo editor when
+    styles, held-out cars, the wide held-out set) and tiny feedback models always, the pretrained demo editor when
     ``policy`` (a few minutes on one CPU thread, once), the pretrained tiny FLUX.1 Kontext when
     ``kontext`` (about four minutes, once), the tiny evaluation-only models (HPS, PickScore,
     ImageReward) when ``evaluation``.
@@ -66,6 +73,7 @@ def ensure_demo_assets(root: str | Path | None = None, *, policy: bool = True,
     start, builds_before = time.perf_counter(), cache.builds_done()
     cache.cached_build(demo_images_folder(root), write_demo_images)
     cache.cached_build(held_out_folder(root), write_held_out_images)
+    cache.cached_build(wide_held_out_folder(root), write_wide_held_out_images)
     feedback_standins.build_all(root)
     if policy:
         demo_editor(root)

@@ -81,13 +81,27 @@ def write_demo_images(folder: str | Path, num_inputs: int = 8, num_styles: int =
 HELD_OUT_SEED = 1
 
 
-def write_held_out_images(folder: str | Path, num_inputs: int = 8, size: int = 64) -> Path:
+def write_held_out_images(folder: str | Path, num_inputs: int = 8, size: int = 64, first: int = 0) -> Path:
     """Write ``car_heldout_XX.png`` into ``folder``: demo cars the demo never trains on, for its
-    held-out validation (``val.inputimg_dir``). The same arguments always give the same files."""
+    held-out validation (``val.inputimg_dir``), the ``num_inputs`` cars from number ``first`` of
+    their random stream. The same arguments always give the same files."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(HELD_OUT_SEED)
-    for i in range(num_inputs):
-        draw_car(rng, size).save(folder / f"{INPUT_NAME}_heldout_{i:02d}.png")
+    for i in range(first + num_inputs):
+        car = draw_car(rng, size)
+        if i >= first:
+            car.save(folder / f"{INPUT_NAME}_heldout_{i:02d}.png")
     return folder
+
+
+# The wide held-out set: cars the validation's do not include (they come next in the same stream).
+WIDE_HELD_OUT = {"first": 8, "num_inputs": 96}
+
+
+def write_wide_held_out_images(folder: str | Path) -> Path:
+    """Write the wide held-out set (:data:`WIDE_HELD_OUT`: 96 further held-out cars, numbers 08 to
+    103) into ``folder``: a comparison of base and specialist on them (``config/eval.py:demo_wide``)
+    measures the population of demo cars rather than the validation's 8."""
+    return write_held_out_images(folder, **WIDE_HELD_OUT)
 

@@ -1,13 +1,16 @@
 """Base model vs specialist in one command: ``evaluate.py --config.base_vs_specialist=<run or checkpoint>``.
 
 Both models edit the run's held-out inputs (``val.inputimg_dir``, or the ``val.fraction`` split of
-its input folder) with the same prompts, style images and noise seeds (``val.seeds`` per input, as
-its held-out validation planned them), through generate.py's code; both edit folders are scored by
-evaluate.py's code with every metric of the evaluation config. Per metric: the two means, the
-paired mean difference (specialist - base) over the edits and its standard error, and the verdict
-(:func:`editspecialists.paired.verdict`). Written as ``<eval_savedir>/<input>_<style>_base_vs_specialist/``
-(``base/`` and ``specialist/`` edits, ``comparison.json``, ``comparison.csv``, written together by
-:func:`~editspecialists.evaluation.report.write_evaluation`) and printed as a table.
+its input folder), or the images of ``compare_inputimg_dir``, with the same prompts, style images
+and noise seeds (``val.seeds`` per input, or ``compare_seeds``, planned as its held-out validation
+plans them), through generate.py's code; both edit folders are scored by evaluate.py's code with
+every metric of the evaluation config. Per metric: the two means, the paired mean difference
+(specialist - base) over the edits and its standard error, and the verdict
+(:func:`editspecialists.paired.verdict`). Written as
+``<eval_savedir>/<input>_<style>_base_vs_specialist/`` (``..._on_<folder name>/`` for a
+``compare_inputimg_dir``): ``base/`` and ``specialist/`` edits, ``comparison.json``,
+``comparison.csv``, written together by :func:`~editspecialists.evaluation.report.write_evaluation`,
+and printed as a table.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from editspecialists.command_line import command_with
 from editspecialists.data.held_out import HeldOut, held_out_inputs
+from editspecialists.data.images import list_images
 from editspecialists.evaluation.evaluator import ScoredEdits, run_name, score_edits
 from editspecialists.evaluation.families import LOWER_IS_BETTER, METRIC_DEFINITIONS
 from editspecialists.evaluation.report import write_evaluation
@@ -42,6 +46,29 @@ def run_held_out(checkpoint: Path, trained) -> HeldOut:
         raise ValueError(f"--config.base_vs_specialist: the run of {checkpoint} has {reason}; "
                          f"nothing to compare on that it was not trained on")
     return held_out
+
+
+def comparison_inputs(config, checkpoint: Path, trained) -> tuple[HeldOut, int]:
+    """(the inputs both models edit, edits per input): ``config.compare_inputimg_dir``'s images
+    ``compare_seeds`` times each (0: the run's ``val.seeds``), or the run's held-out inputs; an error
+    naming the key when the folder is the one the run trained on."""
+    folder = config.compare_inputimg_dir
+    if not folder:
+        return run_held_out(checkpoint, trained), trained.val.seeds
+    if Path(folder).expanduser().resolve() == Path(trained.inputimg_dir).expanduser().resolve():
+        raise ValueError(f"--config.compare_inputimg_dir: {folder} is the folder the run of {checkpoint} trained "
+                         f"on; compare on images it never trained on")
+    files = [path.name for path in list_images(folder, "image to compare on (compare_inputimg_dir)")]
+    return HeldOut(Path(folder), files, "compare_inputimg_dir"), config.compare_seeds or trained.val.seeds
+
+
+def comparison_folder(config, trained) -> Path:
+    """``<eval_savedir>/<input>_<style>_base_vs_specialist``, with ``_on_<folder name>`` for a
+    ``compare_inputimg_dir`` (so comparisons on different images never share edit folders)."""
+    name = f"{run_name(trained.input_name, trained.style_name)}_base_vs_specialist"
+    if config.compare_inputimg_dir:
+        name += f"_on_{Path(config.compare_inputimg_dir).expanduser().resolve().name}"
+    return Path(config.eval_savedir) / name
 
 
 def generation_config(trained, held_out: HeldOut, folder: Path, checkpoint: str):
@@ -108,18 +135,18 @@ def compare_with_base(config) -> dict:
     config replaces it)."""
     checkpoint = ckpt.resolve_checkpoint(config.base_vs_specialist)
     trained = ckpt.saved_run_config(checkpoint)
-    held_out = run_held_out(checkpoint, trained)
-    out = Path(config.eval_savedir) / f"{run_name(trained.input_name, trained.style_name)}_base_vs_specialist"
+    held_out, seeds = comparison_inputs(config, checkpoint, trained)
+    out = comparison_folder(config, trained)
     scored = {}
     for model, path in zip(MODELS, ("", str(checkpoint))):
         folder = out / model
-        generate_edits(generation_config(trained, held_out, folder, path), held_out.files, trained.val.seeds)
+        generate_edits(generation_config(trained, held_out, folder, path), held_out.files, seeds)
         scored[model] = score_edits(scoring_config(config, trained, held_out, folder))
     metrics, rows = compare_metrics(scored["base"], scored["specialist"])
     payload = {"metric_definitions": METRIC_DEFINITIONS, "specialist": str(checkpoint),
                "base": {"model": trained.pretrained.model, "revision": trained.pretrained.revision},
                "held_out": {"folder": str(held_out.folder), "source": held_out.source, "inputs": held_out.files,
-                            "seeds_per_input": trained.val.seeds},
+                            "seeds_per_input": seeds},
                "edits_compared": len(rows), "metrics": metrics,
                "skipped": {**scored["base"].skipped, **scored["specialist"].skipped},
                "settings": {"config": config.to_dict(), "specialist": str(checkpoint)}}

@@ -52,6 +52,8 @@ EVALUATION_RULES = (
     Rule("text_threshold", THRESHOLD),
     Rule("report_rows", integer(1)),
     Rule("base_vs_specialist", text),
+    Rule("compare_inputimg_dir", text),
+    Rule("compare_seeds", integer(0), "(0: the run's val.seeds)"),
     Rule("demo_root", text),
     Rule("models.dreamsim_cache", text),
 )
