@@ -156,5 +156,6 @@ def test_base_vs_specialist_on_a_folder_of_other_images_never_the_training_folde
         f"edit_car_heldout_{i:02d}.png" for i in (8, 9, 10)]
 
     config.compare_inputimg_dir = ckpt.saved_run_config(ckpt.resolve_checkpoint(str(run))).inputimg_dir
-    with pytest.raises(ValueError, match="--config.compare_inputimg_dir: .* is the folder the run of .* trained on"):
+    with pytest.raises(ValueError, match="--config.compare_inputimg_dir: .* is the training folder .* the run of "
+                                         ".* never trained on"):
         compare_with_base(config)

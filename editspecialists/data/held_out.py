@@ -43,6 +43,16 @@ def split_by_name(file_names: Sequence[str], fraction: float) -> tuple[list[str]
     return [name for name in file_names if name not in set(held)], held
 
 
+def folder_of_their_own(folder: str | Path, input_dir: str | Path, key: str, advice: str) -> HeldOut:
+    """Every image of ``folder`` (chosen by config ``key``) as held-out inputs; an error naming the
+    key when ``folder`` is the training folder ``input_dir`` (``advice``: what to give instead) or
+    holds no image."""
+    if Path(folder).expanduser().resolve() == Path(input_dir).expanduser().resolve():
+        raise ValueError(f"--config.{key}: {folder} is the training folder (inputimg_dir); {advice}")
+    files = [path.name for path in list_images(folder, f"held-out input image ({key})")]
+    return HeldOut(Path(folder), files, key)
+
+
 def held_out_inputs(input_dir: str | Path, val_dir: str | Path, fraction: float) -> tuple[HeldOut | None, str]:
     """The held-out inputs chosen by ``val.inputimg_dir`` / ``val.fraction``, and a one-line
     reason when there are none (``(None, reason)``).
@@ -52,11 +62,8 @@ def held_out_inputs(input_dir: str | Path, val_dir: str | Path, fraction: float)
     image, gives no held-out set and says why.
     """
     if val_dir:
-        if Path(val_dir).expanduser().resolve() == Path(input_dir).expanduser().resolve():
-            raise ValueError(f"--config.val.inputimg_dir: {val_dir} is the training folder (inputimg_dir); give a "
-                             f"folder of held-out images, or leave it empty and set val.fraction")
-        files = [path.name for path in list_images(val_dir, "held-out input image (val.inputimg_dir)")]
-        return HeldOut(Path(val_dir), files, "val.inputimg_dir"), ""
+        return folder_of_their_own(val_dir, input_dir, "val.inputimg_dir",
+                                   "give a folder of held-out images, or leave it empty and set val.fraction"), ""
     if fraction <= 0:
         return None, "no held-out inputs (val.fraction is 0 and val.inputimg_dir is empty)"
     names = [path.name for path in list_images(input_dir, "input image")]

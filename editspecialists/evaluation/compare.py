@@ -24,8 +24,7 @@ import math
 from pathlib import Path
 
 from editspecialists.command_line import command_with
-from editspecialists.data.held_out import HeldOut, held_out_inputs
-from editspecialists.data.images import list_images
+from editspecialists.data.held_out import HeldOut, folder_of_their_own, held_out_inputs
 from editspecialists.evaluation.evaluator import ScoredEdits, run_name, score_edits
 from editspecialists.evaluation.families import LOWER_IS_BETTER, METRIC_DEFINITIONS
 from editspecialists.evaluation.report import write_evaluation
@@ -55,11 +54,9 @@ def comparison_inputs(config, checkpoint: Path, trained) -> tuple[HeldOut, int]:
     folder = config.compare_inputimg_dir
     if not folder:
         return run_held_out(checkpoint, trained), trained.val.seeds
-    if Path(folder).expanduser().resolve() == Path(trained.inputimg_dir).expanduser().resolve():
-        raise ValueError(f"--config.compare_inputimg_dir: {folder} is the folder the run of {checkpoint} trained "
-                         f"on; compare on images it never trained on")
-    files = [path.name for path in list_images(folder, "image to compare on (compare_inputimg_dir)")]
-    return HeldOut(Path(folder), files, "compare_inputimg_dir"), config.compare_seeds or trained.val.seeds
+    held_out = folder_of_their_own(folder, trained.inputimg_dir, "compare_inputimg_dir",
+                                   f"compare on images the run of {checkpoint} never trained on")
+    return held_out, config.compare_seeds or trained.val.seeds
 
 
 def comparison_folder(config, trained) -> Path:
