@@ -66,6 +66,11 @@ def get_config(preset: str = ""):
         config.logdir = "logs/demo_brightness"
         config.reward.weights = {"brightness": 1.0}
         config.num_epochs = 12
+        # With the demo editor whose decoder keeps the scene (2026-12-08) the edits of one input
+        # differ less in brightness; at 1e-3 the policy then left the clip band within a few
+        # epochs (ratio_mean 1e18) and its held-out edits gained no clear brightness (+0.014 ±
+        # 0.017), at 5e-4 the training edits' gain was 0.037 where the test asks 0.035.
+        config.train.learning_rate = 7e-4
     elif preset == "kontext":
         # The method on a tiny FLUX.1 Kontext pretrained on the demo edit (demo/kontext_editor.py):
         # at 32 px its latents are 4 x 4 (FLUX's VAE factor 8) and its edits blurred scenes without
@@ -86,13 +91,13 @@ def get_config(preset: str = ""):
         # The full method (README, "Does the full method learn"). Learning rate: at 1e-3 the policy
         # leaves the clip band within two epochs and the held-out reconstruction grows with no
         # semantic gain; at 3e-4 the held-out scores move as far in control runs
-        # (reward.ranking = "random") as with the feedback. At 1e-4 the semantic gain grows with
-        # the epochs while the controls' score stays level or gets worse: after 60 epochs (about
-        # 6 minutes on 2 cores), on 64 held-out edits (8 cars x 8 seeds), it beats the control's by
-        # 4.4 to 5.7 standard errors in 5 seeds of 5. Against the base model, of 9 seeds: semantic
-        # better by more than 2 standard errors in 6, structural within one standard error in 4,
-        # both in 2. On 96 further held-out cars (config/eval.py:demo_wide), a wider sample of the
-        # scenes: beyond the control in 4 of 5 seeds; against the base model 8, 5 and 4 of 9.
+        # (reward.ranking = "random") as with the feedback. At 1e-4, after 60 epochs (about 6
+        # minutes on 2 cores), on 64 held-out edits (8 cars x 8 seeds), the specialist beats its
+        # control's semantic score by 6 to 9 standard errors in 3 of 7 seeds (those whose control
+        # degrades it; it is worse than its control in 2), and meets issue 25's bar against the
+        # base model in 2 of 9 seeds (the semantic part in 4, the structural part in 4; on 96
+        # further held-out cars, config/eval.py:demo_wide, 2 of 9 too). At 5e-5 the same seeds
+        # split alike.
         config.train.learning_rate = 1e-4
         config.num_epochs = 60
         config.val.every = 10

@@ -113,10 +113,13 @@ def test_demo_editor_edits_the_car_with_varied_brightness(demo_assets_root, tmp_
     ])
     change = ((edits - np.stack([np.asarray(image) / 255.0 for image in images])) ** 2).mean(axis=-1)
 
-    # Measured 2026-12-06: 0.0067 (per image 0.003-0.011; the editor before weight averaging, 0.01+).
-    # The brightness preset learns from this spread (tests/test_demo_runs.py).
-    assert edits.mean(axis=(2, 3, 4)).std(axis=0).mean() > 0.004
-    assert change[:, on_car].mean() > 3 * change[:, background].mean()
+    # Measured 2026-12-08: 0.0050 (per image 0.004-0.006; 0.0067 with the editor whose VAE trained
+    # 300 steps, 0.01+ before weight averaging). The brightness preset learns from this spread
+    # (tests/test_demo_runs.py).
+    assert edits.mean(axis=(2, 3, 4)).std(axis=0).mean() > 0.003
+    # The scene kept: measured 211 times (the editor whose VAE trained 300 steps changed the
+    # background too, its decoder shifting colours and drawing stripes).
+    assert change[:, on_car].mean() > 50 * change[:, background].mean()
 
 
 def test_assets_build_from_scratch_once_then_are_reused(tmp_path, caplog, tiny_root):

@@ -130,9 +130,10 @@ def test_readme_demo_raises_brightness_and_starts_at_ratio_one(workdir, tiny_roo
     assert steps[0]["clipfrac"] == 0
     assert sorted(path.name for path in (run / "images").iterdir())[-1].endswith(".png")
     # Issue 24: the held-out validation shows the reward hacking the training scores hide: edits
-    # brighter than the base model's, with the background lost (reconstruction: 9 to 10 standard
-    # errors worse in every measured build of the assets) and the depth structure worse (1.9 to 3
-    # standard errors, with the feedback stand-ins' weights as each machine trains them).
+    # brighter than the base model's (3.6 standard errors, 2026-12-08), with the background lost
+    # (reconstruction: 9 to 10 standard errors worse in every measured build of the assets) and
+    # the depth structure worse (4.2 standard errors; 1.9 to 3 with the earlier demo editor, with
+    # the feedback stand-ins' weights as each machine trains them).
     last = [r for r in records if "after_epochs" in r][-1]
     assert last["after_epochs"] == 12
     assert last["val/brightness_delta"] > 2 * last["val/brightness_delta_se"]
@@ -277,19 +278,16 @@ def paired(rows: list[dict], score: str, after_epochs: int) -> tuple[float, floa
 
 @pytest.mark.learning
 @pytest.mark.skipif(os.environ.get("EDITSPECIALISTS_SKIP_LEARNING") == "1", reason="EDITSPECIALISTS_SKIP_LEARNING=1")
-def test_readme_full_demo_learns_its_semantic_score_on_held_out_edits(workdir):
+def test_readme_full_demo_beats_the_base_model_on_held_out_edits(workdir):
     """Issue 25's learning check: the README's full-demo commands as they stand (the method's own
     objective, the four feedback stand-ins, 60 epochs, 64 held-out edits validated every 10).
 
-    Asserted, as measured for the default seed (42; README table, 2026-12-07, the same figures
-    with the newest and the lowest versions): the held-out semantic score beats the base model's
-    by more than 2 standard errors (7.3 there; 6 of 9 seeds measured pass) and by more after 60
-    epochs than after 10; the base-vs-specialist evaluation agrees (semantic score lower, the car's
-    patches nearer the style's). The structural score: issue 25's bar (no worse than the base by
-    more than one standard error) holds in 4 of those 9 seeds, not in this one (+0.0070 ±
-    0.0017), so this asserts what was measured in all of them, a cost under a fifth of the base
-    model's structural score (at most 0.0074 of 0.053, 14%), which catches a specialist that
-    paints bricks over the scene (a brick-covered frame costs ten times a good edit).
+    Asserted, as measured for the default seed (42; README table, 2026-12-08): issue 25's bar,
+    the held-out semantic score better than the base model's by more than 2 standard errors (4.0
+    there) and the structural score no worse than the base model's by more than one standard error
+    (−0.0012 ± 0.0007 there: 2.7 standard errors within the bar); the semantic gain larger after 60
+    epochs than after 10; the base-vs-specialist evaluation agrees (semantic score lower, the
+    car's patches nearer the style's). How many other seeds meet the bar: README.
     """
     train, plot, evaluate = readme_learning_commands()
     run_command(train, workdir, timeout=1500)
@@ -304,9 +302,8 @@ def test_readme_full_demo_learns_its_semantic_score_on_held_out_edits(workdir):
     last = [r for r in read_metrics(run) if r.get("after_epochs") == 60][-1]
     assert last["val/semantic_delta"] == pytest.approx(semantic, abs=1e-9)
     assert last["val/semantic_delta_se"] == pytest.approx(semantic_se, abs=1e-9)
-    structural, _ = paired(rows, "structural", 60)
-    base_structural = np.mean([r["structural"] for r in rows if r["after_epochs"] == 0])
-    assert structural < 0.2 * base_structural, (structural, base_structural)
+    structural, structural_se = paired(rows, "structural", 60)
+    assert structural < structural_se, (structural, structural_se)
 
     run_command(plot.replace(LATEST_RUN, str(run)), workdir)
     assert (run / "validation" / "curves.png").is_file()

@@ -27,7 +27,7 @@ _MARKER = ".complete"
 BUILDER_VERSIONS = {
     "write_demo_images": 1,
     "build_tiny_ip2p": 1,
-    "build_demo_editor": 6,
+    "build_demo_editor": 7,
     "build_detector": 2,
     "build_segmenter": 2,
     "build_depth": 3,
