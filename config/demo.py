@@ -67,9 +67,9 @@ def get_config(preset: str = ""):
         config.reward.weights = {"brightness": 1.0}
         config.num_epochs = 12
         # With the demo editor whose decoder keeps the scene (2026-12-08) the edits of one input
-        # differ less in brightness; at 1e-3 the policy then left the clip band within a few
-        # epochs (ratio_mean 1e18) and its held-out edits gained no clear brightness (+0.014 ±
-        # 0.017), at 5e-4 the training edits' gain was 0.037 where the test asks 0.035.
+        # differ less in brightness; at 1e-3 the training edits then got brighter (0.51 to 0.57)
+        # but the held-out edits gained no clear brightness (+0.014 ± 0.017), at 5e-4 the
+        # training edits' gain was 0.037 where the test asks 0.035.
         config.train.learning_rate = 7e-4
     elif preset == "kontext":
         # The method on a tiny FLUX.1 Kontext pretrained on the demo edit (demo/kontext_editor.py):
