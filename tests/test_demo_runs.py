@@ -283,7 +283,7 @@ def test_readme_full_demo_beats_the_base_model_on_held_out_edits(workdir):
     objective, the four feedback stand-ins, 60 epochs, 64 held-out edits validated every 10).
 
     Asserted, as measured for the default seed (42; README table, 2026-12-08): issue 25's bar,
-    the held-out semantic score better than the base model's by more than 2 standard errors (4.0
+    the held-out semantic score better than the base model's by more than 2 standard errors (4.1
     there) and the structural score no worse than the base model's by more than one standard error
     (−0.0012 ± 0.0007 there: 2.7 standard errors within the bar); the semantic gain larger after 60
     epochs than after 10; the base-vs-specialist evaluation agrees (semantic score lower, the
